@@ -1,0 +1,41 @@
+"""The functional core: pure functions over a dict of named parameters.
+
+Nothing here holds state; :mod:`gruxp.models` only keeps parameters and calls these functions.
+Forward and backward sit side by side with mirrored names, and every tape is a NamedTuple.
+"""
+
+from ._cell import (
+    CellTape,
+    StepCache,
+    gru_cell,
+    gru_cell_backward,
+    gru_cell_forward,
+    param_grads,
+    sigmoid,
+    step_backward,
+    step_forward,
+)
+from ._params import cell_param_shapes, gru_param_shapes, host_rng, init_params
+from ._sequence import DirectionTape, GRUConfig, GRUTape, gru, gru_backward, gru_forward
+
+__all__ = [
+    "CellTape",
+    "DirectionTape",
+    "GRUConfig",
+    "GRUTape",
+    "StepCache",
+    "cell_param_shapes",
+    "gru",
+    "gru_backward",
+    "gru_cell",
+    "gru_cell_backward",
+    "gru_cell_forward",
+    "gru_forward",
+    "gru_param_shapes",
+    "host_rng",
+    "init_params",
+    "param_grads",
+    "sigmoid",
+    "step_backward",
+    "step_forward",
+]

@@ -1,0 +1,334 @@
+"""The stacked, optionally bidirectional GRU over a sequence, and its backward pass through time.
+
+Work is arranged so that the time loop holds only what must be sequential:
+
+* the input pre-activations of all T steps are ONE (T·B, I) @ (I, 3H) GEMM before the loop;
+* each step does one recurrent GEMM (two for reset_before) and the gate arithmetic;
+* backward collects the per-step pre-activation gradients and computes every weight gradient and
+  ``dx`` as one GEMM each after the loop.
+
+Variable lengths follow PyTorch's packed sequences (``enforce_sorted=False``): a boolean mask
+(T, B, 1), built on the host, freezes each sequence's state after its last valid step and zeroes
+its outputs there; the reverse direction therefore starts at step len−1 from h0. Padding in ``x``
+is replaced by zeros at entry, so NaN or garbage padding can never leak into a gradient.
+
+Nothing is mutated: per-step results are collected in lists and stacked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
+from .._namespace import device_of, resolve_xp
+from ._cell import StepCache, param_grads, step_backward, step_forward
+from ._params import gru_param_shapes
+
+__all__ = ["GRUConfig", "DirectionTape", "GRUTape", "gru", "gru_forward", "gru_backward"]
+
+
+class GRUConfig(NamedTuple):
+    """The structure of a stacked GRU; the parameter shapes follow from it."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    bidirectional: bool = False
+    reset_after: bool = True
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return gru_param_shapes(
+            self.input_size, self.hidden_size, self.num_layers, bias=self.bias, bidirectional=self.bidirectional
+        )
+
+
+class DirectionTape(NamedTuple):
+    """One layer-direction's record, all arrays time-major in time order (not processing order)."""
+
+    x: Any  # (T, B, I_k) the layer's input
+    h0: Any  # (B, H)
+    hs: Any  # (T, B, H) state after each step (frozen past a sequence's length)
+    rz: Any  # (T, B, 2H)
+    n: Any  # (T, B, H)
+    gh_n: Any  # (T, B, H) reset_after only, else None
+
+
+class GRUTape(NamedTuple):
+    """Everything :func:`gru_backward` needs; recorded by :func:`gru_forward`."""
+
+    params: Mapping[str, Any]
+    config: GRUConfig
+    layers: tuple[tuple[DirectionTape, ...], ...]
+    mask: Any  # (T, B, 1) bool, or None when every sequence has length T
+    unbatched: bool
+    out_shape: tuple[int, ...]
+    hn_shape: tuple[int, ...]
+    owner: Any = None  # set by gruxp.GRU so that a tape cannot cross models
+
+
+def _names(layer: int, direction: int) -> dict[str, str]:
+    s = f"_l{layer}" + ("_reverse" if direction else "")
+    return {k: k + s for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+
+
+def _direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
+    """Run one direction over x (T, B, I). Returns (out, h_T, DirectionTape | None)."""
+    T, B, I = x.shape
+    w_ih, w_hh, b_ih, b_hh = p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
+    three_h = w_ih.shape[0]
+    gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, three_h))
+    if b_ih is not None:
+        gi = gi + b_ih
+    h = h0
+    hs, caches = [None] * T, [None] * T
+    for t in range(T - 1, -1, -1) if reverse else range(T):
+        h_new, cache = step_forward(gi[t, ...], h, w_hh, b_hh, reset_after=reset_after, xp=xp)
+        h = h_new if mask is None else xp.where(mask[t, ...], h_new, h)
+        hs[t] = h
+        if record:
+            caches[t] = cache
+    hs = xp.stack(hs, axis=0)
+    out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
+    if not record:
+        return out, h, None
+    stacked = [xp.stack([c[i] for c in caches], axis=0) if caches[0][i] is not None else None for i in range(3)]
+    return out, h, DirectionTape(x, h0, hs, *stacked)
+
+
+def _direction_backward(tape: DirectionTape, d_out, d_hT, p, *, mask, reverse, reset_after, bias, xp):
+    """Backward of one direction. Returns (grads with short names, dx (T, B, I), dh0 (B, H))."""
+    x, h0, hs = tape.x, tape.h0, tape.hs
+    T, B, I = x.shape
+    H = h0.shape[-1]
+    w_hh = p["weight_hh"]
+    first = xp.expand_dims(h0, axis=0)
+    h_prev = xp.concat([hs[1:, ...], first], axis=0) if reverse else xp.concat([first, hs[:-1, ...]], axis=0)
+    zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
+    dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
+    dgis, dghs = [None] * T, [None] * T
+    for t in range(T) if reverse else range(T - 1, -1, -1):
+        g = dh if d_out is None else dh + d_out[t, ...]
+        if mask is not None:
+            g = xp.where(mask[t, ...], g, zero)
+        cache = StepCache(tape.rz[t, ...], tape.n[t, ...], None if tape.gh_n is None else tape.gh_n[t, ...])
+        dgis[t], dghs[t], dh_prev = step_backward(g, h_prev[t, ...], cache, w_hh, reset_after=reset_after, xp=xp)
+        dh = dh_prev if mask is None else xp.where(mask[t, ...], dh_prev, dh)
+    dgi, dgh = xp.stack(dgis, axis=0), xp.stack(dghs, axis=0)
+    rows = T * B
+    grads = param_grads(
+        xp.reshape(dgi, (rows, 3 * H)),
+        xp.reshape(dgh, (rows, 3 * H)),
+        xp.reshape(x, (rows, I)),
+        xp.reshape(h_prev, (rows, H)),
+        xp.reshape(tape.rz[..., :H], (rows, H)),
+        reset_after=reset_after,
+        bias=bias,
+        xp=xp,
+    )
+    dx = xp.reshape(xp.reshape(dgi, (rows, 3 * H)) @ p["weight_ih"], (T, B, I))
+    return grads, dx, dh
+
+
+def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
+    """Validate everything and bring x to (T, B, I), h0 to (L·D, B, H); build the host mask."""
+    p_xp, device, dtype = check_params(params, config.param_shapes())
+    if xp is not None and resolve_xp(xp) is not p_xp:
+        raise TypeError("xp does not match the namespace of params")
+    xp = p_xp
+    check_array("x", x, xp=xp, device=device, dtype=dtype)
+    I, H, LD = config.input_size, config.hidden_size, config.num_layers * config.num_directions
+    if x.ndim not in (2, 3) or x.shape[-1] != I:
+        layout = "(B, T, I)" if config.batch_first else "(T, B, I)"
+        raise ValueError(f"x must have shape {layout} or unbatched (T, I) with I={I}; got {tuple(x.shape)}")
+    unbatched = x.ndim == 2
+    if unbatched:
+        if lengths is not None:
+            raise ValueError("lengths is not accepted with unbatched x of shape (T, I); add a batch axis")
+        x = xp.expand_dims(x, axis=1)
+    elif config.batch_first:
+        x = xp.permute_dims(x, (1, 0, 2))
+    T, B = x.shape[0], x.shape[1]
+    if T < 1 or B < 1:
+        raise ValueError(f"x must hold at least one time step and one sequence; got T={T}, B={B}")
+    if h0 is None:
+        h0 = xp.zeros((LD, B, H), dtype=dtype, device=device_of(x))
+    else:
+        check_array("h0", h0, xp=xp, device=device, dtype=dtype)
+        if unbatched:
+            check_shape("h0", h0, (LD, H), "(num_layers·num_directions, H) for unbatched x")
+            h0 = xp.expand_dims(h0, axis=1)
+        else:
+            check_shape("h0", h0, (LD, B, H), "(num_layers·num_directions, B, H)")
+    mask = None
+    if lengths is not None:
+        host = check_lengths(lengths, batch=B, steps=T)
+        if (host < T).any():
+            valid = np.arange(T)[:, None, None] < host[None, :, None]
+            mask = xp.asarray(valid, device=device_of(x))
+            x = xp.where(mask, x, xp.zeros((), dtype=dtype, device=device_of(x)))
+    return xp, x, h0, mask, unbatched
+
+
+def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp):
+    xp, x, h0, mask, unbatched = _prepare(params, x, h0, lengths, config, xp)
+    D = config.num_directions
+    layer_in, h_n, layers = x, [], []
+    for layer in range(config.num_layers):
+        outs, tapes = [], []
+        for direction in range(D):
+            p = {short: params[full] for short, full in _names(layer, direction).items() if full in params}
+            out, h_T, tape = _direction_forward(
+                layer_in,
+                h0[layer * D + direction, ...],
+                p,
+                mask=mask,
+                reverse=bool(direction),
+                reset_after=config.reset_after,
+                record=record,
+                xp=xp,
+            )
+            outs.append(out)
+            tapes.append(tape)
+            h_n.append(h_T)
+        layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
+        layers.append(tuple(tapes))
+    out, h_n = layer_in, xp.stack(h_n, axis=0)
+    if unbatched:
+        out, h_n = out[:, 0, ...], h_n[:, 0, ...]
+    elif config.batch_first:
+        out = xp.permute_dims(out, (1, 0, 2))
+    if not record:
+        return out, h_n, None
+    tape = GRUTape(dict(params), config, tuple(layers), mask, unbatched, tuple(out.shape), tuple(h_n.shape))
+    return out, h_n, tape
+
+
+def _config(params, *, num_layers, bias, batch_first, bidirectional, reset_after) -> GRUConfig:
+    if not isinstance(params, Mapping) or "weight_ih_l0" not in params or "weight_hh_l0" not in params:
+        raise ValueError("params must hold 'weight_ih_l0' and 'weight_hh_l0' (PyTorch's names)")
+    w = params["weight_ih_l0"]
+    if w.ndim != 2 or w.shape[0] % 3:
+        raise ValueError(f"params['weight_ih_l0'] must have shape (3H, I); got {tuple(w.shape)}")
+    if bias is None:
+        bias = "bias_ih_l0" in params
+    return GRUConfig(
+        int(w.shape[1]),
+        int(w.shape[0]) // 3,
+        check_positive_int("num_layers", num_layers),
+        check_bool("bias", bias),
+        check_bool("batch_first", batch_first),
+        check_bool("bidirectional", bidirectional),
+        check_bool("reset_after", reset_after),
+    )
+
+
+def gru(
+    params: Mapping[str, Any],
+    x: Any,
+    h0: Any = None,
+    *,
+    lengths: Any = None,
+    num_layers: int = 1,
+    bias: bool | None = None,
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    reset_after: bool = True,
+    xp: Any = None,
+) -> tuple[Any, Any]:
+    """Inference: ``(out, h_n)`` of a stacked GRU; nothing is kept for backward.
+
+    Shapes
+    ------
+    x: (T, B, I), (B, T, I) with ``batch_first``, or unbatched (T, I).
+    h0, h_n: (L·D, B, H) or unbatched (L·D, H); ``h0=None`` means zeros.
+    out: (T, B, D·H), (B, T, D·H) or (T, D·H).
+    lengths: (B,) host integers in [1, T], PyTorch packed-sequence semantics.
+
+    ``bias=None`` infers it from the params (``bias_ih_l0`` present or not).
+    """
+    config = _config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after)
+    out, h_n, _ = _run(params, x, h0, lengths, config, record=False, xp=xp)
+    return out, h_n
+
+
+def gru_forward(
+    params: Mapping[str, Any],
+    x: Any,
+    h0: Any = None,
+    *,
+    lengths: Any = None,
+    num_layers: int = 1,
+    bias: bool | None = None,
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    reset_after: bool = True,
+    xp: Any = None,
+) -> tuple[Any, Any, GRUTape]:
+    """Like :func:`gru`, and also return the :class:`GRUTape` that :func:`gru_backward` needs."""
+    config = _config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after)
+    return _run(params, x, h0, lengths, config, record=True, xp=xp)
+
+
+def gru_backward(tape: GRUTape, d_out: Any = None, d_hn: Any = None) -> tuple[dict[str, Any], Any, Any]:
+    """Exact gradients of Σ(out·d_out) + Σ(h_n·d_hn): ``(grads, dx, dh0)``.
+
+    ``grads`` has the keys of the params; ``dx`` and ``dh0`` have the shapes of ``x`` and ``h0``
+    (a zero h0 gets its gradient too). ``d_out`` or ``d_hn`` may be None, meaning zeros.
+    """
+    if not isinstance(tape, GRUTape):
+        raise TypeError(f"tape must be the GRUTape returned by gru_forward; got {type(tape).__name__}")
+    params, config = tape.params, tape.config
+    ref = params["weight_hh_l0"]
+    xp, device, dtype = check_params(params, config.param_shapes(), what="tape.params")
+    for name, grad, shape in (("d_out", d_out, tape.out_shape), ("d_hn", d_hn, tape.hn_shape)):
+        if grad is not None:
+            check_array(name, grad, xp=xp, device=device_of(ref), dtype=dtype)
+            check_shape(name, grad, shape, "(the shape of the forward result it belongs to)")
+    if d_out is not None:
+        if tape.unbatched:
+            d_out = xp.expand_dims(d_out, axis=1)
+        elif config.batch_first:
+            d_out = xp.permute_dims(d_out, (1, 0, 2))
+    if d_hn is not None and tape.unbatched:
+        d_hn = xp.expand_dims(d_hn, axis=1)
+    H, D = config.hidden_size, config.num_directions
+    grads: dict[str, Any] = {}
+    dh0s: list[Any] = [None] * (config.num_layers * D)
+    d_layer = d_out
+    for layer in range(config.num_layers - 1, -1, -1):
+        d_in = None
+        for direction in range(D):
+            names = _names(layer, direction)
+            p = {short: params[full] for short, full in names.items() if full in params}
+            index = layer * D + direction
+            d_dir = None if d_layer is None else (d_layer if D == 1 else d_layer[..., direction * H : (direction + 1) * H])
+            g, dx, dh0s[index] = _direction_backward(
+                tape.layers[layer][direction],
+                d_dir,
+                None if d_hn is None else d_hn[index, ...],
+                p,
+                mask=tape.mask,
+                reverse=bool(direction),
+                reset_after=config.reset_after,
+                bias=config.bias,
+                xp=xp,
+            )
+            grads.update({names[short]: value for short, value in g.items()})
+            d_in = dx if d_in is None else d_in + dx
+        d_layer = d_in
+    dx, dh0 = d_layer, xp.stack(dh0s, axis=0)
+    if tape.unbatched:
+        dx, dh0 = dx[:, 0, ...], dh0[:, 0, ...]
+    elif config.batch_first:
+        dx = xp.permute_dims(dx, (1, 0, 2))
+    return {k: grads[k] for k in params}, dx, dh0

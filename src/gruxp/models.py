@@ -1,0 +1,245 @@
+"""``GRU`` and ``GRUCell``: thin holders of a parameter dict that call :mod:`gruxp.functional`.
+
+A model owns its parameters (``model.params``, PyTorch's names), the namespace, device and float
+dtype they live on, and an identity token stamped on every tape it records, so ``backward``
+refuses a tape from another model (even an identical twin) or from before its parameters were
+replaced. Moving between libraries (:meth:`to`, :meth:`state_dict`, :meth:`load_state_dict`)
+goes through host NumPy copies and is bit-exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from . import functional as F
+from ._checks import check_bool, check_positive_int
+from ._namespace import device_of, dtype_name, from_numpy, namespace_name, resolve_dtype, resolve_xp, to_numpy
+
+__all__ = ["GRU", "GRUCell"]
+
+
+class _Parametrized:
+    """What GRU and GRUCell share: placement, state dicts, moves, and tape ownership."""
+
+    params: dict[str, Any]
+
+    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def _place(self, xp: Any, device: Any, dtype: Any, seed: Any, hidden_size: int) -> None:
+        self.xp = resolve_xp(xp, device)
+        self.dtype = resolve_dtype(self.xp, dtype)
+        self.params = F.init_params(self._param_shapes(), hidden_size, seed=seed, xp=self.xp, device=device, dtype=self.dtype)
+        self.device = device_of(next(iter(self.params.values())))
+        self._token = object()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Host NumPy copies of the parameters, PyTorch's names and order."""
+        return {name: to_numpy(value) for name, value in self.params.items()}
+
+    def load_state_dict(self, mapping: Mapping[str, Any]) -> None:
+        """Replace every parameter from ``mapping`` (NumPy, CPU torch, any array-API/DLPack array).
+
+        Values are cast to the model's dtype and placed on its device. Nothing changes unless
+        every entry is present, known and of the right shape; the error says which is not.
+        """
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to arrays; got {type(mapping).__name__}")
+        shapes = self._param_shapes()
+        missing = [k for k in shapes if k not in mapping]
+        extra = [k for k in mapping if k not in shapes]
+        if missing or extra:
+            parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {extra}"] if extra else [])
+            raise ValueError("load_state_dict: " + "; ".join(parts))
+        new = {}
+        for key, shape in shapes.items():
+            try:
+                host = to_numpy(mapping[key])
+            except Exception as exc:
+                raise TypeError(f"load_state_dict: {key!r} is not an array ({type(mapping[key]).__name__})") from exc
+            if host.dtype.kind not in "fiu":
+                raise TypeError(f"load_state_dict: {key!r} must be a real numeric array; got dtype {host.dtype}")
+            if host.shape != shape:
+                raise ValueError(f"load_state_dict: {key!r} must have shape {shape}; got {host.shape}")
+            new[key] = from_numpy(host, xp=self.xp, device=self.device, dtype=self.dtype)
+        self.params = new
+
+    def to(self, xp: Any = None, device: Any = None, dtype: Any = None):
+        """The same model on another namespace/device/dtype (a new object; ``self`` is unchanged).
+
+        ``xp=None`` keeps the namespace; ``dtype=None`` keeps the float width.
+        """
+        target = resolve_xp(self.xp if xp is None else xp, device)
+        dtype = resolve_dtype(target, dtype_name(self.dtype) if dtype is None else dtype)
+        clone = object.__new__(type(self))
+        clone.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("params", "_token")})
+        clone.xp, clone.dtype, clone._token = target, dtype, object()
+        clone.params = {k: from_numpy(to_numpy(v), xp=target, device=device, dtype=dtype) for k, v in self.params.items()}
+        clone.device = device_of(next(iter(clone.params.values())))
+        return clone
+
+    def _own(self, tape: Any) -> Any:
+        return tape._replace(owner=self._token)
+
+    def _check_tape(self, tape: Any, kind: type) -> None:
+        if not isinstance(tape, kind):
+            raise TypeError(f"tape must be the {kind.__name__} returned by this model's forward; got {type(tape).__name__}")
+        if tape.owner is not self._token:
+            raise ValueError("tape was recorded by another model; call backward on the model whose forward made it")
+        if tape.params.keys() != self.params.keys() or any(tape.params[k] is not v for k, v in self.params.items()):
+            raise ValueError("tape is stale: this model's parameters were replaced after it was recorded; run forward again")
+
+    def _placement(self) -> str:
+        return f"xp={namespace_name(self.xp)}, device={self.device!r}, dtype={dtype_name(self.dtype)}"
+
+
+class GRU(_Parametrized):
+    """A stacked, optionally bidirectional GRU with PyTorch's ``nn.GRU`` semantics.
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers
+        I, H and L. Layer k > 0 reads the (concatenated) output of layer k−1.
+    bias
+        Keep ``bias_ih_l*`` and ``bias_hh_l*``.
+    batch_first
+        x and out are (B, T, ·) instead of (T, B, ·); h0 and h_n are unaffected, as in PyTorch.
+    bidirectional
+        D = 2: a reverse direction per layer (``*_reverse`` parameters), outputs concatenated.
+    reset_after
+        True: n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)) (PyTorch, cuDNN, Keras default).
+        False: n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn) (Cho et al. 2014).
+    xp, device, dtype
+        Namespace (module or its array-api-compat wrapper; default NumPy), device, and float dtype
+        (default float32 of that namespace).
+    seed
+        None for fresh entropy; an int (or NumPy Generator) gives bit-identical parameters on every
+        backend: drawn on the host from U(−1/√H, 1/√H), PyTorch's default.
+
+    Shapes
+    ------
+    x: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I) (batch_first then ignored).
+    h0, h_n: (L·D, B, H) or (L·D, H). out: (T, B, D·H), (B, T, D·H) or (T, D·H).
+    lengths: B host integers in [1, T]; outputs past a length are zero, h_n is the last valid state.
+
+    Examples
+    --------
+    >>> import numpy as np, gruxp
+    >>> gru = gruxp.GRU(3, 5, num_layers=2, seed=0)
+    >>> x = np.zeros((7, 2, 3), dtype=np.float32)
+    >>> out, h_n = gru(x)
+    >>> out.shape, h_n.shape
+    ((7, 2, 5), (2, 2, 5))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bias: bool = True,
+        batch_first: bool = False,
+        bidirectional: bool = False,
+        reset_after: bool = True,
+        xp: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+        seed: Any = None,
+    ) -> None:
+        self.config = F.GRUConfig(
+            check_positive_int("input_size", input_size),
+            check_positive_int("hidden_size", hidden_size),
+            check_positive_int("num_layers", num_layers),
+            check_bool("bias", bias),
+            check_bool("batch_first", batch_first),
+            check_bool("bidirectional", bidirectional),
+            check_bool("reset_after", reset_after),
+        )
+        self._place(xp, device, dtype, seed, hidden_size)
+
+    def __getattr__(self, name: str) -> Any:
+        # input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after
+        config = self.__dict__.get("config")
+        if config is not None and name in F.GRUConfig._fields:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.config.param_shapes()
+
+    def _options(self) -> dict[str, Any]:
+        c = self.config
+        return dict(num_layers=c.num_layers, bias=c.bias, bidirectional=c.bidirectional, batch_first=c.batch_first, reset_after=c.reset_after)
+
+    def __call__(self, x: Any, h0: Any = None, *, lengths: Any = None) -> tuple[Any, Any]:
+        """Inference ``(out, h_n)``; keeps nothing for backward."""
+        return F.gru(self.params, x, h0, lengths=lengths, **self._options())
+
+    def forward(self, x: Any, h0: Any = None, *, lengths: Any = None) -> tuple[Any, Any, F.GRUTape]:
+        """``(out, h_n, tape)``; pass the tape to :meth:`backward`."""
+        out, h_n, tape = F.gru_forward(self.params, x, h0, lengths=lengths, **self._options())
+        return out, h_n, self._own(tape)
+
+    def backward(self, tape: F.GRUTape, d_out: Any = None, d_hn: Any = None) -> tuple[dict[str, Any], Any, Any]:
+        """``(grads, dx, dh0)``: exact gradients of Σ(out·d_out) + Σ(h_n·d_hn)."""
+        self._check_tape(tape, F.GRUTape)
+        return F.gru_backward(tape, d_out, d_hn)
+
+    def __repr__(self) -> str:
+        c = self.config
+        extras = [f"num_layers={c.num_layers}"] if c.num_layers != 1 else []
+        for name, default in (("bias", True), ("batch_first", False), ("bidirectional", False), ("reset_after", True)):
+            if getattr(c, name) != default:
+                extras.append(f"{name}={getattr(c, name)}")
+        return f"GRU({c.input_size}, {c.hidden_size}, {', '.join(extras + [self._placement()])})"
+
+
+class GRUCell(_Parametrized):
+    """One GRU step with PyTorch's ``nn.GRUCell`` semantics (``reset_after`` as in :class:`GRU`).
+
+    Parameters are ``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih`` and ``bias_hh`` (3H,).
+
+    Shapes
+    ------
+    x: (B, I) or unbatched (I,); h and the result: (B, H) or (H,). ``h=None`` means zeros.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        bias: bool = True,
+        reset_after: bool = True,
+        xp: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+        seed: Any = None,
+    ) -> None:
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.bias = check_bool("bias", bias)
+        self.reset_after = check_bool("reset_after", reset_after)
+        self._place(xp, device, dtype, seed, hidden_size)
+
+    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return F.cell_param_shapes(self.input_size, self.hidden_size, bias=self.bias)
+
+    def __call__(self, x: Any, h: Any = None) -> Any:
+        return F.gru_cell(self.params, x, h, reset_after=self.reset_after)
+
+    def forward(self, x: Any, h: Any = None) -> tuple[Any, F.CellTape]:
+        h_new, tape = F.gru_cell_forward(self.params, x, h, reset_after=self.reset_after)
+        return h_new, self._own(tape)
+
+    def backward(self, tape: F.CellTape, dh: Any) -> tuple[dict[str, Any], Any, Any]:
+        """``(grads, dx, dh_prev)``: exact gradients of Σ(h'·dh)."""
+        self._check_tape(tape, F.CellTape)
+        return F.gru_cell_backward(tape, dh)
+
+    def __repr__(self) -> str:
+        extras = [] if self.bias else ["bias=False"]
+        extras += [] if self.reset_after else ["reset_after=False"]
+        return f"GRUCell({self.input_size}, {self.hidden_size}, {', '.join(extras + [self._placement()])})"
