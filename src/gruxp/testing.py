@@ -34,7 +34,7 @@ def assert_close(actual: Any, desired: Any, *, rtol: float, atol: float = 0.0, n
 
 def numerical_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, *, eps: float = 1e-6) -> np.ndarray:
     """Central differences of the scalar ``f`` at host array ``x`` (float64), element by element."""
-    x = np.array(x, dtype=np.float64, copy=True)
+    x = np.array(x, dtype=np.float64, order="C", copy=True)  # C order: reshape(-1) must be a view
     grad = np.empty_like(x)
     flat, out = x.reshape(-1), grad.reshape(-1)
     for i in range(flat.size):

@@ -1,0 +1,147 @@
+"""Backward through time: finite differences (float64) on every backend, and agreement of every
+gradient with the NumPy float64 result in both float widths."""
+
+import numpy as np
+import pytest
+
+import gruxp
+from gruxp.testing import assert_close, numerical_gradient, to_numpy
+
+from _cases import Case, host_case_inputs
+from conftest import GRAD_TOL
+
+FD_CASES = [
+    Case(T=3, B=2, I=2, H=2),
+    Case(T=3, B=2, I=2, H=2, reset_after=False),
+    Case(T=3, B=3, I=2, H=2, num_layers=2, bidirectional=True, ragged=True),
+    Case(T=3, B=3, I=2, H=2, num_layers=2, bidirectional=True, ragged=True, reset_after=False, batch_first=True),
+    Case(T=3, B=1, I=2, H=2, bidirectional=True, unbatched=True, bias=False),
+]
+
+
+def _loss_fn(model, backend, case, host, *, wrt):
+    """Σ out·d_out + Σ h_n·d_hn as a host function of one input (a param name, 'x' or 'h0')."""
+    base = {"x": case.layout(host["x"], seq=True), "h0": case.layout(host["h0"], seq=False)}
+    d_out = case.layout(host["d_out"], seq=True)
+    d_hn = case.layout(host["d_hn"], seq=False)
+    params = model.state_dict()
+
+    def f(value):
+        p = dict(params)
+        inputs = dict(base)
+        (inputs if wrt in inputs else p)[wrt] = value
+        out, h_n = gruxp.functional.gru(
+            {k: backend.asarray(v) for k, v in p.items()}, backend.asarray(inputs["x"]), backend.asarray(inputs["h0"]),
+            lengths=host["lengths"], num_layers=case.num_layers, bidirectional=case.bidirectional,
+            batch_first=case.batch_first, reset_after=case.reset_after,
+        )
+        return float(np.sum(to_numpy(out) * d_out) + np.sum(to_numpy(h_n) * d_hn))
+
+    return f, (base[wrt] if wrt in base else params[wrt])
+
+
+@pytest.mark.parametrize("case", FD_CASES, ids=lambda c: c.id)
+def test_layer_finite_differences(backend, case):
+    model = case.model(backend, "float64")
+    host = host_case_inputs(case)
+    x = backend.asarray(case.layout(host["x"], seq=True))
+    h0 = backend.asarray(case.layout(host["h0"], seq=False))
+    _, _, tape = model.forward(x, h0, lengths=host["lengths"])
+    grads, dx, dh0 = model.backward(
+        tape, backend.asarray(case.layout(host["d_out"], seq=True)), backend.asarray(case.layout(host["d_hn"], seq=False))
+    )
+    analytic = {**grads, "x": dx, "h0": dh0}
+    assert set(grads) == set(model.params)
+    for name, value in analytic.items():
+        f, at = _loss_fn(model, backend, case, host, wrt=name)
+        numeric = numerical_gradient(f, at)
+        # central differences with eps=1e-6: truncation ~eps² and rounding ~1e-16/eps ≈ 1e-10
+        assert_close(value, numeric, rtol=1e-6, atol=1e-8, name=name)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_cell_finite_differences(backend, reset_after, unbatched):
+    rng = np.random.default_rng(1)
+    I, H, B = 3, 2, 2
+    cell = gruxp.GRUCell(I, H, reset_after=reset_after, xp=backend.xp, device=backend.device, dtype="float64", seed=3)
+    shape = (lambda *s: s[1:]) if unbatched else (lambda *s: s)
+    x, h, dh = rng.standard_normal(shape(B, I)), rng.standard_normal(shape(B, H)), rng.standard_normal(shape(B, H))
+    h_new, tape = cell.forward(backend.asarray(x), backend.asarray(h))
+    grads, dx, dh_prev = cell.backward(tape, backend.asarray(dh))
+    params = cell.state_dict()
+
+    def loss(**override):
+        p = {**params, **{k: v for k, v in override.items() if k in params}}
+        out = gruxp.functional.gru_cell(
+            {k: backend.asarray(v) for k, v in p.items()},
+            backend.asarray(override.get("x", x)), backend.asarray(override.get("h", h)), reset_after=reset_after,
+        )
+        return float(np.sum(to_numpy(out) * dh))
+
+    for name, value in {**grads, "x": dx, "h": dh_prev}.items():
+        at = {"x": x, "h": h}.get(name, params.get(name))
+        numeric = numerical_gradient(lambda v: loss(**{name: v}), at)
+        assert_close(value, numeric, rtol=1e-6, atol=1e-8, name=name)
+
+
+AGREE_CASES = [
+    Case(num_layers=2, bidirectional=True, T=6, B=4, I=5, H=4),
+    Case(num_layers=2, bidirectional=True, ragged=True, reset_after=False, T=6, B=4, I=5, H=4),
+    Case(num_layers=3, batch_first=True, ragged=True, T=7, B=3),
+    Case(bidirectional=True, unbatched=True, bias=False),
+]
+
+
+@pytest.mark.parametrize("case", AGREE_CASES, ids=lambda c: c.id)
+def test_gradients_agree_with_numpy_float64(backend, dtype, case):
+    """Every gradient on every backend equals NumPy float64's within the dtype's tolerance."""
+    from conftest import Backend
+
+    host = host_case_inputs(case, seed=11)
+    results = {}
+    for be, dt in ((backend, dtype), (None, "float64")):
+        if be is None:
+            import array_api_compat
+
+            be = Backend("numpy", "numpy", array_api_compat.numpy, None, {})
+        model = case.model(be, dt)
+        args = [be.asarray(case.layout(host[k], seq=k != "h0"), dt) for k in ("x", "h0")]
+        out, h_n, tape = model.forward(*args, lengths=host["lengths"])
+        grads, dx, dh0 = model.backward(
+            tape, be.asarray(case.layout(host["d_out"], seq=True), dt), be.asarray(case.layout(host["d_hn"], seq=False), dt)
+        )
+        results[be is backend] = {**grads, "dx": dx, "dh0": dh0}
+        if be is backend:
+            for name, a in results[True].items():
+                assert a.dtype == backend.dtype(dtype), name
+    for name, want in results[False].items():
+        scale = float(np.max(np.abs(to_numpy(want)), initial=1.0))
+        tol = GRAD_TOL[dtype]
+        assert_close(results[True][name], want, rtol=tol["rtol"], atol=tol["atol"] * scale, name=name)
+
+
+def test_zero_h0_gets_a_gradient(backend):
+    case = Case(num_layers=2, bidirectional=True)
+    model = case.model(backend, "float64")
+    host = host_case_inputs(case)
+    _, _, tape = model.forward(backend.asarray(host["x"]))
+    _, _, dh0 = model.backward(tape, backend.asarray(host["d_out"]))
+    dh0 = to_numpy(dh0)
+    assert dh0.shape == (case.LD, case.B, case.H) and np.all(dh0 != 0.0)
+
+
+def test_none_gradients_mean_zero(backend):
+    case = Case(num_layers=2)
+    model = case.model(backend, "float64")
+    host = host_case_inputs(case)
+    _, _, tape = model.forward(backend.asarray(host["x"]))
+    zeros_out = backend.asarray(np.zeros_like(host["d_out"][..., : case.H]))
+    zeros_hn = backend.asarray(np.zeros_like(host["d_hn"]))
+    for d_out, d_hn in ((None, backend.asarray(host["d_hn"])), (backend.asarray(host["d_out"][..., : case.H]), None)):
+        a = model.backward(tape, d_out, d_hn)
+        b = model.backward(tape, zeros_out if d_out is None else d_out, zeros_hn if d_hn is None else d_hn)
+        for u, v in zip([*a[0].values(), a[1], a[2]], [*b[0].values(), b[1], b[2]]):
+            np.testing.assert_array_equal(to_numpy(u), to_numpy(v))
+    grads, dx, dh0 = model.backward(tape)
+    assert all(np.all(to_numpy(g) == 0.0) for g in [*grads.values(), dx, dh0])
