@@ -94,6 +94,11 @@ def _dtype_name(dtype: Any) -> str:
     name = getattr(dtype, "name", None)
     if isinstance(name, str):
         return name
+    if isinstance(dtype, type):  # NumPy/JAX scalar types such as np.float32
+        try:
+            return np.dtype(dtype).name
+        except TypeError:
+            pass
     return str(dtype).rsplit(".", 1)[-1]
 
 
