@@ -174,7 +174,7 @@ def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
         host = check_lengths(lengths, batch=B, steps=T)
         if (host < T).any():
             valid = np.arange(T)[:, None, None] < host[None, :, None]
-            mask = xp.asarray(valid, device=device_of(x))
+            mask = xp.asarray(valid, dtype=xp.bool, device=device_of(x))
             x = xp.where(mask, x, xp.zeros((), dtype=dtype, device=device_of(x)))
     return xp, x, h0, mask, unbatched
 
