@@ -4,10 +4,33 @@ The same forward and analytic backward-through-time run on NumPy, CuPy, PyTorch,
 array-api-strict. ``import gruxp`` imports none of the optional array libraries.
 """
 
-from . import functional
-from .functional import GRUConfig, GRUTape, CellTape
+from . import checkpoint, functional, losses, optim
+from .checkpoint import CheckpointError
+from .functional import CellTape, GRUConfig, GRUTape
+from .layers import Dropout, Embedding, LastStep, Linear, Sequential
 from .models import GRU, GRUCell
+from .training import Batch, NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["GRU", "GRUCell", "GRUConfig", "GRUTape", "CellTape", "functional", "__version__"]
+__all__ = [
+    "GRU",
+    "GRUCell",
+    "GRUConfig",
+    "GRUTape",
+    "CellTape",
+    "Linear",
+    "Embedding",
+    "Dropout",
+    "LastStep",
+    "Sequential",
+    "Trainer",
+    "Batch",
+    "NonFiniteLossError",
+    "CheckpointError",
+    "functional",
+    "losses",
+    "optim",
+    "checkpoint",
+    "__version__",
+]

@@ -158,3 +158,14 @@ def to_numpy(a: Any) -> np.ndarray:
 def from_numpy(a: np.ndarray, *, xp: ModuleType, device: Any, dtype: Any) -> Any:
     """Place a host array on ``xp``/``device`` with ``dtype`` (always a fresh copy)."""
     return xp.asarray(np.ascontiguousarray(a), dtype=dtype, device=device, copy=True)
+
+
+def concrete_bool(a: Any) -> bool | None:
+    """``bool(a)`` for a 0-d array, or None where the value is not known yet (a JAX tracer under jit).
+
+    Used only by input validation (index ranges), never by the math.
+    """
+    try:
+        return bool(a)
+    except (TypeError, ValueError):  # jax's TracerBoolConversionError is a TypeError
+        return None

@@ -9,30 +9,55 @@ goes through host NumPy copies and is bit-exact.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import math
+
+import numpy as np
 
 from . import functional as F
 from ._checks import check_bool, check_positive_int
 from ._namespace import device_of, dtype_name, from_numpy, namespace_name, resolve_dtype, resolve_xp, to_numpy
 
-__all__ = ["GRU", "GRUCell"]
+__all__ = ["Module", "GRU", "GRUCell"]
 
 
-class _Parametrized:
-    """What GRU and GRUCell share: placement, state dicts, moves, and tape ownership."""
+class Module:
+    """What every layer with parameters shares: placement, modes, state dicts, moves, tape ownership.
+
+    A subclass sets its structure, then calls :meth:`_place` with a host initialiser; it provides
+    :meth:`_param_shapes` and :meth:`config` (the constructor's keyword arguments, JSON-able).
+    """
 
     params: dict[str, Any]
 
     def _param_shapes(self) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError
 
-    def _place(self, xp: Any, device: Any, dtype: Any, seed: Any, hidden_size: int) -> None:
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer's structure (not its placement)."""
+        raise NotImplementedError
+
+    def _place(self, xp: Any, device: Any, dtype: Any, seed: Any, draw: Callable[[np.random.Generator], dict]) -> None:
         self.xp = resolve_xp(xp, device)
         self.dtype = resolve_dtype(self.xp, dtype)
-        self.params = F.init_params(self._param_shapes(), hidden_size, seed=seed, xp=self.xp, device=device, dtype=self.dtype)
+        # One host Generator per layer: it draws the initial parameters, then the dropout masks.
+        self.rng = F.host_rng(seed)
+        self.training = True
+        host = draw(self.rng)
+        self.params = {k: from_numpy(host[k], xp=self.xp, device=device, dtype=self.dtype) for k in self._param_shapes()}
         self.device = device_of(next(iter(self.params.values())))
         self._token = object()
+
+    def train(self, mode: bool = True):
+        """Training mode (the default): dropout, where configured, is active. Returns self."""
+        self.training = check_bool("mode", mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: no dropout. Returns self."""
+        return self.train(False)
 
     def state_dict(self) -> dict[str, Any]:
         """Host NumPy copies of the parameters, PyTorch's names and order."""
@@ -44,6 +69,10 @@ class _Parametrized:
         Values are cast to the model's dtype and placed on its device. Nothing changes unless
         every entry is present, known and of the right shape; the error says which is not.
         """
+        self.params = self._converted(mapping)
+
+    def _converted(self, mapping: Mapping[str, Any]) -> dict[str, Any]:
+        """Check and convert a state dict into a new params dict (self is not touched)."""
         if not isinstance(mapping, Mapping):
             raise TypeError(f"state_dict must be a mapping of names to arrays; got {type(mapping).__name__}")
         shapes = self._param_shapes()
@@ -63,18 +92,22 @@ class _Parametrized:
             if host.shape != shape:
                 raise ValueError(f"load_state_dict: {key!r} must have shape {shape}; got {host.shape}")
             new[key] = from_numpy(host, xp=self.xp, device=self.device, dtype=self.dtype)
-        self.params = new
+        return new
 
     def to(self, xp: Any = None, device: Any = None, dtype: Any = None):
         """The same model on another namespace/device/dtype (a new object; ``self`` is unchanged).
 
         ``xp=None`` keeps the namespace; ``dtype=None`` keeps the float width.
         """
+        if device is None and (xp is None or resolve_xp(xp) is self.xp):
+            device = self.device  # same namespace: stay on this device unless told
         target = resolve_xp(self.xp if xp is None else xp, device)
         dtype = resolve_dtype(target, dtype_name(self.dtype) if dtype is None else dtype)
         clone = object.__new__(type(self))
         clone.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("params", "_token")})
         clone.xp, clone.dtype, clone._token = target, dtype, object()
+        clone.rng = np.random.default_rng()
+        clone.rng.bit_generator.state = self.rng.bit_generator.state
         clone.params = {k: from_numpy(to_numpy(v), xp=target, device=device, dtype=dtype) for k, v in self.params.items()}
         clone.device = device_of(next(iter(clone.params.values())))
         return clone
@@ -94,7 +127,7 @@ class _Parametrized:
         return f"xp={namespace_name(self.xp)}, device={self.device!r}, dtype={dtype_name(self.dtype)}"
 
 
-class GRU(_Parametrized):
+class GRU(Module):
     """A stacked, optionally bidirectional GRU with PyTorch's ``nn.GRU`` semantics.
 
     Parameters
@@ -110,6 +143,10 @@ class GRU(_Parametrized):
     reset_after
         True: n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)) (PyTorch, cuDNN, Keras default).
         False: n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn) (Cho et al. 2014).
+    dropout
+        p in [0, 1): in training mode (:meth:`train`, the default), each output of every layer but the
+        last is zeroed with probability p and scaled by 1/(1−p), as ``nn.GRU(dropout=p)``; masks come
+        from the model's host Generator ``model.rng``, so a seed fixes them on every backend.
     xp, device, dtype
         Namespace (module or its array-api-compat wrapper; default NumPy), device, and float dtype
         (default float32 of that namespace).
@@ -143,12 +180,16 @@ class GRU(_Parametrized):
         batch_first: bool = False,
         bidirectional: bool = False,
         reset_after: bool = True,
+        dropout: float = 0.0,
         xp: Any = None,
         device: Any = None,
         dtype: Any = None,
         seed: Any = None,
     ) -> None:
-        self.config = F.GRUConfig(
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
+        self.dropout = float(dropout)
+        self.structure = F.GRUConfig(
             check_positive_int("input_size", input_size),
             check_positive_int("hidden_size", hidden_size),
             check_positive_int("num_layers", num_layers),
@@ -157,25 +198,48 @@ class GRU(_Parametrized):
             check_bool("bidirectional", bidirectional),
             check_bool("reset_after", reset_after),
         )
-        self._place(xp, device, dtype, seed, hidden_size)
+        self._place(xp, device, dtype, seed, lambda rng: F.uniform_init(self._param_shapes(), 1.0 / math.sqrt(hidden_size), rng))
 
     def __getattr__(self, name: str) -> Any:
         # input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after
-        config = self.__dict__.get("config")
-        if config is not None and name in F.GRUConfig._fields:
-            return getattr(config, name)
+        structure = self.__dict__.get("structure")
+        if structure is not None and name in F.GRUConfig._fields:
+            return getattr(structure, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return self.config.param_shapes()
+        return self.structure.param_shapes()
+
+    def config(self) -> dict[str, Any]:
+        return {**self.structure._asdict(), "dropout": self.dropout}
 
     def _options(self) -> dict[str, Any]:
-        c = self.config
-        return dict(num_layers=c.num_layers, bias=c.bias, bidirectional=c.bidirectional, batch_first=c.batch_first, reset_after=c.reset_after)
+        c = self.structure
+        return dict(
+            num_layers=c.num_layers, bias=c.bias, bidirectional=c.bidirectional, batch_first=c.batch_first,
+            reset_after=c.reset_after, dropout=self.dropout if self.training else 0.0, rng=self.rng,
+        )
 
     def __call__(self, x: Any, h0: Any = None, *, lengths: Any = None) -> tuple[Any, Any]:
         """Inference ``(out, h_n)``; keeps nothing for backward."""
         return F.gru(self.params, x, h0, lengths=lengths, **self._options())
+
+    def step(self, x_t: Any, h: Any = None) -> tuple[Any, Any]:
+        """Streaming inference, one time step: ``(out_t, h)`` from x_t (B, I) or (I,) and h (L, B, H).
+
+        Feeding a sequence step by step, carrying ``h``, reproduces ``model(x)``: the same
+        operations in the same order, except that the input projection is one small GEMM per step
+        instead of one for the whole sequence, which BLAS may round differently in the last bit.
+        Unidirectional models only (a reverse direction needs the whole sequence). No dropout.
+        """
+        if self.structure.bidirectional:
+            raise ValueError("step() needs a unidirectional GRU: the reverse direction reads the sequence backwards")
+        x = self.xp.expand_dims(x_t, axis=0) if hasattr(x_t, "ndim") and x_t.ndim in (1, 2) else x_t
+        if not hasattr(x, "ndim") or x.ndim not in (2, 3):
+            raise ValueError(f"x_t must have shape (B, {self.input_size}) or ({self.input_size},); got {getattr(x_t, 'shape', type(x_t).__name__)}")
+        options = {**self._options(), "batch_first": False, "dropout": 0.0}
+        out, h_n = F.gru(self.params, x, h, **options)
+        return out[0, ...], h_n
 
     def forward(self, x: Any, h0: Any = None, *, lengths: Any = None) -> tuple[Any, Any, F.GRUTape]:
         """``(out, h_n, tape)``; pass the tape to :meth:`backward`."""
@@ -188,15 +252,17 @@ class GRU(_Parametrized):
         return F.gru_backward(tape, d_out, d_hn)
 
     def __repr__(self) -> str:
-        c = self.config
+        c = self.structure
         extras = [f"num_layers={c.num_layers}"] if c.num_layers != 1 else []
         for name, default in (("bias", True), ("batch_first", False), ("bidirectional", False), ("reset_after", True)):
             if getattr(c, name) != default:
                 extras.append(f"{name}={getattr(c, name)}")
+        if self.dropout:
+            extras.append(f"dropout={self.dropout}")
         return f"GRU({c.input_size}, {c.hidden_size}, {', '.join(extras + [self._placement()])})"
 
 
-class GRUCell(_Parametrized):
+class GRUCell(Module):
     """One GRU step with PyTorch's ``nn.GRUCell`` semantics (``reset_after`` as in :class:`GRU`).
 
     Parameters are ``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih`` and ``bias_hh`` (3H,).
@@ -222,10 +288,13 @@ class GRUCell(_Parametrized):
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.bias = check_bool("bias", bias)
         self.reset_after = check_bool("reset_after", reset_after)
-        self._place(xp, device, dtype, seed, hidden_size)
+        self._place(xp, device, dtype, seed, lambda rng: F.uniform_init(self._param_shapes(), 1.0 / math.sqrt(hidden_size), rng))
 
     def _param_shapes(self) -> dict[str, tuple[int, ...]]:
         return F.cell_param_shapes(self.input_size, self.hidden_size, bias=self.bias)
+
+    def config(self) -> dict[str, Any]:
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias, reset_after=self.reset_after)
 
     def __call__(self, x: Any, h: Any = None) -> Any:
         return F.gru_cell(self.params, x, h, reset_after=self.reset_after)

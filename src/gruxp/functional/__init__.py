@@ -15,7 +15,7 @@ from ._cell import (
     step_backward,
     step_forward,
 )
-from ._params import cell_param_shapes, gru_param_shapes, host_rng, init_params
+from ._params import cell_param_shapes, gru_param_shapes, host_rng, init_params, uniform_init
 from ._sequence import DirectionTape, GRUConfig, GRUTape, gru, gru_backward, gru_forward
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "gru_param_shapes",
     "host_rng",
     "init_params",
+    "uniform_init",
     "param_grads",
     "sigmoid",
     "step_backward",

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._namespace import from_numpy
 
-__all__ = ["gru_param_shapes", "cell_param_shapes", "init_params", "host_rng"]
+__all__ = ["gru_param_shapes", "cell_param_shapes", "init_params", "uniform_init", "host_rng"]
 
 
 def _suffix(layer: int, direction: int) -> str:
@@ -63,13 +63,15 @@ def host_rng(seed: Any) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def uniform_init(shapes: dict[str, tuple[int, ...]], bound: float, rng: Any) -> dict[str, np.ndarray]:
+    """Host float64 draws from U(-bound, bound), one per entry of ``shapes``, in order."""
+    rng = host_rng(rng)
+    return {name: rng.uniform(-bound, bound, size=shape) for name, shape in shapes.items()}
+
+
 def init_params(
     shapes: dict[str, tuple[int, ...]], hidden_size: int, *, seed: Any = None, xp: ModuleType, device: Any, dtype: Any
 ) -> dict[str, Any]:
     """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)) (PyTorch's default) in ``shapes``' order."""
-    rng = host_rng(seed)
-    bound = 1.0 / math.sqrt(hidden_size)
-    return {
-        name: from_numpy(rng.uniform(-bound, bound, size=shape), xp=xp, device=device, dtype=dtype)
-        for name, shape in shapes.items()
-    }
+    host = uniform_init(shapes, 1.0 / math.sqrt(hidden_size), seed)
+    return {name: from_numpy(a, xp=xp, device=device, dtype=dtype) for name, a in host.items()}

@@ -26,6 +26,7 @@ import numpy as np
 from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
 from .._namespace import device_of, resolve_xp
 from ._cell import StepCache, param_grads, step_backward, step_forward
+from ._layers import dropout_mask
 from ._params import gru_param_shapes
 
 __all__ = ["GRUConfig", "DirectionTape", "GRUTape", "gru", "gru_forward", "gru_backward"]
@@ -70,6 +71,7 @@ class GRUTape(NamedTuple):
     config: GRUConfig
     layers: tuple[tuple[DirectionTape, ...], ...]
     mask: Any  # (T, B, 1) bool, or None when every sequence has length T
+    dropout_masks: Any  # (L−1, T, B, D·H) scaled keep-masks between layers, or None
     unbatched: bool
     out_shape: tuple[int, ...]
     hn_shape: tuple[int, ...]
@@ -179,9 +181,13 @@ def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
     return xp, x, h0, mask, unbatched
 
 
-def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp):
+def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout=0.0, rng=None):
     xp, x, h0, mask, unbatched = _prepare(params, x, h0, lengths, config, xp)
     D = config.num_directions
+    T, B = x.shape[0], x.shape[1]
+    drop = dropout_mask(
+        dropout, (config.num_layers - 1, T, B, D * config.hidden_size), rng, xp=xp, dtype=x.dtype, device=device_of(x)
+    )
     layer_in, h_n, layers = x, [], []
     for layer in range(config.num_layers):
         outs, tapes = [], []
@@ -201,6 +207,8 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp):
             tapes.append(tape)
             h_n.append(h_T)
         layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
+        if drop is not None and layer < config.num_layers - 1:
+            layer_in = layer_in * drop[layer, ...]
         layers.append(tuple(tapes))
     out, h_n = layer_in, xp.stack(h_n, axis=0)
     if unbatched:
@@ -209,7 +217,7 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp):
         out = xp.permute_dims(out, (1, 0, 2))
     if not record:
         return out, h_n, None
-    tape = GRUTape(dict(params), config, tuple(layers), mask, unbatched, tuple(out.shape), tuple(h_n.shape))
+    tape = GRUTape(dict(params), config, tuple(layers), mask, drop, unbatched, tuple(out.shape), tuple(h_n.shape))
     return out, h_n, tape
 
 
@@ -243,6 +251,8 @@ def gru(
     bidirectional: bool = False,
     batch_first: bool = False,
     reset_after: bool = True,
+    dropout: float = 0.0,
+    rng: Any = None,
     xp: Any = None,
 ) -> tuple[Any, Any]:
     """Inference: ``(out, h_n)`` of a stacked GRU; nothing is kept for backward.
@@ -254,10 +264,12 @@ def gru(
     out: (T, B, D·H), (B, T, D·H) or (T, D·H).
     lengths: (B,) host integers in [1, T], PyTorch packed-sequence semantics.
 
-    ``bias=None`` infers it from the params (``bias_ih_l0`` present or not).
+    ``bias=None`` infers it from the params (``bias_ih_l0`` present or not). ``dropout=p`` zeroes
+    each output of every layer but the last with probability p (scaled by 1/(1−p)), as PyTorch's
+    ``nn.GRU(dropout=p)`` in training; masks come from ``rng`` (a seed or NumPy Generator).
     """
     config = _config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after)
-    out, h_n, _ = _run(params, x, h0, lengths, config, record=False, xp=xp)
+    out, h_n, _ = _run(params, x, h0, lengths, config, record=False, xp=xp, dropout=dropout, rng=rng)
     return out, h_n
 
 
@@ -272,11 +284,13 @@ def gru_forward(
     bidirectional: bool = False,
     batch_first: bool = False,
     reset_after: bool = True,
+    dropout: float = 0.0,
+    rng: Any = None,
     xp: Any = None,
 ) -> tuple[Any, Any, GRUTape]:
     """Like :func:`gru`, and also return the :class:`GRUTape` that :func:`gru_backward` needs."""
     config = _config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after)
-    return _run(params, x, h0, lengths, config, record=True, xp=xp)
+    return _run(params, x, h0, lengths, config, record=True, xp=xp, dropout=dropout, rng=rng)
 
 
 def gru_backward(tape: GRUTape, d_out: Any = None, d_hn: Any = None) -> tuple[dict[str, Any], Any, Any]:
@@ -325,7 +339,7 @@ def gru_backward(tape: GRUTape, d_out: Any = None, d_hn: Any = None) -> tuple[di
             )
             grads.update({names[short]: value for short, value in g.items()})
             d_in = dx if d_in is None else d_in + dx
-        d_layer = d_in
+        d_layer = d_in if tape.dropout_masks is None or layer == 0 else d_in * tape.dropout_masks[layer - 1, ...]
     dx, dh0 = d_layer, xp.stack(dh0s, axis=0)
     if tape.unbatched:
         dx, dh0 = dx[:, 0, ...], dh0[:, 0, ...]

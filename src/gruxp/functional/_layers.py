@@ -1,0 +1,100 @@
+"""Linear, embedding, dropout and last-step selection: forward and backward side by side.
+
+Same rules as the GRU: pure functions, a NamedTuple-free tape where the tape is a single array,
+every created array with ``dtype=`` and ``device=``, no Python branch on array values.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .._namespace import concrete_bool, device_of, dtype_name, namespace_of
+from ._params import host_rng
+
+__all__ = [
+    "linear",
+    "linear_backward",
+    "embedding",
+    "embedding_backward",
+    "dropout_mask",
+    "last_step_mask",
+]
+
+# The embedding gradient is a sum of one-hot rows; the one-hot block is bounded to this many
+# elements so a large vocabulary never allocates N·V at once.
+ONE_HOT_BUDGET = 1 << 22
+
+
+def linear(params: dict, x: Any, *, xp: ModuleType) -> Any:
+    """y = x Wᵀ + b over the last axis; x (..., in) -> (..., out)."""
+    w = params["weight"]
+    lead, n_in = tuple(x.shape[:-1]), x.shape[-1]
+    y = xp.reshape(x, (-1, n_in)) @ xp.matrix_transpose(w)
+    if params.get("bias") is not None:
+        y = y + params["bias"]
+    return xp.reshape(y, lead + (w.shape[0],))
+
+
+def linear_backward(params: dict, x: Any, dy: Any, *, xp: ModuleType) -> tuple[dict, Any]:
+    """Gradients of Σ y·dy: ({weight, bias}, dx)."""
+    w = params["weight"]
+    n_out, n_in = w.shape
+    x2, dy2 = xp.reshape(x, (-1, n_in)), xp.reshape(dy, (-1, n_out))
+    grads = {"weight": xp.matrix_transpose(dy2) @ x2}
+    if params.get("bias") is not None:
+        grads["bias"] = xp.sum(dy2, axis=0)
+    return grads, xp.reshape(dy2 @ w, tuple(x.shape))
+
+
+def check_ids(ids: Any, num_embeddings: int, *, name: str = "ids") -> None:
+    xp = namespace_of(ids, what=name)
+    if not xp.isdtype(ids.dtype, "integral"):
+        raise TypeError(f"{name} must be an integer array; got dtype {dtype_name(ids.dtype)}")
+    bad = concrete_bool(xp.any((ids < 0) | (ids >= num_embeddings)))
+    if bad:
+        raise ValueError(f"{name} must lie in [0, {num_embeddings}); got values outside it")
+
+
+def embedding(params: dict, ids: Any, *, xp: ModuleType) -> Any:
+    """Rows of ``weight`` (V, E) picked by integer ``ids`` of any shape -> (*ids.shape, E)."""
+    w = params["weight"]
+    flat = xp.take(w, xp.reshape(ids, (-1,)), axis=0)
+    return xp.reshape(flat, tuple(ids.shape) + (w.shape[1],))
+
+
+def embedding_backward(params: dict, ids: Any, dy: Any, *, xp: ModuleType) -> dict:
+    """dW[v] = Σ over positions with id v of dy: one-hot GEMMs in bounded blocks (repeats add up)."""
+    w = params["weight"]
+    V, E = w.shape
+    flat_ids, flat_dy = xp.reshape(ids, (-1,)), xp.reshape(dy, (-1, E))
+    vocab = xp.arange(V, dtype=flat_ids.dtype, device=device_of(w))
+    rows = max(1, ONE_HOT_BUDGET // V)
+    grad = None
+    for start in range(0, flat_ids.shape[0], rows):
+        one_hot = xp.astype(flat_ids[start : start + rows, None] == vocab[None, :], w.dtype)
+        part = xp.matrix_transpose(one_hot) @ flat_dy[start : start + rows, :]
+        grad = part if grad is None else grad + part
+    if grad is None:
+        grad = xp.zeros((V, E), dtype=w.dtype, device=device_of(w))
+    return {"weight": grad}
+
+
+def dropout_mask(p: float, shape: tuple[int, ...], rng: Any, *, xp: ModuleType, dtype: Any, device: Any) -> Any:
+    """Inverted-dropout keep-mask (0 or 1/(1−p)) drawn on the host, so a seed fixes it on every
+    backend, and moved to the device in one transfer. None when p == 0."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be a float in [0, 1); got {p!r}")
+    if p == 0.0 or 0 in shape:
+        return None
+    keep = (host_rng(rng).random(shape) >= p) / (1.0 - p)
+    return xp.asarray(keep, dtype=dtype, device=device)
+
+
+def last_step_mask(lengths: np.ndarray | None, steps: int, batch: int, *, xp: ModuleType, device: Any) -> Any:
+    """Boolean (T, B, 1) selecting each sequence's last valid step (T−1 without lengths)."""
+    last = np.full(batch, steps - 1) if lengths is None else np.asarray(lengths) - 1
+    select = np.arange(steps)[:, None, None] == last[None, :, None]
+    return xp.asarray(select, dtype=xp.bool, device=device)

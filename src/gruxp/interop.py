@@ -1,0 +1,153 @@
+"""Weights in and out of PyTorch and Keras, losslessly.
+
+PyTorch uses gruxp's own names and layouts (``nn.GRU``, ``nn.GRUCell``, ``nn.Linear``,
+``nn.Embedding``), so conversion is a state-dict copy; ``torch`` is imported only when a function
+that needs it is called.
+
+Keras 3 differs in three ways (keras-team/keras#8720 is the classic confusion):
+
+* gate order z, r, h instead of r, z, n;
+* ``kernel`` (I, 3H) and ``recurrent_kernel`` (H, 3H), the transposes of weight_ih / weight_hh;
+* ``bias`` (2, 3H) = [input bias; recurrent bias] when ``reset_after=True``, but one (3H,) bias
+  when ``reset_after=False``. In that convention every recurrent bias sits outside the reset
+  product (n = tanh(W_in x + b_in + W_hn(r⊙h) + b_hn)), so b_ih + b_hh folds into Keras's single
+  bias exactly; the way back puts it all in ``bias_ih`` and zeros in ``bias_hh`` (same function).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._namespace import dtype_name, to_numpy
+from .layers import Embedding, Linear
+from .models import GRU, GRUCell
+
+__all__ = ["from_torch", "to_torch", "torch_to_keras_gates", "params_to_keras", "keras_to_params", "to_keras", "from_keras"]
+
+
+def _rzn_to_zrn(a: np.ndarray, H: int) -> np.ndarray:
+    return np.concatenate([a[H : 2 * H], a[:H], a[2 * H :]], axis=0)
+
+
+def _zrn_to_rzn(a: np.ndarray, H: int) -> np.ndarray:
+    return np.concatenate([a[H : 2 * H], a[:H], a[2 * H :]], axis=0)  # the swap is its own inverse
+
+
+torch_to_keras_gates = _rzn_to_zrn
+
+
+# -- PyTorch ------------------------------------------------------------------------------------
+def from_torch(module: Any, *, xp: Any = None, device: Any = None, dtype: Any = None) -> Any:
+    """A gruxp layer equal to a ``torch.nn`` GRU, GRUCell, Linear or Embedding (weights copied)."""
+    import torch
+
+    kind = type(module)
+    if kind is torch.nn.GRU:
+        if getattr(module, "proj_size", 0):
+            raise ValueError("torch.nn.GRU has no projections; proj_size must be 0")
+        layer: Any = GRU(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
+                         batch_first=module.batch_first, bidirectional=module.bidirectional,
+                         dropout=float(module.dropout), xp=xp, device=device, dtype=dtype)
+    elif kind is torch.nn.GRUCell:
+        layer = GRUCell(module.input_size, module.hidden_size, bias=module.bias, xp=xp, device=device, dtype=dtype)
+    elif kind is torch.nn.Linear:
+        layer = Linear(module.in_features, module.out_features, bias=module.bias is not None, xp=xp, device=device, dtype=dtype)
+    elif kind is torch.nn.Embedding:
+        layer = Embedding(module.num_embeddings, module.embedding_dim, xp=xp, device=device, dtype=dtype)
+    else:
+        raise TypeError(f"from_torch converts nn.GRU, nn.GRUCell, nn.Linear and nn.Embedding; got {kind.__name__}")
+    layer.load_state_dict(module.state_dict())
+    return layer
+
+
+def to_torch(layer: Any, *, dtype: Any = None) -> Any:
+    """The ``torch.nn`` module equal to a gruxp GRU (reset_after=True only), GRUCell, Linear or Embedding."""
+    import torch
+
+    if getattr(layer, "reset_after", True) is False:
+        raise ValueError("PyTorch has only the reset_after=True GRU; this model has reset_after=False")
+    dtype = dtype or getattr(torch, dtype_name(layer.dtype))
+    if isinstance(layer, GRU):
+        module: Any = torch.nn.GRU(layer.input_size, layer.hidden_size, layer.num_layers, bias=layer.bias,
+                                   batch_first=layer.batch_first, bidirectional=layer.bidirectional,
+                                   dropout=layer.dropout, dtype=dtype)
+    elif isinstance(layer, GRUCell):
+        module = torch.nn.GRUCell(layer.input_size, layer.hidden_size, bias=layer.bias, dtype=dtype)
+    elif isinstance(layer, Linear):
+        module = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=dtype)
+    elif isinstance(layer, Embedding):
+        module = torch.nn.Embedding(layer.num_embeddings, layer.embedding_dim, dtype=dtype)
+    else:
+        raise TypeError(f"to_torch converts GRU, GRUCell, Linear and Embedding; got {type(layer).__name__}")
+    module.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in layer.state_dict().items()})
+    return module
+
+
+# -- Keras ----------------------------------------------------------------------------------------
+def params_to_keras(params: Mapping[str, Any], *, reset_after: bool = True, suffix: str = "") -> list[np.ndarray]:
+    """Keras GRU weights ``[kernel, recurrent_kernel(, bias)]`` from one layer-direction's params.
+
+    ``suffix`` picks the layer-direction of a stacked GRU (``"_l0"``, ``"_l1_reverse"``); a cell
+    uses ``""``.
+    """
+    w_ih, w_hh = to_numpy(params["weight_ih" + suffix]), to_numpy(params["weight_hh" + suffix])
+    H = w_hh.shape[1]
+    weights = [_rzn_to_zrn(w_ih, H).T.copy(), _rzn_to_zrn(w_hh, H).T.copy()]
+    if ("bias_ih" + suffix) in params:
+        b_ih, b_hh = to_numpy(params["bias_ih" + suffix]), to_numpy(params["bias_hh" + suffix])
+        if reset_after:
+            weights.append(np.stack([_rzn_to_zrn(b_ih, H), _rzn_to_zrn(b_hh, H)]))
+        else:
+            weights.append(_rzn_to_zrn(b_ih + b_hh, H))
+    return weights
+
+
+def keras_to_params(weights: Sequence[Any], *, reset_after: bool = True, suffix: str = "") -> dict[str, np.ndarray]:
+    """PyTorch-named params from Keras GRU weights ``[kernel, recurrent_kernel(, bias)]``."""
+    if len(weights) not in (2, 3):
+        raise ValueError(f"Keras GRU weights are [kernel, recurrent_kernel] or [kernel, recurrent_kernel, bias]; got {len(weights)} arrays")
+    kernel, recurrent = to_numpy(weights[0]), to_numpy(weights[1])
+    H = recurrent.shape[0]
+    if kernel.ndim != 2 or kernel.shape[1] != 3 * H or recurrent.shape != (H, 3 * H):
+        raise ValueError(f"kernel must be (I, 3H) and recurrent_kernel (H, 3H); got {kernel.shape} and {recurrent.shape}")
+    params = {"weight_ih" + suffix: _zrn_to_rzn(kernel.T, H), "weight_hh" + suffix: _zrn_to_rzn(recurrent.T, H)}
+    if len(weights) == 3:
+        bias = to_numpy(weights[2])
+        expected = (2, 3 * H) if reset_after else (3 * H,)
+        if bias.shape != expected:
+            raise ValueError(f"bias must have shape {expected} for reset_after={reset_after}; got {bias.shape}")
+        if reset_after:
+            params["bias_ih" + suffix], params["bias_hh" + suffix] = _zrn_to_rzn(bias[0], H), _zrn_to_rzn(bias[1], H)
+        else:
+            params["bias_ih" + suffix], params["bias_hh" + suffix] = _zrn_to_rzn(bias, H), np.zeros(3 * H, bias.dtype)
+    return params
+
+
+def to_keras(layer: GRU | GRUCell) -> list[np.ndarray]:
+    """Weights for ``keras.layers.GRU(H, reset_after=layer.reset_after, use_bias=layer.bias)``.
+
+    A one-layer unidirectional GRU or a GRUCell (Keras stacks and wraps ``Bidirectional`` itself).
+    """
+    if isinstance(layer, GRU):
+        if layer.num_layers != 1 or layer.bidirectional:
+            raise ValueError("to_keras takes a one-layer unidirectional GRU; convert each layer-direction with params_to_keras")
+        return params_to_keras(layer.params, reset_after=layer.reset_after, suffix="_l0")
+    if isinstance(layer, GRUCell):
+        return params_to_keras(layer.params, reset_after=layer.reset_after)
+    raise TypeError(f"to_keras converts GRU and GRUCell; got {type(layer).__name__}")
+
+
+def from_keras(weights: Sequence[Any], *, reset_after: bool = True, batch_first: bool = True, xp: Any = None,
+               device: Any = None, dtype: Any = None) -> GRU:
+    """A one-layer GRU equal to a Keras GRU with these weights (``layer.get_weights()``).
+
+    ``batch_first=True`` by default because Keras is batch-major.
+    """
+    params = keras_to_params(weights, reset_after=reset_after, suffix="_l0")
+    I, H = params["weight_ih_l0"].shape[1], params["weight_hh_l0"].shape[1]
+    gru = GRU(I, H, bias=len(weights) == 3, batch_first=batch_first, reset_after=reset_after, xp=xp, device=device, dtype=dtype)
+    gru.load_state_dict(params)
+    return gru

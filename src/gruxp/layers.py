@@ -1,0 +1,377 @@
+"""Layers around the GRU, and :class:`Sequential` to compose them into one model.
+
+Every layer has the GRU's shape of API: ``y, tape = layer.forward(x)`` and
+``grads, dx = layer.backward(tape, dy)``, with PyTorch's parameter names. ``Sequential`` chains
+them and exposes ONE flat dict of named parameters (``gru.weight_ih_l0``, ``head.weight``), which
+is what optimizers, checkpoints and converters work on.
+
+A GRU inside a ``Sequential`` reads its initial state from, and writes its final state to, the
+``state`` dict under its own name: that is how truncated BPTT carries h_n from one window into the
+next (``backward`` never reaches into the previous window, whose tape is gone).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import functional as F
+from ._checks import check_array, check_bool, check_positive_int, check_shape
+from ._namespace import device_of, namespace_of, same_device, to_numpy
+from .functional._layers import check_ids, dropout_mask, embedding, embedding_backward, last_step_mask, linear, linear_backward
+from .models import GRU, Module
+
+__all__ = ["Linear", "Embedding", "Dropout", "LastStep", "Sequential", "SequentialTape"]
+
+
+class _Tape(NamedTuple):
+    """The record of a layer with a single saved input."""
+
+    params: Mapping[str, Any]
+    saved: Any  # the input (Linear, Embedding) or the mask (Dropout, LastStep)
+    owner: Any = None
+
+
+class Linear(Module):
+    """y = x Wᵀ + b over the last axis, PyTorch's ``nn.Linear`` (weight (out, in), bias (out,)).
+
+    Initialised like PyTorch: U(−1/√in, 1/√in) for weight and bias, drawn on the host.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, xp: Any = None,
+                 device: Any = None, dtype: Any = None, seed: Any = None) -> None:
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self.bias = check_bool("bias", bias)
+        self._place(xp, device, dtype, seed, lambda rng: F.uniform_init(self._param_shapes(), 1.0 / math.sqrt(in_features), rng))
+
+    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"weight": (self.out_features, self.in_features), **({"bias": (self.out_features,)} if self.bias else {})}
+
+    def config(self) -> dict[str, Any]:
+        return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias)
+
+    def _check_x(self, x: Any) -> None:
+        check_array("x", x, xp=self.xp, device=self.device, dtype=self.dtype)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape (..., {self.in_features}); got {tuple(x.shape)}")
+
+    def __call__(self, x: Any) -> Any:
+        self._check_x(x)
+        return linear(self.params, x, xp=self.xp)
+
+    def forward(self, x: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
+        self._check_x(x)
+        return linear(self.params, x, xp=self.xp), _Tape(dict(self.params), x, self._token)
+
+    def backward(self, tape: _Tape, dy: Any) -> tuple[dict[str, Any], Any]:
+        self._check_tape(tape, _Tape)
+        _check_grad("dy", dy, tuple(tape.saved.shape[:-1]) + (self.out_features,), self)
+        return linear_backward(tape.params, tape.saved, dy, xp=self.xp)
+
+    def __repr__(self) -> str:
+        return f"Linear({self.in_features}, {self.out_features}{'' if self.bias else ', bias=False'}, {self._placement()})"
+
+
+class Embedding(Module):
+    """Integer ids (any shape) -> rows of ``weight`` (V, E), PyTorch's ``nn.Embedding`` (init N(0, 1)).
+
+    The gradient adds up over repeated ids. ``dx`` is None: ids have no gradient.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, xp: Any = None, device: Any = None,
+                 dtype: Any = None, seed: Any = None) -> None:
+        self.num_embeddings = check_positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
+        self._place(xp, device, dtype, seed, lambda rng: {"weight": rng.standard_normal((num_embeddings, embedding_dim))})
+
+    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"weight": (self.num_embeddings, self.embedding_dim)}
+
+    def config(self) -> dict[str, Any]:
+        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim)
+
+    def _check_ids(self, ids: Any) -> None:
+        if namespace_of(ids, what="ids") is not self.xp:
+            raise TypeError("ids must be an integer array of the embedding's namespace")
+        check_ids(ids, self.num_embeddings)
+
+    def __call__(self, ids: Any) -> Any:
+        self._check_ids(ids)
+        return embedding(self.params, ids, xp=self.xp)
+
+    def forward(self, ids: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
+        self._check_ids(ids)
+        return embedding(self.params, ids, xp=self.xp), _Tape(dict(self.params), ids, self._token)
+
+    def backward(self, tape: _Tape, dy: Any) -> tuple[dict[str, Any], None]:
+        self._check_tape(tape, _Tape)
+        _check_grad("dy", dy, tuple(tape.saved.shape) + (self.embedding_dim,), self)
+        return embedding_backward(tape.params, tape.saved, dy, xp=self.xp), None
+
+    def __repr__(self) -> str:
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim}, {self._placement()})"
+
+
+class Dropout:
+    """Inverted dropout in training mode (``train()``, the default); identity in ``eval()``.
+
+    Masks are drawn on the host from ``self.rng`` (seeded: the same mask on every backend).
+    """
+
+    def __init__(self, p: float = 0.5, *, seed: Any = None) -> None:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"p must be a float in [0, 1); got {p!r}")
+        self.p, self.rng, self.training, self.params = float(p), F.host_rng(seed), True, {}
+
+    def config(self) -> dict[str, Any]:
+        return dict(p=self.p)
+
+    def train(self, mode: bool = True) -> Dropout:
+        self.training = check_bool("mode", mode)
+        return self
+
+    def eval(self) -> Dropout:
+        return self.train(False)
+
+    def forward(self, x: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
+        xp = namespace_of(x, what="x")
+        mask = dropout_mask(self.p if self.training else 0.0, tuple(x.shape), self.rng, xp=xp, dtype=x.dtype, device=device_of(x))
+        return (x if mask is None else x * mask), _Tape({}, mask)
+
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)[0]
+
+    def backward(self, tape: _Tape, dy: Any) -> tuple[dict, Any]:
+        return {}, (dy if tape.saved is None else dy * tape.saved)
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"
+
+
+class LastStep:
+    """The output at each sequence's last valid step: (T, B, F) -> (B, F), or (B, T, F) with batch_first.
+
+    With ``lengths`` the step is len−1 (as PyTorch users index a padded output); for a bidirectional
+    GRU that joins the forward direction's final state with the reverse direction's output there.
+    """
+
+    def __init__(self, *, batch_first: bool = False) -> None:
+        self.batch_first, self.params, self.training = check_bool("batch_first", batch_first), {}, True
+
+    def config(self) -> dict[str, Any]:
+        return dict(batch_first=self.batch_first)
+
+    def train(self, mode: bool = True) -> LastStep:
+        self.training = check_bool("mode", mode)
+        return self
+
+    def eval(self) -> LastStep:
+        return self.train(False)
+
+    def forward(self, x: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
+        xp = namespace_of(x, what="x")
+        if x.ndim != 3:
+            raise ValueError(f"x must have shape {'(B, T, F)' if self.batch_first else '(T, B, F)'}; got {tuple(x.shape)}")
+        if self.batch_first:
+            x = xp.permute_dims(x, (1, 0, 2))
+        T, B = x.shape[0], x.shape[1]
+        host = None if lengths is None else F._sequence.check_lengths(lengths, batch=B, steps=T)
+        select = last_step_mask(host, T, B, xp=xp, device=device_of(x))
+        zero = xp.zeros((), dtype=x.dtype, device=device_of(x))
+        return xp.sum(xp.where(select, x, zero), axis=0), _Tape({}, select)
+
+    def __call__(self, x: Any, *, lengths: Any = None) -> Any:
+        return self.forward(x, lengths=lengths)[0]
+
+    def backward(self, tape: _Tape, dy: Any) -> tuple[dict, Any]:
+        xp = namespace_of(dy, what="dy")
+        dx = xp.where(tape.saved, dy[None, ...], xp.zeros((), dtype=dy.dtype, device=device_of(dy)))
+        return {}, (xp.permute_dims(dx, (1, 0, 2)) if self.batch_first else dx)
+
+    def __repr__(self) -> str:
+        return f"LastStep(batch_first={self.batch_first})"
+
+
+def _check_grad(name: str, g: Any, shape: tuple[int, ...], layer: Module) -> None:
+    check_array(name, g, xp=layer.xp, device=layer.device, dtype=layer.dtype)
+    check_shape(name, g, shape, "(the shape of the forward output)")
+
+
+class SequentialTape(NamedTuple):
+    tapes: tuple[Any, ...]
+    owner: Any = None
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (GRU, Linear, Embedding, Dropout, LastStep)}
+
+
+class Sequential:
+    """Layers applied in order, with one flat dict of parameters named ``<layer>.<param>``.
+
+    Examples
+    --------
+    >>> import numpy as np, gruxp
+    >>> model = gruxp.Sequential(
+    ...     embed=gruxp.Embedding(50, 8, seed=0),
+    ...     gru=gruxp.GRU(8, 16, num_layers=2, batch_first=True, seed=1),
+    ...     head=gruxp.Linear(16, 50, seed=2))
+    >>> ids = np.zeros((4, 10), dtype=np.int64)            # (B, T)
+    >>> logits, state, tape = model.forward(ids)
+    >>> logits.shape, state["gru"].shape
+    ((4, 10, 50), (2, 4, 16))
+    >>> sorted(model.params)[:2]
+    ['embed.weight', 'gru.bias_hh_l0']
+    """
+
+    def __init__(self, layers: Mapping[str, Any] | None = None, /, **named: Any) -> None:
+        items = list((layers or {}).items()) + list(named.items())
+        if not items:
+            raise ValueError("Sequential needs at least one layer")
+        for name, layer in items:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"layer names must be identifiers; got {name!r}")
+            if not hasattr(layer, "forward") or not hasattr(layer, "backward"):
+                raise TypeError(f"layer {name!r} has no forward/backward; got {type(layer).__name__}")
+        self.layers: dict[str, Any] = dict(items)
+        self._token = object()
+        placed = self.placed
+        for name, layer in self.layers.items():
+            if isinstance(layer, Module) and (layer.xp is not placed[0].xp or layer.dtype != placed[0].dtype
+                                              or not same_device(layer.device, placed[0].device)):
+                raise ValueError(
+                    f"layer {name!r} lives on {layer._placement()} but the first layer with parameters on "
+                    f"{placed[0]._placement()}; build all layers with the same xp, device and dtype"
+                )
+
+    # -- parameters -------------------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, Any]:
+        return {f"{name}.{k}": v for name, layer in self.layers.items() for k, v in layer.params.items()}
+
+    @params.setter
+    def params(self, flat: Mapping[str, Any]) -> None:
+        expected = self.params
+        missing = [k for k in expected if k not in flat]
+        extra = [k for k in flat if k not in expected]
+        if missing or extra:
+            raise ValueError(f"params do not match the model: missing {missing}, unexpected {extra}")
+        for k, v in flat.items():
+            if tuple(v.shape) != tuple(expected[k].shape):
+                raise ValueError(f"params[{k!r}] must have shape {tuple(expected[k].shape)}; got {tuple(v.shape)}")
+        for name, layer in self.layers.items():
+            if layer.params:
+                layer.params = {k: flat[f"{name}.{k}"] for k in layer.params}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: to_numpy(v) for k, v in self.params.items()}
+
+    def load_state_dict(self, mapping: Mapping[str, Any]) -> None:
+        """All-or-nothing: every layer is checked before any is changed."""
+        expected = self.params
+        missing = [k for k in expected if k not in mapping]
+        extra = [k for k in mapping if k not in expected]
+        if missing or extra:
+            parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {extra}"] if extra else [])
+            raise ValueError("load_state_dict: " + "; ".join(parts))
+        staged = {
+            name: layer._converted({k: mapping[f"{name}.{k}"] for k in layer.params})
+            for name, layer in self.layers.items()
+            if layer.params
+        }
+        for name, params in staged.items():
+            self.layers[name].params = params
+
+    def config(self) -> list[dict[str, Any]]:
+        return [{"name": n, "type": type(layer).__name__, "args": layer.config()} for n, layer in self.layers.items()]
+
+    @classmethod
+    def from_config(cls, config: list[dict[str, Any]], *, xp: Any = None, device: Any = None, dtype: Any = None) -> Sequential:
+        """Rebuild the structure from :meth:`config` (parameters freshly initialised)."""
+        layers = {}
+        for entry in config:
+            kind = LAYER_TYPES.get(entry.get("type"))
+            if kind is None:
+                raise ValueError(f"unknown layer type {entry.get('type')!r}; known: {sorted(LAYER_TYPES)}")
+            placed = issubclass(kind, Module)
+            layers[entry["name"]] = kind(**entry["args"], **(dict(xp=xp, device=device, dtype=dtype) if placed else {}))
+        return cls(layers)
+
+    def to(self, xp: Any = None, device: Any = None, dtype: Any = None) -> Sequential:
+        """The same model on another namespace/device/dtype (a new object)."""
+        return Sequential({n: (layer.to(xp, device, dtype) if isinstance(layer, Module) else layer) for n, layer in self.layers.items()})
+
+    def train(self, mode: bool = True) -> Sequential:
+        for layer in self.layers.values():
+            layer.train(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        return self.train(False)
+
+    @property
+    def placed(self) -> list[Module]:
+        return [layer for layer in self.layers.values() if isinstance(layer, Module)]
+
+    @property
+    def xp(self) -> Any:
+        return self.placed[0].xp
+
+    @property
+    def device(self) -> Any:
+        return self.placed[0].device
+
+    @property
+    def dtype(self) -> Any:
+        return self.placed[0].dtype
+
+    # -- computation ------------------------------------------------------------------------
+    def forward(self, x: Any, state: Mapping[str, Any] | None = None, *, lengths: Any = None) -> tuple[Any, dict, SequentialTape]:
+        """``(y, state, tape)``: ``state`` maps each GRU's name to its h_n (its h0 on input)."""
+        state = dict(state or {})
+        unknown = [k for k in state if not isinstance(self.layers.get(k), GRU)]
+        if unknown:
+            raise ValueError(f"state has entries for layers that are not GRUs: {unknown}")
+        new_state, tapes, y = {}, [], x
+        for name, layer in self.layers.items():
+            if isinstance(layer, GRU):
+                y, new_state[name], tape = layer.forward(y, state.get(name), lengths=lengths)
+            else:
+                y, tape = layer.forward(y, lengths=lengths)
+            tapes.append(tape)
+        return y, new_state, SequentialTape(tuple(tapes), self._token)
+
+    def __call__(self, x: Any, state: Mapping[str, Any] | None = None, *, lengths: Any = None) -> tuple[Any, dict]:
+        """Inference ``(y, state)``; GRUs keep no tape."""
+        state = dict(state or {})
+        new_state, y = {}, x
+        for name, layer in self.layers.items():
+            if isinstance(layer, GRU):
+                y, new_state[name] = layer(y, state.get(name), lengths=lengths)
+            elif isinstance(layer, LastStep):
+                y = layer(y, lengths=lengths)
+            else:
+                y = layer(y)
+        return y, new_state
+
+    def backward(self, tape: SequentialTape, dy: Any, d_state: Mapping[str, Any] | None = None) -> tuple[dict, Any, dict]:
+        """``(grads, dx, d_state0)``: flat grads keyed like :attr:`params`; dx None for integer input."""
+        if not isinstance(tape, SequentialTape) or tape.owner is not self._token:
+            raise ValueError("tape was not recorded by this model's forward")
+        d_state = dict(d_state or {})
+        grads, d_state0 = {}, {}
+        for (name, layer), layer_tape in zip(reversed(self.layers.items()), reversed(tape.tapes)):
+            if isinstance(layer, GRU):
+                g, dy, d_state0[name] = layer.backward(layer_tape, dy, d_state.get(name))
+            else:
+                g, dy = layer.backward(layer_tape, dy)
+            grads.update({f"{name}.{k}": v for k, v in g.items()})
+        return {k: grads[k] for k in self.params}, dy, d_state0
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"  {n}={layer!r}" for n, layer in self.layers.items())
+        return f"Sequential(\n{inner}\n)"
+

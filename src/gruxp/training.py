@@ -1,0 +1,202 @@
+"""The training loop: one step is forward → loss → backward → (clip) → optimizer, on any backend.
+
+:class:`Trainer` owns the optimizer state, the step counter, a host RNG for the data and, for
+truncated BPTT, the recurrent state carried from one window into the next. The carried state
+enters the next window as its initial state only: that window's backward stops at it (its
+gradient ``dh0`` is dropped), which is exactly truncation.
+
+Batches come from a function ``batch_fn(step, rng)`` so that the data a step sees depends only
+on the step and the saved RNG state: resuming from a checkpoint continues bit-identically.
+
+A non-finite loss stops training with :class:`NonFiniteLossError` before any update, and the last
+good checkpoint on disk is never overwritten by the failed step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import checkpoint as ckpt_io
+from .optim import OPTIMIZERS, clip_grad_norm
+
+__all__ = ["Batch", "Trainer", "NonFiniteLossError", "stream_windows"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; parameters and checkpoints are as after the last good step."""
+
+
+class Batch(NamedTuple):
+    """One training batch. ``reset`` clears the carried state before this batch (a new stream)."""
+
+    x: Any
+    target: Any
+    lengths: Any = None
+    reset: bool = False
+
+
+def _as_batch(item: Any) -> Batch:
+    if isinstance(item, Batch):
+        return item
+    if isinstance(item, tuple) and 2 <= len(item) <= 4:
+        return Batch(*item)
+    raise TypeError(f"batch_fn must return a Batch or a tuple (x, target[, lengths[, reset]]); got {type(item).__name__}")
+
+
+def stream_windows(tokens: np.ndarray, *, batch_size: int, window: int, xp: Any = None, device: Any = None) -> Callable[[int, Any], Batch]:
+    """Truncated-BPTT batches over one long token stream (host integer array).
+
+    The stream is cut into ``batch_size`` contiguous rows; step k feeds columns
+    [k·window, (k+1)·window) of every row as input and the next tokens as targets, so the state
+    carried from window k is exactly the state at the start of window k+1. After the last window
+    it starts again from the beginning with ``reset=True``.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise TypeError(f"tokens must be a 1-D integer array; got shape {tokens.shape}, dtype {tokens.dtype}")
+    columns = (tokens.size - 1) // batch_size
+    n_windows = columns // window
+    if n_windows < 1:
+        raise ValueError(f"a stream of {tokens.size} tokens is too short for batch_size={batch_size}, window={window}")
+    rows = tokens[: batch_size * columns + 1]
+    inputs = rows[:-1].reshape(batch_size, columns)
+    targets = rows[1:].reshape(batch_size, columns)
+    from ._namespace import resolve_xp
+
+    space = resolve_xp(xp, device)
+
+    def batch_fn(step: int, rng: Any) -> Batch:
+        k = step % n_windows
+        cols = slice(k * window, (k + 1) * window)
+        put = lambda a: space.asarray(np.ascontiguousarray(a), dtype=space.int64, device=device)  # noqa: E731
+        return Batch(put(inputs[:, cols]), put(targets[:, cols]), None, k == 0)
+
+    batch_fn.n_windows = n_windows  # type: ignore[attr-defined]
+    return batch_fn
+
+
+class Trainer:
+    """Train ``model`` (a :class:`~gruxp.Sequential` or any layer with forward/backward).
+
+    Parameters
+    ----------
+    model
+        A :class:`~gruxp.Sequential` (wrap a lone layer: ``Sequential(gru=gru, head=head)``).
+    loss
+        ``loss(y, target) -> (loss, dy)``, e.g. :func:`gruxp.losses.cross_entropy`.
+    optimizer
+        An optimizer of :mod:`gruxp.optim`.
+    clip_norm
+        Clip the global gradient norm to this value (None: no clipping; the norm is still reported).
+    stateful
+        Carry the recurrent state from batch to batch (truncated BPTT); ``Batch.reset`` clears it.
+    checkpoint, checkpoint_every
+        Where and how often (in steps) to save; the file is replaced atomically.
+    seed
+        Seeds the host RNG passed to ``batch_fn``.
+    """
+
+    def __init__(self, model: Any, loss: Callable, optimizer: Any, *, clip_norm: float | None = None,
+                 stateful: bool = False, checkpoint: str | Path | None = None, checkpoint_every: int = 0,
+                 seed: Any = 0) -> None:
+        if not hasattr(model, "layers"):
+            raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.clip_norm, self.stateful = clip_norm, bool(stateful)
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.checkpoint_every = int(checkpoint_every)
+        self.rng = np.random.default_rng(seed)
+        self.opt_state = optimizer.init(model.params)
+        self.step = 0
+        self.carry: dict[str, Any] = {}
+        self.history: list[dict[str, float]] = []
+
+    # -- one step ---------------------------------------------------------------------------
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One update; returns ``{"step", "loss", "grad_norm", "seconds"}``."""
+        start = time.perf_counter()
+        model = self.model
+        if batch.reset:
+            self.carry = {}
+        y, state, tape = model.forward(batch.x, self.carry if self.stateful else None, lengths=batch.lengths)
+        loss, dy = self.loss(y, batch.target)
+        value = float(loss)
+        if not math.isfinite(value):
+            where = f"; the last checkpoint {str(self.checkpoint)!r} was kept" if self.checkpoint and self.checkpoint.exists() else ""
+            raise NonFiniteLossError(f"loss is {value} at step {self.step + 1}: training stopped before the update{where}")
+        grads, _, _ = model.backward(tape, dy)
+        if self.clip_norm is not None:
+            grads, norm = clip_grad_norm(grads, self.clip_norm)
+        else:
+            norm = math.sqrt(sum(float(model.xp.sum(g * g)) for g in grads.values()))
+        norm = float(norm)
+        if not math.isfinite(norm):
+            raise NonFiniteLossError(f"gradient norm is {norm} at step {self.step + 1}: training stopped before the update")
+        model.params, self.opt_state = self.optimizer.step(model.params, grads, self.opt_state)
+        if self.stateful:
+            self.carry = state  # the next window starts here; its backward will not reach back
+        self.step += 1
+        record = {"step": self.step, "loss": value, "grad_norm": norm, "seconds": time.perf_counter() - start}
+        self.history.append(record)
+        return record
+
+    def fit(self, batch_fn: Callable[[int, Any], Any], steps: int, *, log: Callable[[dict], None] | None = None,
+            time_budget: float | None = None) -> list[dict[str, float]]:
+        """Run until ``steps`` steps have been taken in total (or ``time_budget`` seconds pass)."""
+        begin = time.perf_counter()
+        records = []
+        while self.step < steps:
+            record = self.train_step(_as_batch(batch_fn(self.step, self.rng)))
+            records.append(record)
+            if log is not None:
+                log(record)
+            if self.checkpoint is not None and self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                self.save()
+            if time_budget is not None and time.perf_counter() - begin >= time_budget:
+                break
+        return records
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, path: str | Path | None = None, *, extra: dict | None = None) -> Path:
+        path = Path(path) if path is not None else self.checkpoint
+        if path is None:
+            raise ValueError("no checkpoint path: pass one here or to Trainer(checkpoint=...)")
+        return ckpt_io.save(path, self.model, optimizer=self.optimizer, opt_state=self.opt_state, step=self.step,
+                            carry=self.carry, rngs={"data": self.rng.bit_generator.state}, extra=extra)
+
+    def resume(self, path: str | Path | None = None) -> ckpt_io.Checkpoint:
+        """Restore parameters, optimizer state, step, RNG states and carried state from ``path``."""
+        path = Path(path) if path is not None else self.checkpoint
+        if path is None:
+            raise ValueError("no checkpoint path: pass one here or to Trainer(checkpoint=...)")
+        ckpt = ckpt_io.load(path)
+        opt = ckpt.meta["optimizer"]
+        if opt is None or opt["type"] != type(self.optimizer).__name__ or opt["config"] != ckpt_io._json_safe(self.optimizer.config()):
+            raise ckpt_io.CheckpointError(
+                f"checkpoint optimizer {None if opt is None else (opt['type'], opt['config'])} does not match "
+                f"{type(self.optimizer).__name__} {self.optimizer.config()}"
+            )
+        ckpt_io.restore_model(ckpt, self.model)
+        self.opt_state = ckpt_io.restore_optimizer_state(ckpt, self.model)
+        self.step = ckpt.meta["step"]
+        self.rng.bit_generator.state = ckpt.meta["rng"]["data"]
+        m = self.model
+        self.carry = {k: m.xp.asarray(v, dtype=m.dtype, device=m.device) for k, v in ckpt.carry.items()}
+        return ckpt
+
+
+def optimizer_from_checkpoint(ckpt: ckpt_io.Checkpoint) -> Any:
+    """Rebuild the optimizer object a checkpoint was saved with."""
+    opt = ckpt.meta["optimizer"]
+    if opt is None:
+        raise ckpt_io.CheckpointError("checkpoint holds no optimizer")
+    config = dict(opt["config"])
+    if "betas" in config:
+        config["betas"] = tuple(config["betas"])
+    return OPTIMIZERS[opt["type"]](**config)
