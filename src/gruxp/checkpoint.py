@@ -143,7 +143,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             if "__meta__" not in archive.files:
                 raise CheckpointError(f"{str(path)!r} is not a gruxp checkpoint (no __meta__ member)")
             meta = json.loads(bytes(archive["__meta__"]).decode("utf-8"))

@@ -73,9 +73,11 @@ def embedding_backward(params: dict, ids: Any, dy: Any, *, xp: ModuleType) -> di
     vocab = xp.arange(V, dtype=flat_ids.dtype, device=device_of(w))
     rows = max(1, ONE_HOT_BUDGET // V)
     grad = None
-    for start in range(0, flat_ids.shape[0], rows):
-        one_hot = xp.astype(flat_ids[start : start + rows, None] == vocab[None, :], w.dtype)
-        part = xp.matrix_transpose(one_hot) @ flat_dy[start : start + rows, :]
+    n = flat_ids.shape[0]
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)  # the standard leaves out-of-bounds slice stops unspecified
+        one_hot = xp.astype(flat_ids[start:stop, None] == vocab[None, :], w.dtype)
+        part = xp.matrix_transpose(one_hot) @ flat_dy[start:stop, :]
         grad = part if grad is None else grad + part
     if grad is None:
         grad = xp.zeros((V, E), dtype=w.dtype, device=device_of(w))
