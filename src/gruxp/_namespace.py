@@ -169,3 +169,7 @@ def concrete_bool(a: Any) -> bool | None:
         return bool(a)
     except (TypeError, ValueError):  # jax's TracerBoolConversionError is a TypeError
         return None
+
+
+def is_numpy_namespace(xp: ModuleType) -> bool:
+    return aac.is_numpy_namespace(xp)

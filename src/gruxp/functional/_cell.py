@@ -35,6 +35,8 @@ from ._params import cell_param_shapes
 __all__ = [
     "sigmoid",
     "StepCache",
+    "StepGrads",
+    "folded_bias",
     "step_forward",
     "step_backward",
     "param_grads",
@@ -58,72 +60,90 @@ class StepCache(NamedTuple):
     gh_n: Any  # (B, H): W_hn h + b_hn, reset_after only (None otherwise)
 
 
-def step_forward(gi: Any, h: Any, w_hh: Any, b_hh: Any, *, reset_after: bool, xp: ModuleType) -> tuple[Any, StepCache]:
-    """h' from the input pre-activations ``gi`` (B, 3H) and the state ``h`` (B, H)."""
+class StepGrads(NamedTuple):
+    """One step's gradients: pre-activation gradients of the gates, and dL/dh."""
+
+    d_r: Any  # (B, H) of the reset gate's pre-activation (input and recurrent alike)
+    d_z: Any  # (B, H) of the update gate's pre-activation
+    d_an: Any  # (B, H) of the candidate's pre-activation: the input block W_in x + b_in
+    d_ghn: Any  # (B, H) of the recurrent candidate block: da_n ⊙ r (reset_after) or da_n (reset_before)
+    dh: Any  # (B, H) of the state the step started from
+
+
+def folded_bias(b_ih: Any, b_hh: Any, *, reset_after: bool, xp: ModuleType) -> tuple[Any, Any]:
+    """(input-side bias, b_hn kept inside the step): recurrent biases outside the reset product are
+    added once to all T·B input rows instead of once per step."""
+    if b_ih is None:
+        return None, None
+    if not reset_after:
+        return b_ih + b_hh, None
+    H = b_hh.shape[0] // 3
+    zeros = xp.zeros((H,), dtype=b_hh.dtype, device=device_of(b_hh))
+    return b_ih + xp.concat([b_hh[: 2 * H], zeros]), b_hh[2 * H :]
+
+
+def step_forward(gi: Any, h: Any, w_hh: Any, b_hn: Any, *, reset_after: bool, xp: ModuleType) -> tuple[Any, StepCache]:
+    """h' from the input pre-activations ``gi`` (B, 3H) (with :func:`folded_bias` added) and ``h`` (B, H)."""
     H = h.shape[-1]
     if reset_after:
         gh = h @ xp.matrix_transpose(w_hh)
-        if b_hh is not None:
-            gh = gh + b_hh
         rz = sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H], xp=xp)
-        gh_n = gh[:, 2 * H :]
-        n = xp.tanh(gi[:, 2 * H :] + rz[:, :H] * gh_n)
+        gh_n = gh[:, 2 * H :] if b_hn is None else gh[:, 2 * H :] + b_hn
+        n = xp.tanh(rz[:, :H] * gh_n + gi[:, 2 * H :])
     else:
-        gh_rz = h @ xp.matrix_transpose(w_hh[: 2 * H, :])
-        if b_hh is not None:
-            gh_rz = gh_rz + b_hh[: 2 * H]
-        rz = sigmoid(gi[:, : 2 * H] + gh_rz, xp=xp)
+        rz = sigmoid(gi[:, : 2 * H] + h @ xp.matrix_transpose(w_hh[: 2 * H, :]), xp=xp)
         gh_n = None
-        a_n = gi[:, 2 * H :] + (rz[:, :H] * h) @ xp.matrix_transpose(w_hh[2 * H :, :])
-        if b_hh is not None:
-            a_n = a_n + b_hh[2 * H :]
-        n = xp.tanh(a_n)
+        n = xp.tanh((rz[:, :H] * h) @ xp.matrix_transpose(w_hh[2 * H :, :]) + gi[:, 2 * H :])
     h_new = n + rz[:, H:] * (h - n)
     return h_new, StepCache(rz, n, gh_n)
 
 
-def step_backward(
-    g: Any, h: Any, cache: StepCache, w_hh: Any, *, reset_after: bool, xp: ModuleType
-) -> tuple[Any, Any, Any]:
-    """Gradients (dgi, dgh, dh) of one step, given ``g`` = dL/dh' and the state ``h`` it started from."""
+def step_backward(g: Any, h: Any, cache: StepCache, w_hh: Any, *, reset_after: bool, xp: ModuleType) -> StepGrads:
+    """Gradients of one step, given ``g`` = dL/dh' and the state ``h`` it started from.
+
+    No concatenation: the recurrent GEMM dh += dgh W_hh is split by gate block.
+    """
     H = h.shape[-1]
     rz, n = cache.rz, cache.n
     r, z = rz[:, :H], rz[:, H:]
-    da_n = (g - g * z) * (1.0 - n * n)
-    dz = g * (h - n)
+    gz = g * z
+    da_n = (g - gz) * (1.0 - n * n)
+    dz = (h - n) * g
     if reset_after:
         dr = da_n * cache.gh_n
-        d_rz = xp.concat([dr, dz], axis=1) * (rz * (1.0 - rz))
-        dgh = xp.concat([d_rz, da_n * r], axis=1)
-        dh = g * z + dgh @ w_hh
+        d_ghn = da_n * r
     else:
         d_rh = da_n @ w_hh[2 * H :, :]
-        d_rz = xp.concat([d_rh * h, dz], axis=1) * (rz * (1.0 - rz))
-        dgh = xp.concat([d_rz, da_n], axis=1)
-        dh = g * z + d_rh * r + d_rz @ w_hh[: 2 * H, :]
-    dgi = xp.concat([d_rz, da_n], axis=1)
-    return dgi, dgh, dh
+        dr = d_rh * h
+        d_ghn = da_n
+    d_r = dr * ((1.0 - r) * r)
+    d_z = dz * ((1.0 - z) * z)
+    dh = gz + d_r @ w_hh[:H, :]
+    dh = dh + d_z @ w_hh[H : 2 * H, :]
+    dh = dh + (d_ghn @ w_hh[2 * H :, :] if reset_after else d_rh * r)
+    return StepGrads(d_r, d_z, da_n, d_ghn, dh)
 
 
 def param_grads(
-    dgi: Any, dgh: Any, x: Any, h: Any, r: Any, *, reset_after: bool, bias: bool, xp: ModuleType
+    d_i: Any, d_ghn: Any, x: Any, h: Any, r: Any, *, reset_after: bool, bias: bool, xp: ModuleType
 ) -> dict[str, Any]:
-    """Weight and bias gradients from rows of (dgi, dgh) and the matching inputs ``x``, states ``h``.
+    """Weight and bias gradients from the stacked pre-activation gradients and the matching inputs.
 
-    All arguments are 2-D with one row per (time step, sequence): one GEMM per weight in all.
-    ``r`` (rows, H) is the reset gate, needed by reset_before, whose W_hn multiplies r ⊙ h.
+    All arguments are 2-D with one row per (time step, sequence), so each weight takes one GEMM
+    (W_hh two: its n block multiplies h (reset_after) or r ⊙ h (reset_before)).
+    ``d_i`` (rows, 3H) = [d_r, d_z, d_an]; ``d_ghn`` (rows, H); ``x`` (rows, I); ``h`` (rows, H)
+    the states the steps started from; ``r`` (rows, H) the reset gate (used by reset_before).
     """
     H = h.shape[-1]
-    grads = {"weight_ih": xp.matrix_transpose(dgi) @ x}
-    if reset_after:
-        grads["weight_hh"] = xp.matrix_transpose(dgh) @ h
-    else:
-        grads["weight_hh"] = xp.concat(
-            [xp.matrix_transpose(dgh[:, : 2 * H]) @ h, xp.matrix_transpose(dgh[:, 2 * H :]) @ (r * h)], axis=0
-        )
+    d_rz = d_i[:, : 2 * H]
+    h_n_block = h if reset_after else r * h
+    grads = {
+        "weight_ih": xp.matrix_transpose(d_i) @ x,
+        "weight_hh": xp.concat([xp.matrix_transpose(d_rz) @ h, xp.matrix_transpose(d_ghn) @ h_n_block], axis=0),
+    }
     if bias:
-        grads["bias_ih"] = xp.sum(dgi, axis=0)
-        grads["bias_hh"] = xp.sum(dgh, axis=0)
+        grads["bias_ih"] = xp.sum(d_i, axis=0)
+        grads["bias_hh"] = xp.concat([xp.sum(d_rz, axis=0), xp.sum(d_ghn, axis=0)], axis=0)
     return grads
 
 
@@ -168,10 +188,11 @@ def _cell_inputs(params, x, h, *, xp):
 
 
 def _cell_step(params, x, h, *, reset_after, xp):
+    b_in, b_hn = folded_bias(params.get("bias_ih"), params.get("bias_hh"), reset_after=reset_after, xp=xp)
     gi = x @ xp.matrix_transpose(params["weight_ih"])
-    if params.get("bias_ih") is not None:
-        gi = gi + params["bias_ih"]
-    return step_forward(gi, h, params["weight_hh"], params.get("bias_hh"), reset_after=reset_after, xp=xp)
+    if b_in is not None:
+        gi = gi + b_in
+    return step_forward(gi, h, params["weight_hh"], b_hn, reset_after=reset_after, xp=xp)
 
 
 def gru_cell(params: Mapping[str, Any], x: Any, h: Any = None, *, reset_after: bool = True, xp: Any = None) -> Any:
@@ -204,10 +225,12 @@ def gru_cell_backward(tape: CellTape, dh: Any, *, xp: Any = None) -> tuple[dict[
     check_array("dh", dh, xp=xp, device=device_of(p0), dtype=p0.dtype)
     check_shape("dh", dh, tuple(h.shape[1:]) if tape.unbatched else tuple(h.shape), "(the shape of the cell's output)")
     g = xp.expand_dims(dh, axis=0) if tape.unbatched else dh
-    dgi, dgh, dh_prev = step_backward(g, h, tape.cache, params["weight_hh"], reset_after=tape.reset_after, xp=xp)
+    step = step_backward(g, h, tape.cache, params["weight_hh"], reset_after=tape.reset_after, xp=xp)
+    d_i = xp.concat([step.d_r, step.d_z, step.d_an], axis=1)
     bias = "bias_ih" in params
-    grads = param_grads(dgi, dgh, x, h, tape.cache.rz[:, : h.shape[-1]], reset_after=tape.reset_after, bias=bias, xp=xp)
-    dx = dgi @ params["weight_ih"]
+    r = tape.cache.rz[:, : h.shape[-1]]
+    grads = param_grads(d_i, step.d_ghn, x, h, r, reset_after=tape.reset_after, bias=bias, xp=xp)
+    dx, dh_prev = d_i @ params["weight_ih"], step.dh
     if tape.unbatched:
         dx, dh_prev = dx[0, ...], dh_prev[0, ...]
     return grads, dx, dh_prev

@@ -25,7 +25,8 @@ import numpy as np
 
 from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
 from .._namespace import device_of, resolve_xp
-from ._cell import StepCache, param_grads, step_backward, step_forward
+from ._cell import StepCache, folded_bias, param_grads, step_backward, step_forward
+from .._native import route_for
 from ._layers import dropout_mask
 from ._params import gru_param_shapes
 
@@ -85,16 +86,20 @@ def _names(layer: int, direction: int) -> dict[str, str]:
 
 def _direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
     """Run one direction over x (T, B, I). Returns (out, h_T, DirectionTape | None)."""
+    route = route_for(xp, reset_after=reset_after)
+    if route is not None:
+        return route.direction_forward(x, h0, p, mask=mask, reverse=reverse, reset_after=reset_after, record=record, xp=xp)
     T, B, I = x.shape
-    w_ih, w_hh, b_ih, b_hh = p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
+    w_ih, w_hh = p["weight_ih"], p["weight_hh"]
+    b_in, b_hn = folded_bias(p.get("bias_ih"), p.get("bias_hh"), reset_after=reset_after, xp=xp)
     three_h = w_ih.shape[0]
     gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, three_h))
-    if b_ih is not None:
-        gi = gi + b_ih
+    if b_in is not None:
+        gi = gi + b_in
     h = h0
     hs, caches = [None] * T, [None] * T
     for t in range(T - 1, -1, -1) if reverse else range(T):
-        h_new, cache = step_forward(gi[t, ...], h, w_hh, b_hh, reset_after=reset_after, xp=xp)
+        h_new, cache = step_forward(gi[t, ...], h, w_hh, b_hn, reset_after=reset_after, xp=xp)
         h = h_new if mask is None else xp.where(mask[t, ...], h_new, h)
         hs[t] = h
         if record:
@@ -107,38 +112,55 @@ def _direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
     return out, h, DirectionTape(x, h0, hs, *stacked)
 
 
+def _previous_states(tape: DirectionTape, *, reverse: bool, xp: ModuleType) -> Any:
+    """(T, B, H): the state each step started from, in time order."""
+    first = xp.expand_dims(tape.h0, axis=0)
+    return xp.concat([tape.hs[1:, ...], first], axis=0) if reverse else xp.concat([first, tape.hs[:-1, ...]], axis=0)
+
+
 def _direction_backward(tape: DirectionTape, d_out, d_hT, p, *, mask, reverse, reset_after, bias, xp):
-    """Backward of one direction. Returns (grads with short names, dx (T, B, I), dh0 (B, H))."""
+    """Backward of one direction. Returns ((grads with short names, dx (T, B, I)), dh0 (B, H))."""
+    route = route_for(xp, reset_after=reset_after)
+    if route is not None:
+        return route.direction_backward(tape, d_out, d_hT, p, mask=mask, reverse=reverse, reset_after=reset_after, bias=bias, xp=xp)
     x, h0, hs = tape.x, tape.h0, tape.hs
     T, B, I = x.shape
     H = h0.shape[-1]
     w_hh = p["weight_hh"]
-    first = xp.expand_dims(h0, axis=0)
-    h_prev = xp.concat([hs[1:, ...], first], axis=0) if reverse else xp.concat([first, hs[:-1, ...]], axis=0)
+    h_prev = _previous_states(tape, reverse=reverse, xp=xp)
     zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
     dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
-    dgis, dghs = [None] * T, [None] * T
+    steps: list[Any] = [None] * T
     for t in range(T) if reverse else range(T - 1, -1, -1):
         g = dh if d_out is None else dh + d_out[t, ...]
         if mask is not None:
             g = xp.where(mask[t, ...], g, zero)
         cache = StepCache(tape.rz[t, ...], tape.n[t, ...], None if tape.gh_n is None else tape.gh_n[t, ...])
-        dgis[t], dghs[t], dh_prev = step_backward(g, h_prev[t, ...], cache, w_hh, reset_after=reset_after, xp=xp)
-        dh = dh_prev if mask is None else xp.where(mask[t, ...], dh_prev, dh)
-    dgi, dgh = xp.stack(dgis, axis=0), xp.stack(dghs, axis=0)
+        steps[t] = step_backward(g, h_prev[t, ...], cache, w_hh, reset_after=reset_after, xp=xp)
+        dh = steps[t].dh if mask is None else xp.where(mask[t, ...], steps[t].dh, dh)
+    d_i = xp.concat([xp.stack([s[k] for s in steps], axis=0) for k in range(3)], axis=-1)  # [d_r, d_z, d_an]
+    d_ghn = d_i[..., 2 * H :] if not reset_after else xp.stack([s.d_ghn for s in steps], axis=0)
+    return _finish_backward(d_i, d_ghn, tape, h_prev, p, reset_after=reset_after, bias=bias, xp=xp), dh
+
+
+def _finish_backward(d_i, d_ghn, tape, h_prev, p, *, reset_after, bias, xp):
+    """The GEMMs after the time loop: weight gradients and dx, from stacked (T, B, ·) gradients."""
+    T, B, I = tape.x.shape
+    H = tape.h0.shape[-1]
     rows = T * B
+    d_i2 = xp.reshape(d_i, (rows, 3 * H))
     grads = param_grads(
-        xp.reshape(dgi, (rows, 3 * H)),
-        xp.reshape(dgh, (rows, 3 * H)),
-        xp.reshape(x, (rows, I)),
+        d_i2,
+        xp.reshape(d_ghn, (rows, H)),
+        xp.reshape(tape.x, (rows, I)),
         xp.reshape(h_prev, (rows, H)),
         xp.reshape(tape.rz[..., :H], (rows, H)),
         reset_after=reset_after,
         bias=bias,
         xp=xp,
     )
-    dx = xp.reshape(xp.reshape(dgi, (rows, 3 * H)) @ p["weight_ih"], (T, B, I))
-    return grads, dx, dh
+    dx = xp.reshape(d_i2 @ p["weight_ih"], (T, B, I))
+    return grads, dx
 
 
 def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
@@ -326,7 +348,7 @@ def gru_backward(tape: GRUTape, d_out: Any = None, d_hn: Any = None) -> tuple[di
             p = {short: params[full] for short, full in names.items() if full in params}
             index = layer * D + direction
             d_dir = None if d_layer is None else (d_layer if D == 1 else d_layer[..., direction * H : (direction + 1) * H])
-            g, dx, dh0s[index] = _direction_backward(
+            (g, dx), dh0s[index] = _direction_backward(
                 tape.layers[layer][direction],
                 d_dir,
                 None if d_hn is None else d_hn[index, ...],
