@@ -4,7 +4,8 @@
     python benchmarks/bench_cpu.py --quick               # 7 rounds, the first config only
     python benchmarks/bench_cpu.py --backends numpy,torch,jax --out benchmarks/results
 
-For each config and mode (inference forward; training step = forward with tape + backward) every
+For each config and mode (inference forward; training step = forward with tape + backward,
+including the input gradient dx on both sides: torch's input requires grad) every
 round times gruxp and torch.nn.GRU back to back (A B A B …), each after a 0.25 s pause and a
 warm-up call, so that neither inherits the other's spinning BLAS/OpenMP threads on a small machine.
 It reports medians over rounds: milliseconds, GFLOP/s (forward = Σ T·2·B·3H·(I_k+H) over
@@ -129,6 +130,8 @@ def contenders(config, backends):
     net = torch.nn.GRU(I, H, L, batch_first=True, bidirectional=bi)
     state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     x_t, d_out_t = torch.from_numpy(x_np), torch.from_numpy(d_out_np)
+    # Equal work: gruxp's backward returns dx, so torch's input requires grad too.
+    x_train = torch.from_numpy(x_np.copy()).requires_grad_(True)
 
     def torch_forward():
         with torch.no_grad():
@@ -136,7 +139,8 @@ def contenders(config, backends):
 
     def torch_train():
         net.zero_grad(set_to_none=True)
-        out, _ = net(x_t)
+        x_train.grad = None
+        out, _ = net(x_train)
         out.backward(d_out_t)
 
     ours = {}

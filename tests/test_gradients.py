@@ -145,3 +145,18 @@ def test_none_gradients_mean_zero(backend):
             np.testing.assert_array_equal(to_numpy(u), to_numpy(v))
     grads, dx, dh0 = model.backward(tape)
     assert all(np.all(to_numpy(g) == 0.0) for g in [*grads.values(), dx, dh0])
+
+
+def test_input_grad_false_skips_dx_only(backend):
+    case = Case(num_layers=2, bidirectional=True, ragged=True, batch_first=True)
+    model = case.model(backend, "float64")
+    host = host_case_inputs(case)
+    args = (backend.asarray(case.layout(host["x"], seq=True)), backend.asarray(host["h0"]))
+    _, _, tape = model.forward(*args, lengths=host["lengths"])
+    d_out = backend.asarray(case.layout(host["d_out"], seq=True))
+    full = model.backward(tape, d_out)
+    lean = model.backward(tape, d_out, input_grad=False)
+    assert lean[1] is None
+    for k in full[0]:
+        np.testing.assert_array_equal(to_numpy(lean[0][k]), to_numpy(full[0][k]))
+    np.testing.assert_array_equal(to_numpy(lean[2]), to_numpy(full[2]))

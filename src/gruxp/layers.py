@@ -358,14 +358,19 @@ class Sequential:
         return y, new_state
 
     def backward(self, tape: SequentialTape, dy: Any, d_state: Mapping[str, Any] | None = None) -> tuple[dict, Any, dict]:
-        """``(grads, dx, d_state0)``: flat grads keyed like :attr:`params`; dx None for integer input."""
+        """``(grads, dx, d_state0)``: flat grads keyed like :attr:`params`.
+
+        ``dx`` is None when the first layer is an Embedding (integer ids) or a GRU (its input is data).
+        """
         if not isinstance(tape, SequentialTape) or tape.owner is not self._token:
             raise ValueError("tape was not recorded by this model's forward")
         d_state = dict(d_state or {})
         grads, d_state0 = {}, {}
+        first = next(iter(self.layers))
         for (name, layer), layer_tape in zip(reversed(self.layers.items()), reversed(tape.tapes)):
             if isinstance(layer, GRU):
-                g, dy, d_state0[name] = layer.backward(layer_tape, dy, d_state.get(name))
+                # a GRU that reads the model's input reads data: skip its dx GEMM
+                g, dy, d_state0[name] = layer.backward(layer_tape, dy, d_state.get(name), input_grad=name != first)
             else:
                 g, dy = layer.backward(layer_tape, dy)
             grads.update({f"{name}.{k}": v for k, v in g.items()})

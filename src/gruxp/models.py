@@ -246,10 +246,15 @@ class GRU(Module):
         out, h_n, tape = F.gru_forward(self.params, x, h0, lengths=lengths, **self._options())
         return out, h_n, self._own(tape)
 
-    def backward(self, tape: F.GRUTape, d_out: Any = None, d_hn: Any = None) -> tuple[dict[str, Any], Any, Any]:
-        """``(grads, dx, dh0)``: exact gradients of Σ(out·d_out) + Σ(h_n·d_hn)."""
+    def backward(
+        self, tape: F.GRUTape, d_out: Any = None, d_hn: Any = None, *, input_grad: bool = True
+    ) -> tuple[dict[str, Any], Any, Any]:
+        """``(grads, dx, dh0)``: exact gradients of Σ(out·d_out) + Σ(h_n·d_hn).
+
+        ``input_grad=False`` returns ``dx=None`` and skips its GEMM (x is data).
+        """
         self._check_tape(tape, F.GRUTape)
-        return F.gru_backward(tape, d_out, d_hn)
+        return F.gru_backward(tape, d_out, d_hn, input_grad=check_bool("input_grad", input_grad))
 
     def __repr__(self) -> str:
         c = self.structure

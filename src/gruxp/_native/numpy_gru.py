@@ -15,16 +15,22 @@ from ..functional._cell import folded_bias
 from ..functional._sequence import DirectionTape, _finish_backward, _previous_states
 
 
+def _transposed(w: np.ndarray, *, rows: int) -> np.ndarray:
+    return np.ascontiguousarray(w.T) if rows > 1 else w.T
+
+
 def direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
     T, B, I = x.shape
     w_ih, w_hh = p["weight_ih"], p["weight_hh"]
     H = w_hh.shape[1]
     dtype = x.dtype
     b_in, b_hn = folded_bias(p.get("bias_ih"), p.get("bias_hh"), reset_after=True, xp=xp)
-    gi = np.reshape(np.reshape(x, (T * B, I)) @ w_ih.T, (T, B, 3 * H))
+    # Multiplying by a C-contiguous copy of Wᵀ is 10-40% faster in OpenBLAS than by the transposed
+    # view, and gives the same bits, except for a single row (M = 1), which NumPy hands to gemv.
+    gi = np.reshape(np.reshape(x, (T * B, I)) @ _transposed(w_ih, rows=T * B), (T, B, 3 * H))
     if b_in is not None:
         np.add(gi, b_in, out=gi)
-    whh_t = w_hh.T
+    whh_t = _transposed(w_hh, rows=B)
     hs = np.empty((T, B, H), dtype)
     if record:
         rz_all, n_all, ghn_all = np.empty((T, B, 2 * H), dtype), np.empty((T, B, H), dtype), np.empty((T, B, H), dtype)
@@ -62,7 +68,7 @@ def direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
     return out, h, DirectionTape(x, h0, hs, rz_all, n_all, ghn_all)
 
 
-def direction_backward(tape: DirectionTape, d_out: Any, d_hT: Any, p, *, mask, reverse, reset_after, bias, xp):
+def direction_backward(tape: DirectionTape, d_out: Any, d_hT: Any, p, *, mask, reverse, reset_after, bias, need_dx, xp):
     x, h0 = tape.x, tape.h0
     T, B, I = x.shape
     H = h0.shape[-1]
@@ -108,4 +114,4 @@ def direction_backward(tape: DirectionTape, d_out: Any, d_hT: Any, p, *, mask, r
         if keep is not None:
             np.copyto(dh_next, dh, where=keep[t])
         dh, dh_next = dh_next, dh
-    return _finish_backward(d_i, d_ghn, tape, h_prev, p, reset_after=True, bias=bias, xp=xp), dh
+    return _finish_backward(d_i, d_ghn, tape, h_prev, p, reset_after=True, bias=bias, need_dx=need_dx, xp=xp), dh

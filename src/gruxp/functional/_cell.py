@@ -142,8 +142,11 @@ def param_grads(
         "weight_hh": xp.concat([xp.matrix_transpose(d_rz) @ h, xp.matrix_transpose(d_ghn) @ h_n_block], axis=0),
     }
     if bias:
-        grads["bias_ih"] = xp.sum(d_i, axis=0)
-        grads["bias_hh"] = xp.concat([xp.sum(d_rz, axis=0), xp.sum(d_ghn, axis=0)], axis=0)
+        # Column sums as a GEMV with a ones vector: BLAS is several times faster than a reduction
+        # over the long axis 0 (T·B rows), and the result is as exact.
+        ones = xp.ones((d_i.shape[0],), dtype=d_i.dtype, device=device_of(d_i))
+        grads["bias_ih"] = ones @ d_i
+        grads["bias_hh"] = xp.concat([grads["bias_ih"][: 2 * H], ones @ d_ghn], axis=0)
     return grads
 
 
