@@ -207,7 +207,7 @@ def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
 
 def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout=0.0, rng=None):
     xp, x, h0, mask, unbatched = _prepare(params, x, h0, lengths, config, xp)
-    D = config.num_directions
+    D, H = config.num_directions, config.hidden_size
     T, B = x.shape[0], x.shape[1]
     drop = dropout_mask(
         dropout, (config.num_layers - 1, T, B, D * config.hidden_size), rng, xp=xp, dtype=x.dtype, device=device_of(x)
@@ -231,6 +231,9 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
             tapes.append(tape)
             h_n.append(h_T)
         layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
+        if record and D == 2 and mask is None:
+            # each direction's states are now a slice of the concatenated output: keep only that
+            tapes = [t._replace(hs=layer_in[..., d * H : (d + 1) * H]) for d, t in enumerate(tapes)]
         if drop is not None and layer < config.num_layers - 1:
             layer_in = layer_in * drop[layer, ...]
         layers.append(tuple(tapes))
