@@ -4,7 +4,7 @@ The same forward and analytic backward-through-time run on NumPy, CuPy, PyTorch,
 array-api-strict. ``import gruxp`` imports none of the optional array libraries.
 """
 
-from . import checkpoint, functional, losses, optim
+from . import checkpoint, functional, losses, onnx, optim
 from .checkpoint import CheckpointError
 from .functional import CellTape, GRUConfig, GRUTape
 from .layers import Dropout, Embedding, LastStep, Linear, Sequential
@@ -32,5 +32,6 @@ __all__ = [
     "losses",
     "optim",
     "checkpoint",
+    "onnx",
     "__version__",
 ]
