@@ -37,6 +37,7 @@ if any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
 import numpy as np  # noqa: E402
 
 import gruxp  # noqa: E402
+from gruxp.benchmarking import blas_info, blas_threads, flops_forward, per_call, settle  # noqa: E402
 
 CONFIGS = [  # (B, T, I=H, num_layers, bidirectional)
     (64, 100, 256, 1, False),
@@ -45,47 +46,6 @@ CONFIGS = [  # (B, T, I=H, num_layers, bidirectional)
     (1, 500, 256, 1, False),
     (32, 100, 256, 2, True),
 ]
-
-
-def flops_forward(B: int, T: int, H: int, I: int, L: int, D: int) -> float:
-    total = 0.0
-    for layer in range(L):
-        in_size = I if layer == 0 else D * H
-        total += D * T * 2 * B * 3 * H * (in_size + H)
-    return total
-
-
-def per_call(fn, min_time: float = 0.05) -> float:
-    """Seconds per call: one call, or the mean of as many as fill ``min_time``."""
-    start = time.perf_counter()
-    fn()
-    elapsed = time.perf_counter() - start
-    if elapsed >= min_time:
-        return elapsed
-    n = max(1, int(min_time / max(elapsed, 1e-6)))
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n
-
-
-def settle(fn) -> None:
-    time.sleep(0.25)
-    fn()  # warm-up
-
-
-def blas_info() -> list[dict]:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return [{"note": "threadpoolctl not installed"}]
-    keep = ("internal_api", "version", "architecture", "num_threads", "filepath")
-    return [{k: info.get(k) for k in keep} for info in threadpool_info()]
-
-
-def numpy_threads(info: list[dict]) -> int:
-    counts = [i["num_threads"] for i in info if i.get("internal_api") in ("openblas", "mkl", "blis")]
-    return counts[0] if counts else os.cpu_count() or 1
 
 
 def make_gemm_floor(B, T, H, I, L, D, *, train: bool):
@@ -221,7 +181,7 @@ def main() -> None:
     import torch
 
     info = blas_info()
-    threads = numpy_threads(info)
+    threads = blas_threads(info)
     torch.set_num_threads(threads)
     configs = CONFIGS[:1] if args.quick else CONFIGS
     rounds = 7 if args.quick else max(7, args.rounds)

@@ -1,0 +1,378 @@
+"""The click commands. Each one validates, then calls ordinary gruxp API."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+import gruxp
+from gruxp import checkpoint, losses, optim
+from gruxp.training import NonFiniteLossError, optimizer_from_checkpoint, stream_windows
+
+from . import corpus as corpus_mod
+from . import lm
+from .backends import BACKENDS, describe, load
+
+STRUCTURE = ("hidden", "layers", "embed", "dropout")
+POSITIVE_INT = click.IntRange(min=1)
+POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(gruxp.__version__, prog_name="gruxp")
+def cli() -> None:
+    """gruxp: a GRU written once against the array API standard.
+
+    Start with `gruxp train` (a character-level language model on the Python standard library's
+    sources, about 5 minutes on 2 CPU cores), then `gruxp sample gruxp-run/checkpoint.npz`.
+    """
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+
+
+class _Progress:
+    """tqdm over steps (or over seconds with a time budget)."""
+
+    def __init__(self, *, steps: int | None, budget: float | None, start_step: int) -> None:
+        from tqdm import tqdm
+
+        self.by_time = steps is None
+        total = budget if self.by_time else steps
+        initial = 0 if self.by_time else start_step
+        unit = "s" if self.by_time else "step"
+        fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}{postfix}]" if self.by_time else None
+        self.bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, file=sys.stderr,
+                        mininterval=0.5, bar_format=fmt, disable=None)
+        self.started = time.perf_counter()
+
+    def advance(self, **postfix: str) -> None:
+        if self.by_time:
+            self.bar.n = min(self.bar.total, time.perf_counter() - self.started)
+        else:
+            self.bar.n += 1
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(0)
+
+    def write(self, text: str) -> None:
+        self.bar.write(text, file=sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _write_metrics(path: Path, row: dict, *, fresh: bool) -> None:
+    new = fresh or not path.exists()
+    with path.open("w" if fresh else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _plot(metrics: Path, png: Path, *, baseline: float | None, ylabel: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    with metrics.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return False
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, [float(r["train"]) for r in rows], label="train", color="#1f77b4")
+    ax.plot(steps, [float(r["valid"]) for r in rows], label="validation", color="#d62728", marker="o", markersize=3)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", label=f"baseline {baseline:.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name(png.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(png)
+    return True
+
+
+@cli.command()
+@click.option("--data", type=str, default=None, help="A text file or folder (default: the Python standard library's sources).")
+@click.option("--task", type=click.Choice(["lm", "adding", "copy"]), default="lm", show_default=True,
+              help="lm: character language model; adding / copy: the synthetic memory benchmarks.")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="numpy", show_default=True)
+@click.option("--device", type=str, default=None, help="e.g. cuda:0 (torch), gpu (jax), 0 (cupy), device1 (array_api_strict).")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--hidden", type=POSITIVE_INT, default=256, show_default=True)
+@click.option("--layers", type=POSITIVE_INT, default=2, show_default=True)
+@click.option("--embed", type=POSITIVE_INT, default=64, show_default=True, help="Embedding size (lm and copy).")
+@click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
+@click.option("--seq-len", type=POSITIVE_INT, default=None, help="Window length (lm, default 64) or sequence length T (tasks, default 50).")
+@click.option("--batch", type=POSITIVE_INT, default=32, show_default=True)
+@click.option("--lr", type=POSITIVE_FLOAT, default=3e-3, show_default=True)
+@click.option("--clip", type=POSITIVE_FLOAT, default=1.0, show_default=True, help="Gradient clipping by global norm.")
+@click.option("--steps", type=POSITIVE_INT, default=None, help="Train until this step (default: use the time budget).")
+@click.option("--time-budget", type=POSITIVE_FLOAT, default=None, help="Seconds of training (default 240 when --steps is not given).")
+@click.option("--eval-every", type=POSITIVE_INT, default=250, show_default=True)
+@click.option("--sample-every", type=POSITIVE_INT, default=500, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="gruxp-run", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.npz.")
+@click.pass_context
+def train(ctx: click.Context, **opts: Any) -> None:
+    """Train a model, with a live progress bar, checkpoints, a metrics CSV and a loss curve."""
+    if opts["steps"] is None and opts["time_budget"] is None:
+        opts["time_budget"] = 240.0
+    out = Path(opts["out"])
+    ckpt_path = out / "checkpoint.npz"
+    if ckpt_path.exists() and not opts["resume"]:
+        raise click.UsageError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    if opts["resume"] and not ckpt_path.exists():
+        raise click.UsageError(f"nothing to resume: {ckpt_path} does not exist")
+    xp, device = load(opts["backend"], opts["device"], opts["dtype"])
+    out.mkdir(parents=True, exist_ok=True)
+    if opts["task"] == "lm":
+        _train_lm(ctx, opts, xp, device, out, ckpt_path)
+    else:
+        _train_task(ctx, opts, xp, device, out, ckpt_path)
+
+
+def _resume_setup(ctx, opts, ckpt_path, task, xp, device):
+    ckpt = checkpoint.load(ckpt_path)
+    extra = ckpt.meta.get("extra", {})
+    if extra.get("task") != task:
+        raise checkpoint.CheckpointError(f"{ckpt_path} was saved by task {extra.get('task')!r}, not {task!r}")
+    saved = extra.get("options", {})
+    for name in (*STRUCTURE, "seq_len", "batch", "lr", "dtype"):
+        if _explicit(ctx, name) and name in saved and saved[name] != opts[name]:
+            raise click.UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's {saved[name]}; "
+                                   f"a resumed run keeps its model and optimizer")
+    for name in (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip"):
+        if name in saved:
+            opts[name] = saved[name]
+    model = checkpoint.build_model(ckpt, xp=xp, device=device)
+    return ckpt, extra, model
+
+
+def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
+    opts["seq_len"] = opts["seq_len"] or 64
+    if opts["resume"]:
+        ckpt, extra, model = _resume_setup(ctx, opts, ckpt_path, "lm", xp, device)
+        data = opts["data"] if _explicit(ctx, "data") else extra.get("data")
+        text = corpus_mod.build(data, vocab=extra["vocab"])
+        optimizer = optimizer_from_checkpoint(ckpt)
+    else:
+        data = opts["data"]
+        text = corpus_mod.build(data)
+        model = lm.build_model(len(text.vocab), hidden=opts["hidden"], layers=opts["layers"], embed=opts["embed"],
+                               dropout=opts["dropout"], xp=xp, device=device, dtype=opts["dtype"], seed=opts["seed"])
+        optimizer = optim.AdamW(lr=opts["lr"], weight_decay=0.01)
+    B, T = opts["batch"], opts["seq_len"]
+    if text.train.size < B * T + 1:
+        raise corpus_mod.CorpusError(f"the training text has {text.train.size} characters; --batch {B} × --seq-len {T} needs at least {B * T + 1}")
+    if text.valid.size < 2:
+        raise corpus_mod.CorpusError("the corpus is too short to hold out a validation part")
+    trainer = gruxp.Trainer(model, losses.cross_entropy, optimizer, clip_norm=opts["clip"], stateful=True,
+                            checkpoint=ckpt_path, seed=opts["seed"])
+    if opts["resume"]:
+        trainer.resume(ckpt_path)
+    batches = stream_windows(text.train, batch_size=B, window=T, xp=xp, device=device)
+    baseline = text.unigram_bits()
+    options = {k: opts[k] for k in (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip")}
+    extra = {"task": "lm", "vocab": text.vocab, "data": data, "corpus": text.source, "unigram_bits": baseline, "options": options}
+    n_params = sum(int(np.prod(v.shape)) for v in model.params.values())
+    print(f"corpus: {text.source}: {text.train.size:,} training and {text.valid.size:,} validation characters, vocabulary {len(text.vocab)}")
+    print(f"model: embedding {opts['embed']} → GRU {opts['layers']}×{opts['hidden']} → linear, {n_params:,} parameters, "
+          f"{opts['backend']} {opts['dtype']}; batch {B} × window {T}, AdamW lr {opts['lr']}")
+    print(f"unigram baseline: {baseline:.3f} bits/char on the validation text")
+    metrics = out / "metrics.csv"
+    _loop(trainer, batches, opts, out, metrics, extra, baseline=baseline, chars_per_step=B * T,
+          evaluate=lambda: lm.bits_per_char(lm.evaluate(model, text.valid, seq_len=T, batch=B, max_chars=100_000)),
+          to_metric=lm.bits_per_char, metric_name="bits/char",
+          sampler=lambda: lm.sample(model, text.vocab, length=240, temperature=0.8, prime="def ", rng=np.random.default_rng(trainer.step)))
+
+
+def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, chars_per_step, evaluate, to_metric, metric_name, sampler) -> None:
+    """The shared training loop: progress, evaluation, samples, checkpoints, metrics, plot, Ctrl-C."""
+    steps, budget = opts["steps"], opts["time_budget"]
+    fresh = not opts["resume"]
+    progress = _Progress(steps=steps, budget=budget if steps is None else None, start_step=trainer.step)
+    started, window_losses, window_chars, window_start = time.perf_counter(), [], 0, time.perf_counter()
+    total_chars, last_valid = 0, None
+
+    def record(final: bool = False) -> None:
+        nonlocal window_losses, window_chars, window_start, fresh, last_valid
+        last_valid = evaluate()
+        train_metric = to_metric(float(np.mean(window_losses))) if window_losses else float("nan")
+        speed = window_chars / max(time.perf_counter() - window_start, 1e-9)
+        row = {"step": trainer.step, "seconds": round(time.perf_counter() - started, 2), "train": round(train_metric, 5),
+               "valid": round(last_valid, 5), "chars_per_s": round(speed, 1)}
+        _write_metrics(metrics, row, fresh=fresh)
+        fresh = False
+        trainer.save(extra=extra)
+        _plot(metrics, out / "loss.png", baseline=baseline, ylabel=metric_name)
+        progress.write(f"step {trainer.step}: train {train_metric:.3f}, validation {last_valid:.3f} {metric_name} "
+                       f"(baseline {baseline:.3f}){' [final]' if final else ''}")
+        window_losses, window_chars, window_start = [], 0, time.perf_counter()
+
+    interrupted = False
+    try:
+        while True:
+            if steps is not None and trainer.step >= steps:
+                break
+            if steps is None and time.perf_counter() - started >= budget:
+                break
+            result = trainer.train_step(gruxp.Batch(*batches(trainer.step, trainer.rng)))
+            window_losses.append(result["loss"])
+            window_chars += chars_per_step
+            total_chars += chars_per_step
+            speed = total_chars / (time.perf_counter() - started)
+            progress.advance(loss=f"{to_metric(result['loss']):.3f}", chars_s=f"{speed:,.0f}", step=str(trainer.step))
+            if trainer.step % opts["eval_every"] == 0:
+                record()
+            if sampler is not None and trainer.step % opts["sample_every"] == 0:
+                progress.write(f"--- sample at step {trainer.step} ---\n{sampler()}\n---")
+    except KeyboardInterrupt:
+        interrupted = True
+    except NonFiniteLossError:
+        progress.close()
+        raise
+    progress.close()
+    elapsed = time.perf_counter() - started
+    if interrupted:
+        trainer.save(extra=extra)
+        print(f"interrupted at step {trainer.step}: checkpoint saved to {trainer.checkpoint}")
+        return
+    record(final=True)
+    if sampler is not None:
+        print(f"--- sample ---\n{sampler()}\n---")
+    print(f"done: {trainer.step} steps in {elapsed:.0f} s, {total_chars / max(elapsed, 1e-9):,.0f} chars/s; "
+          f"validation {last_valid:.3f} {metric_name} vs baseline {baseline:.3f}; "
+          f"checkpoint {trainer.checkpoint}, metrics {metrics}" + (f", plot {out / 'loss.png'}" if (out / "loss.png").exists() else ""))
+
+
+def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
+    from . import tasks
+
+    opts["seq_len"] = opts["seq_len"] or 50
+    if opts["steps"] is None and not _explicit(ctx, "time_budget"):
+        opts["time_budget"] = 120.0
+    task = tasks.TASKS[opts["task"]]
+    if opts["resume"]:
+        ckpt, extra, model = _resume_setup(ctx, opts, ckpt_path, opts["task"], xp, device)
+        optimizer = optimizer_from_checkpoint(ckpt)
+    else:
+        model = task.build(hidden=opts["hidden"], layers=opts["layers"], embed=opts["embed"], xp=xp, device=device,
+                           dtype=opts["dtype"], seed=opts["seed"])
+        optimizer = optim.Adam(lr=opts["lr"])
+    T, B = opts["seq_len"], opts["batch"]
+    trainer = gruxp.Trainer(model, task.loss, optimizer, clip_norm=opts["clip"], checkpoint=ckpt_path, seed=opts["seed"])
+    if opts["resume"]:
+        trainer.resume(ckpt_path)
+    put = lambda a: xp.asarray(a, device=device) if a.dtype.kind in "iu" else xp.asarray(a, dtype=model.dtype, device=device)  # noqa: E731
+    batches = lambda step, rng: tuple(put(a) for a in task.batch(rng, B, T))  # noqa: E731
+    test = tuple(put(a) for a in task.batch(np.random.default_rng(10_000 + opts["seed"]), 500, T))
+    baseline = task.baseline(T)
+    options = {k: opts[k] for k in (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip")}
+    extra = {"task": opts["task"], "options": options}
+    print(f"task: {task.title} with T={T}; baseline (a memoryless model): {baseline:.4f} {task.metric}")
+
+    def evaluate() -> float:
+        model.eval()
+        try:
+            y, _ = model(test[0])
+            return float(task.loss(y, test[1])[0])
+        finally:
+            model.train()
+
+    _loop(trainer, batches, opts, out, out / "metrics.csv", extra, baseline=baseline, chars_per_step=B * T,
+          evaluate=evaluate, to_metric=lambda v: v, metric_name=task.metric, sampler=None)
+
+
+@cli.command("sample")
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False))
+@click.option("--temperature", type=POSITIVE_FLOAT, default=0.8, show_default=True)
+@click.option("--length", type=POSITIVE_INT, default=500, show_default=True)
+@click.option("--prime", type=str, default="def ", show_default=True, help="Text to start from.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="numpy", show_default=True)
+@click.option("--device", type=str, default=None)
+def sample_cmd(checkpoint_path: str, temperature: float, length: int, prime: str, seed: int, backend: str, device: str | None) -> None:
+    """Generate text from a language-model checkpoint."""
+    model, extra = _load_lm(checkpoint_path, backend, device)
+    text = lm.sample(model, extra["vocab"], length=length, temperature=temperature, prime=prime, rng=np.random.default_rng(seed))
+    click.echo(prime + text)
+
+
+@cli.command("eval")
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False))
+@click.option("--data", type=str, required=True, help="A text file or folder to score.")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="numpy", show_default=True)
+@click.option("--device", type=str, default=None)
+def eval_cmd(checkpoint_path: str, data: str, backend: str, device: str | None) -> None:
+    """Loss and bits per character of a language-model checkpoint on a text."""
+    model, extra = _load_lm(checkpoint_path, backend, device)
+    train_texts, valid_texts, source = corpus_mod.read_paths(data)
+    text = "\n".join(train_texts + valid_texts)
+    if len(text) < 2:
+        raise corpus_mod.CorpusError(f"{data!r} holds fewer than 2 characters")
+    ids = corpus_mod.encode_text(text, extra["vocab"])
+    seq_len = extra.get("options", {}).get("seq_len", 64)
+    nats = lm.evaluate(model, ids, seq_len=seq_len, batch=32, max_chars=len(ids))
+    unknown = int(np.sum(ids == len(extra["vocab"]) - 1)) if extra["vocab"][-1] == corpus_mod.UNKNOWN else 0
+    click.echo(f"{source}: {len(ids):,} characters ({unknown:,} outside the vocabulary): "
+               f"loss {nats:.4f} nats/char, {lm.bits_per_char(nats):.4f} bits/char")
+
+
+def _load_lm(path: str, backend: str, device: str | None):
+    ckpt = checkpoint.load(path)
+    extra = ckpt.meta.get("extra", {})
+    if extra.get("task") != "lm" or "vocab" not in extra:
+        raise checkpoint.CheckpointError(f"{path} holds a {extra.get('task', 'non-gruxp-cli')!r} model, not a language model from 'gruxp train'")
+    xp, dev = load(backend, device, ckpt.meta["dtype"])
+    return checkpoint.build_model(ckpt, xp=xp, device=dev), extra
+
+
+@cli.command()
+def info() -> None:
+    """Versions, the backends of the matrix and their devices, and NumPy's BLAS."""
+    from gruxp.benchmarking import blas_info
+
+    click.echo(f"gruxp {gruxp.__version__} (Python {sys.version.split()[0]}, NumPy {np.__version__})")
+    for name in BACKENDS:
+        click.echo(describe(name))
+    for pool in blas_info():
+        if pool.get("internal_api") in ("openblas", "mkl", "blis", None) or "note" in pool:
+            click.echo(f"numpy BLAS: {pool.get('internal_api')} {pool.get('version') or ''} "
+                       f"kernel {pool.get('architecture')}, {pool.get('num_threads')} threads".replace("  ", " "))
+
+
+@cli.command()
+@click.option("--backends", default="numpy", show_default=True, help="Comma-separated: numpy, torch, jax, array_api_strict, cupy.")
+@click.option("--batch", type=POSITIVE_INT, default=32, show_default=True)
+@click.option("--seq-len", type=POSITIVE_INT, default=100, show_default=True)
+@click.option("--hidden", type=POSITIVE_INT, default=256, show_default=True, help="Hidden size, also the input size.")
+@click.option("--layers", type=POSITIVE_INT, default=1, show_default=True)
+@click.option("--rounds", type=POSITIVE_INT, default=5, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+def bench(backends: str, batch: int, seq_len: int, hidden: int, layers: int, rounds: int, dtype: str) -> None:
+    """Time forward and forward+backward per step, with the ratio to torch.nn.GRU in the same run."""
+    from . import bench as bench_mod
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    for name in names:
+        if name not in BACKENDS:
+            raise click.UsageError(f"unknown backend {name!r} in --backends; choose from {', '.join(BACKENDS)}")
+    bench_mod.run(names, batch=batch, seq_len=seq_len, hidden=hidden, layers=layers, rounds=rounds, dtype=dtype)
+
