@@ -77,7 +77,7 @@ def _write_metrics(path: Path, row: dict, *, fresh: bool) -> None:
         writer.writerow(row)
 
 
-def _plot(metrics: Path, png: Path, *, baseline: float | None, ylabel: str) -> bool:
+def _plot(metrics: Path, png: Path, *, baseline: float | None, ylabel: str, baseline_label: str) -> bool:
     try:
         import matplotlib
 
@@ -94,7 +94,7 @@ def _plot(metrics: Path, png: Path, *, baseline: float | None, ylabel: str) -> b
     ax.plot(steps, [float(r["train"]) for r in rows], label="train", color="#1f77b4")
     ax.plot(steps, [float(r["valid"]) for r in rows], label="validation", color="#d62728", marker="o", markersize=3)
     if baseline is not None:
-        ax.axhline(baseline, color="gray", linestyle="--", label=f"baseline {baseline:.3f}")
+        ax.axhline(baseline, color="gray", linestyle="--", label=f"{baseline_label} {baseline:.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -221,7 +221,8 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, chars_per_st
         _write_metrics(metrics, row, fresh=fresh)
         fresh = False
         trainer.save(extra=extra)
-        _plot(metrics, out / "loss.png", baseline=baseline, ylabel=metric_name)
+        _plot(metrics, out / "loss.png", baseline=baseline, ylabel=metric_name,
+              baseline_label="unigram baseline" if sampler is not None else "memoryless baseline")
         progress.write(f"step {trainer.step}: train {train_metric:.3f}, validation {last_valid:.3f} {metric_name} "
                        f"(baseline {baseline:.3f}){' [final]' if final else ''}")
         window_losses, window_chars, window_start = [], 0, time.perf_counter()
@@ -254,7 +255,10 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, chars_per_st
         trainer.save(extra=extra)
         print(f"interrupted at step {trainer.step}: checkpoint saved to {trainer.checkpoint}")
         return
-    record(final=True)
+    if last_valid is None or window_losses:  # not just evaluated at this very step
+        record(final=True)
+    else:
+        trainer.save(extra=extra)
     if sampler is not None:
         print(f"--- sample ---\n{sampler()}\n---")
     print(f"done: {trainer.step} steps in {elapsed:.0f} s, {total_chars / max(elapsed, 1e-9):,.0f} chars/s; "
