@@ -4,7 +4,7 @@ The same forward and analytic backward-through-time run on NumPy, CuPy, PyTorch,
 array-api-strict. ``import gruxp`` imports none of the optional array libraries.
 """
 
-from . import checkpoint, functional, losses, onnx, optim
+from . import checkpoint, distributed, functional, interop, losses, onnx, optim, training
 from .checkpoint import CheckpointError
 from .functional import CellTape, GRUConfig, GRUTape
 from .layers import Dropout, Embedding, LastStep, Linear, Sequential
@@ -32,6 +32,9 @@ __all__ = [
     "losses",
     "optim",
     "checkpoint",
+    "training",
+    "interop",
     "onnx",
+    "distributed",
     "__version__",
 ]

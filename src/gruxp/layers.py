@@ -22,7 +22,7 @@ from . import functional as F
 from ._checks import check_array, check_bool, check_positive_int, check_shape
 from ._namespace import device_of, namespace_of, same_device, to_numpy
 from .functional._layers import check_ids, dropout_mask, embedding, embedding_backward, last_step_mask, linear, linear_backward
-from .models import GRU, Module
+from .models import GRU, Modal, Module
 
 __all__ = ["Linear", "Embedding", "Dropout", "LastStep", "Sequential", "SequentialTape"]
 
@@ -116,7 +116,7 @@ class Embedding(Module):
         return f"Embedding({self.num_embeddings}, {self.embedding_dim}, {self._placement()})"
 
 
-class Dropout:
+class Dropout(Modal):
     """Inverted dropout in training mode (``train()``, the default); identity in ``eval()``.
 
     Masks are drawn on the host from ``self.rng`` (seeded: the same mask on every backend).
@@ -125,17 +125,10 @@ class Dropout:
     def __init__(self, p: float = 0.5, *, seed: Any = None) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"p must be a float in [0, 1); got {p!r}")
-        self.p, self.rng, self.training, self.params = float(p), F.host_rng(seed), True, {}
+        self.p, self.rng, self.params = float(p), F.host_rng(seed), {}
 
     def config(self) -> dict[str, Any]:
         return dict(p=self.p)
-
-    def train(self, mode: bool = True) -> Dropout:
-        self.training = check_bool("mode", mode)
-        return self
-
-    def eval(self) -> Dropout:
-        return self.train(False)
 
     def forward(self, x: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
         xp = namespace_of(x, what="x")
@@ -152,7 +145,7 @@ class Dropout:
         return f"Dropout(p={self.p})"
 
 
-class LastStep:
+class LastStep(Modal):
     """The output at each sequence's last valid step: (T, B, F) -> (B, F), or (B, T, F) with batch_first.
 
     With ``lengths`` the step is len−1 (as PyTorch users index a padded output); for a bidirectional
@@ -160,17 +153,10 @@ class LastStep:
     """
 
     def __init__(self, *, batch_first: bool = False) -> None:
-        self.batch_first, self.params, self.training = check_bool("batch_first", batch_first), {}, True
+        self.batch_first, self.params = check_bool("batch_first", batch_first), {}
 
     def config(self) -> dict[str, Any]:
         return dict(batch_first=self.batch_first)
-
-    def train(self, mode: bool = True) -> LastStep:
-        self.training = check_bool("mode", mode)
-        return self
-
-    def eval(self) -> LastStep:
-        return self.train(False)
 
     def forward(self, x: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
         xp = namespace_of(x, what="x")

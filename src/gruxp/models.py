@@ -20,10 +20,25 @@ from . import functional as F
 from ._checks import check_bool, check_positive_int
 from ._namespace import device_of, dtype_name, from_numpy, namespace_name, resolve_dtype, resolve_xp, to_numpy
 
-__all__ = ["Module", "GRU", "GRUCell"]
+__all__ = ["Modal", "Module", "GRU", "GRUCell"]
 
 
-class Module:
+class Modal:
+    """Training mode (the default) and evaluation mode: only dropout looks at it."""
+
+    training: bool = True
+
+    def train(self, mode: bool = True):
+        """Training mode: dropout, where configured, is active. Returns self."""
+        self.training = check_bool("mode", mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: no dropout. Returns self."""
+        return self.train(False)
+
+
+class Module(Modal):
     """What every layer with parameters shares: placement, modes, state dicts, moves, tape ownership.
 
     A subclass sets its structure, then calls :meth:`_place` with a host initialiser; it provides
@@ -49,15 +64,6 @@ class Module:
         self.params = {k: from_numpy(host[k], xp=self.xp, device=device, dtype=self.dtype) for k in self._param_shapes()}
         self.device = device_of(next(iter(self.params.values())))
         self._token = object()
-
-    def train(self, mode: bool = True):
-        """Training mode (the default): dropout, where configured, is active. Returns self."""
-        self.training = check_bool("mode", mode)
-        return self
-
-    def eval(self):
-        """Evaluation mode: no dropout. Returns self."""
-        return self.train(False)
 
     def state_dict(self) -> dict[str, Any]:
         """Host NumPy copies of the parameters, PyTorch's names and order."""
