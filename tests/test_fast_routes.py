@@ -41,7 +41,7 @@ def test_numpy_route_is_bit_identical_to_the_generic_code(case, dtype):
     with fast_routes(False):
         assert route_for(np_compat, reset_after=True) is None
         generic = _run(case, dtype, seed=3)
-    for a, b in zip(fast, generic):
+    for a, b in zip(fast, generic, strict=True):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 

@@ -77,7 +77,7 @@ def test_padding_values_never_matter(backend):
         out, h_n, tape = model.forward(backend.asarray(xs), backend.asarray(host["h0"]), lengths=lengths)
         grads, dx, dh0 = model.backward(tape, backend.asarray(host["d_out"]), backend.asarray(host["d_hn"]))
         results.append([to_numpy(a) for a in (out, h_n, dx, dh0, *grads.values())])
-    for clean, dirty in zip(*results):
+    for clean, dirty in zip(*results, strict=True):
         assert np.all(np.isfinite(dirty))
         np.testing.assert_array_equal(dirty, clean)
 

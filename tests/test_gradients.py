@@ -141,7 +141,7 @@ def test_none_gradients_mean_zero(backend):
     for d_out, d_hn in ((None, backend.asarray(host["d_hn"])), (backend.asarray(host["d_out"][..., : case.H]), None)):
         a = model.backward(tape, d_out, d_hn)
         b = model.backward(tape, zeros_out if d_out is None else d_out, zeros_hn if d_hn is None else d_hn)
-        for u, v in zip([*a[0].values(), a[1], a[2]], [*b[0].values(), b[1], b[2]]):
+        for u, v in zip([*a[0].values(), a[1], a[2]], [*b[0].values(), b[1], b[2]], strict=True):
             np.testing.assert_array_equal(to_numpy(u), to_numpy(v))
     grads, dx, dh0 = model.backward(tape)
     assert all(np.all(to_numpy(g) == 0.0) for g in [*grads.values(), dx, dh0])

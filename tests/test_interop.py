@@ -43,7 +43,7 @@ def test_keras_round_trip_is_exact(reset_after, bias):
     back = interop.from_keras(weights, reset_after=reset_after, dtype="float64")
     np.testing.assert_allclose(to_numpy(back(X)[0]), to_numpy(gru(X)[0]), rtol=1e-13, atol=1e-15)
     again = interop.to_keras(back)
-    for a, b in zip(again, weights):
+    for a, b in zip(again, weights, strict=True):
         np.testing.assert_array_equal(a, b)  # Keras → gruxp → Keras is exact
     if reset_after or not bias:
         for k, v in gru.state_dict().items():

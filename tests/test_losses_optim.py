@@ -122,11 +122,11 @@ def test_clip_grad_norm(backend, max_norm):
         assert_close(clipped[k], v * coef, rtol=1e-14, atol=1e-16, name=k)
     if torch_or_none is not None:
         tg = [torch_or_none.nn.Parameter(torch_or_none.zeros(v.shape, dtype=torch_or_none.float64)) for v in grads.values()]
-        for p, v in zip(tg, grads.values()):
+        for p, v in zip(tg, grads.values(), strict=True):
             p.grad = torch_or_none.tensor(v)
         tnorm = torch_or_none.nn.utils.clip_grad_norm_(tg, max_norm)
         assert abs(float(tnorm) - float(to_numpy(norm))) < 1e-12
-        for p, k in zip(tg, grads):
+        for p, k in zip(tg, grads, strict=True):
             assert_close(clipped[k], p.grad.numpy(), rtol=1e-13, atol=1e-15, name=k)
 
 

@@ -1,7 +1,6 @@
 """ONNX export checked against ONNX Runtime (skipped with the reason when it is not installed)."""
 
 import itertools
-import warnings
 
 import numpy as np
 import pytest

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gruxp
-from gruxp.testing import assert_close, to_numpy
+from gruxp.testing import assert_close
 
 from _cases import Case, host_case_inputs
 

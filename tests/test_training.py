@@ -1,6 +1,5 @@
 """Trainer, truncated BPTT, streaming inference, checkpoints that cannot be lost, exact resume."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 
 import gruxp
 from gruxp import checkpoint, losses, optim
-from gruxp.training import Batch, stream_windows
+from gruxp.training import stream_windows
 from gruxp.testing import assert_close, to_numpy
 
 

@@ -97,7 +97,7 @@ def predict(model: GRU, x: Any, *, lengths: Any = None, blas_threads: int | None
     len_blocks = [None] * len(blocks) if lengths is None else list(lengths.to_delayed().reshape(-1))
     D, H, LD = (2 if model.bidirectional else 1), model.hidden_size, model.num_layers * (2 if model.bidirectional else 1)
     outs, hns = [], []
-    for block, size, lens in zip(blocks, batch_chunks, len_blocks):
+    for block, size, lens in zip(blocks, batch_chunks, len_blocks, strict=True):
         pair = dask.delayed(_forward_block, nout=2, pure=True)(block, lens, state=state, config=config, blas_threads=blas_threads)
         T = x.shape[1 - b_axis]
         out_shape = (size, T, D * H) if model.batch_first else (T, size, D * H)

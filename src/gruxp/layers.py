@@ -353,7 +353,7 @@ class Sequential:
         d_state = dict(d_state or {})
         grads, d_state0 = {}, {}
         first = next(iter(self.layers))
-        for (name, layer), layer_tape in zip(reversed(self.layers.items()), reversed(tape.tapes)):
+        for (name, layer), layer_tape in zip(reversed(self.layers.items()), reversed(tape.tapes), strict=True):
             if isinstance(layer, GRU):
                 # a GRU that reads the model's input reads data: skip its dx GEMM
                 g, dy, d_state0[name] = layer.backward(layer_tape, dy, d_state.get(name), input_grad=name != first)

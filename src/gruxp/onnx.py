@@ -157,7 +157,7 @@ def export(
         graph_inputs.append(helper.make_tensor_value_info("h0", elem, [gru.num_layers * D, B_dim, gru.hidden_size]))
 
     current, h_n, features = "x", None, None
-    for name, layer in layers.items():
+    for layer in layers.values():
         if isinstance(layer, Dropout):
             continue
         if isinstance(layer, Embedding):
