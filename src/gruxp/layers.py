@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import functional as F
-from ._checks import check_array, check_bool, check_positive_int, check_shape
+from ._checks import check_array, check_bool, check_lengths, check_positive_int, check_shape
 from ._namespace import device_of, namespace_of, same_device, to_numpy
 from .functional._layers import check_ids, dropout_mask, embedding, embedding_backward, last_step_mask, linear, linear_backward
 from .models import GRU, Modal, Module
@@ -165,7 +165,7 @@ class LastStep(Modal):
         if self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
         T, B = x.shape[0], x.shape[1]
-        host = None if lengths is None else F._sequence.check_lengths(lengths, batch=B, steps=T)
+        host = None if lengths is None else check_lengths(lengths, batch=B, steps=T)
         select = last_step_mask(host, T, B, xp=xp, device=device_of(x))
         zero = xp.zeros((), dtype=x.dtype, device=device_of(x))
         return xp.sum(xp.where(select, x, zero), axis=0), _Tape({}, select)
