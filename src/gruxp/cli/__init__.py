@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:  # bare `gruxp` (click >= 8.2)
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.UsageError as exc:
         where = f"{exc.ctx.command_path}: " if exc.ctx is not None and exc.ctx.command_path != "gruxp" else ""
         _fail(where + exc.format_message(), EXIT_USAGE)
