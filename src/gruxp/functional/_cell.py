@@ -132,7 +132,7 @@ def param_grads(
     All arguments are 2-D with one row per (time step, sequence), so each weight takes one GEMM
     (W_hh two: its n block multiplies h (reset_after) or r ⊙ h (reset_before)).
     ``d_i`` (rows, 3H) = [d_r, d_z, d_an]; ``d_ghn`` (rows, H); ``x`` (rows, I); ``h`` (rows, H)
-    the states the steps started from; ``r`` (rows, H) the reset gate (used by reset_before).
+    the states the steps started from; ``r`` (rows, H) the reset gate (reset_before only; else None).
     """
     H = h.shape[-1]
     d_rz = d_i[:, : 2 * H]

@@ -156,7 +156,7 @@ def _finish_backward(d_i, d_ghn, tape, h_prev, p, *, reset_after, bias, need_dx,
         xp.reshape(d_ghn, (rows, H)),
         xp.reshape(tape.x, (rows, I)),
         xp.reshape(h_prev, (rows, H)),
-        xp.reshape(tape.rz[..., :H], (rows, H)),
+        None if reset_after else xp.reshape(tape.rz[..., :H], (rows, H)),  # only reset_before needs r
         reset_after=reset_after,
         bias=bias,
         xp=xp,
