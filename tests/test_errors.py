@@ -197,3 +197,9 @@ def test_functional_params_are_checked():
         gruxp.functional.gru({k: v for k, v in params.items() if k != "bias_hh_l0"}, x, bias=True)
     with pytest.raises(TypeError, match=r"params\['bias_ih_l0'\] has dtype float64; expected float32"):
         gruxp.functional.gru({**params, "bias_ih_l0": params["bias_ih_l0"].astype(np.float64)}, x)
+
+
+def test_unusable_device():
+    strict = pytest.importorskip("array_api_strict")
+    with pytest.raises(ValueError, match="device 'device1' is not usable with array_api_strict"):
+        gruxp.GRU(4, 3, xp=strict, device="device1")  # a name, not the library's Device object

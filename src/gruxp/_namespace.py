@@ -62,8 +62,13 @@ def resolve_xp(xp: Any = None, device: Any = None) -> ModuleType:
             "xp must be an array namespace module such as numpy, cupy, torch, jax.numpy or "
             f"array_api_strict (or its array_api_compat wrapper); got {xp!r}"
         )
-    probe = xp.asarray([0.0], dtype=xp.float32, device=device) if device is not None else xp.asarray([0.0], dtype=xp.float32)
-    return aac.array_namespace(probe)
+    namespace = aac.array_namespace(xp.asarray([0.0], dtype=xp.float32))  # raw CuPy takes no device=
+    if device is not None:
+        try:
+            namespace.asarray([0.0], dtype=namespace.float32, device=device)
+        except Exception as exc:  # each library words an unknown device differently
+            raise ValueError(f"device {device!r} is not usable with {namespace_name(namespace)}: {exc}") from exc
+    return namespace
 
 
 def resolve_dtype(xp: ModuleType, dtype: Any = None) -> Any:
