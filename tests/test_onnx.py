@@ -83,7 +83,34 @@ def test_export_errors(tmp_path):
         gruxp.onnx.export(gruxp.Linear(2, 2), tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="has no ONNX export"):
         gruxp.onnx.export(gruxp.Sequential(gru=gruxp.GRU(2, 2), last=gruxp.LastStep()), tmp_path / "x.onnx")
-    with pytest.raises(ValueError, match="opset must be an int >= 14"):
-        gruxp.onnx.export(gruxp.GRU(2, 2), tmp_path / "x.onnx", opset=9)
+    newest = onnx.defs.onnx_opset_version()
+    for opset in (9, 99, newest + 1, 14.0, True):
+        with pytest.raises(ValueError, match=rf"opset must be an int in \[14, {newest}\]"):
+            gruxp.onnx.export(gruxp.GRU(2, 2), tmp_path / "x.onnx", opset=opset)
+    for dtype in ("float16", "bogus", np.int8, np.float16):
+        with pytest.raises(TypeError, match="dtype must be None or float32"):
+            gruxp.onnx.export(gruxp.GRU(2, 2), tmp_path / "x.onnx", dtype=dtype)
+    for shape in ((0, 0), (-1, 2), (2,), (2.0, 3), "ab"):
+        with pytest.raises(ValueError, match=r"shape must be \(T, B\) with two ints >= 1"):
+            gruxp.onnx.export(gruxp.GRU(2, 2), tmp_path / "x.onnx", dynamic=False, shape=shape)
+    assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(ValueError, match=r"dynamic=False needs shape=\(T, B\)"):
         gruxp.onnx.export(gruxp.GRU(2, 2), tmp_path / "x.onnx", dynamic=False)
+
+
+def test_newest_opset_loads_in_onnx_runtime(tmp_path):
+    gru = gruxp.GRU(3, 4, seed=0)
+    gruxp.onnx.export(gru, tmp_path / "new.onnx", opset=onnx.defs.onnx_opset_version(), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(_session(tmp_path / "new.onnx").run(None, {"x": x})[0], gru(x)[0], **ATOL)
+
+
+def test_a_linear_before_the_gru(tmp_path):
+    """The graph's input has the first layer's features, not the GRU's (an onnx InferenceError before)."""
+    model = gruxp.Sequential(pre=gruxp.Linear(3, 4, seed=0), gru=gruxp.GRU(4, 8, batch_first=True, seed=1))
+    gruxp.onnx.export(model, tmp_path / "pre.onnx")
+    x = np.random.default_rng(1).standard_normal((2, 5, 3)).astype(np.float32)
+    out, h_n = _session(tmp_path / "pre.onnx").run(None, {"x": x})
+    y, state = model(x)
+    np.testing.assert_allclose(out, y, **ATOL)
+    np.testing.assert_allclose(h_n, state["gru"], **ATOL)

@@ -33,6 +33,8 @@ def check_bool(name: str, value: Any) -> bool:
 
 def check_array(name: str, a: Any, *, xp: ModuleType, device: Any, dtype: Any) -> None:
     """``a`` must be a real floating array of namespace ``xp`` on ``device`` with ``dtype``."""
+    if a is None:
+        raise TypeError(f"{name} must be a real floating array of dtype {dtype_name(dtype)}; got None")
     a_xp = namespace_of(a, what=name)
     if a_xp is not xp:
         raise TypeError(

@@ -18,9 +18,11 @@ raises :class:`CheckpointError` naming the problem.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +33,7 @@ import numpy as np
 from ._namespace import dtype_name, from_numpy, to_numpy
 
 __all__ = ["CheckpointError", "Checkpoint", "save", "load", "model_config", "build_model", "restore_model",
-           "rng_states", "set_rng_states"]
+           "rng_states", "set_rng_states", "generator_from_state"]
 
 FORMAT, VERSION = "gruxp-checkpoint", 1
 
@@ -60,10 +62,29 @@ def rng_states(model: Any) -> dict[str, Any]:
     return {name: layer.rng.bit_generator.state for name, layer in layers.items() if hasattr(layer, "rng")}
 
 
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def generator_from_state(state: Any) -> np.random.Generator:
+    """A NumPy Generator in ``state`` (whatever bit generator it names, among NumPy's own)."""
+    kind = state.get("bit_generator") if isinstance(state, Mapping) else None
+    if kind not in BIT_GENERATORS:
+        raise CheckpointError(f"RNG state names bit generator {kind!r}; expected one of {BIT_GENERATORS}")
+    rng = np.random.Generator(getattr(np.random, kind)())
+    try:
+        rng.bit_generator.state = dict(state)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"RNG state for {kind} is malformed ({type(exc).__name__}: {exc})") from exc
+    return rng
+
+
 def set_rng_states(model: Any, states: Mapping[str, Any]) -> None:
     layers = getattr(model, "layers", {"": model})
+    unknown = [name for name in states if name not in layers or not hasattr(layers[name], "rng")]
+    if unknown:
+        raise CheckpointError(f"RNG states for layers {unknown} that this model does not have")
     for name, state in states.items():
-        layers[name].rng.bit_generator.state = state
+        layers[name].rng = generator_from_state(state)
 
 
 def _json_safe(value: Any) -> Any:
@@ -71,11 +92,57 @@ def _json_safe(value: Any) -> Any:
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):  # e.g. MT19937's key in an RNG state
+        return value.tolist()
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):
         return float(value)
     return value
+
+
+def _check_finite(arrays: Mapping[str, np.ndarray]) -> None:
+    bad = [name for name, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save non-finite values (inf or NaN) in {bad}: a checkpoint never "
+                              f"replaces a good one with a diverged one")
+
+
+def _target(path: Path) -> Path:
+    """Where the bytes go: through a symbolic link to its target, so the link itself survives."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.<token>.tmp`` files of this checkpoint left by a writer that died.
+
+    A temporary whose writer still runs (another live process) is left alone; so is anything
+    not named like ours.
+    """
+    prefix = f".{path.name}."
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):-len(".tmp")].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
 
 
 def save(
@@ -89,7 +156,12 @@ def save(
     rngs: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically to ``path``; returns the path."""
+    """Write a checkpoint atomically to ``path``; returns the path.
+
+    Non-finite parameters, optimizer state or carried state are refused (:class:`CheckpointError`)
+    before anything is written. A symbolic link is written through to its target. Temporaries
+    left by an earlier writer that was killed mid-save are removed.
+    """
     path = Path(path)
     arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
     optim_meta = None
@@ -103,6 +175,7 @@ def save(
         optim_meta = {"type": type(optimizer).__name__, "config": optimizer.config(), "scalars": scalars,
                       "slots": sorted(k for k, v in (opt_state or {}).items() if isinstance(v, Mapping))}
     arrays.update({f"carry/{k}": to_numpy(v) for k, v in (carry or {}).items()})
+    _check_finite(arrays)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -114,23 +187,25 @@ def save(
         "extra": dict(extra or {}),
         "members": sorted(arrays),
     }
-    arrays["__meta__"] = np.frombuffer(json.dumps(_json_safe(meta)).encode("utf-8"), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    arrays["__meta__"] = np.frombuffer(json.dumps(_json_safe(meta), allow_nan=False).encode("utf-8"), dtype=np.uint8)
+    target = _target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL: never follow or reuse a planted file; mode 0o666 lets the process umask decide, as
+    # for any ordinary file (no fchmod, and no process-wide umask change that other threads would see).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets ordinary file permissions
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -140,28 +215,119 @@ def save(
     return path
 
 
+# -- reading: every byte is distrusted until checked ------------------------------------------------
+def _fail(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {str(path)!r} {problem}")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} in the metadata")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate_meta(meta: Any, path: Path) -> dict:
+    """The metadata's schema; every departure is a :class:`CheckpointError` that names the field."""
+    if not isinstance(meta, dict):
+        raise _fail(path, f"has metadata of type {type(meta).__name__}, expected a JSON object")
+    if meta.get("format") != FORMAT:
+        raise _fail(path, f"is not a gruxp checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise _fail(path, f"has checkpoint version {meta.get('version')!r}; this gruxp reads {VERSION}")
+
+    def need(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            value = meta
+            for part in field.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise _fail(path, f"has a bad metadata field {field!r}: expected {expected}, found {shown}")
+
+    model, opt = meta.get("model"), meta.get("optimizer")
+    need(isinstance(model, dict), "model", "an object")
+    need(isinstance(model.get("type"), str), "model.type", "a string")
+    need(isinstance(model.get("config"), (dict, list)), "model.config", "an object or a list")
+    need(meta.get("dtype") in ("float32", "float64"), "dtype", "'float32' or 'float64'")
+    need(opt is None or isinstance(opt, dict), "optimizer", "null or an object")
+    if opt is not None:
+        need(isinstance(opt.get("type"), str), "optimizer.type", "a string")
+        need(isinstance(opt.get("config"), dict), "optimizer.config", "an object")
+        need(isinstance(opt.get("scalars"), dict), "optimizer.scalars", "an object")
+        need(isinstance(opt.get("slots"), list) and all(isinstance(s, str) for s in opt["slots"]),
+             "optimizer.slots", "a list of strings")
+    need(_is_int(meta.get("step")) and meta["step"] >= 0, "step", "an int >= 0")
+    rng = meta.get("rng")
+    need(isinstance(rng, dict) and all(isinstance(v, dict) for v in rng.values()), "rng", "an object of objects")
+    need(isinstance(rng.get("model", {}), dict) and all(isinstance(v, dict) for v in rng.get("model", {}).values()),
+         "rng.model", "an object of RNG states")
+    need(isinstance(meta.get("extra"), dict), "extra", "an object")
+    members = meta.get("members")
+    need(isinstance(members, list) and all(isinstance(m, str) and m.startswith(("param/", "optim/", "carry/"))
+                                           and (not m.startswith("optim/") or m.count("/") >= 2) for m in members),
+         "members", "a list of 'param/...', 'optim/<slot>/...' and 'carry/...' names")
+    return meta
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    """One ``.npy`` member, its declared size checked against the bytes really stored."""
+    with zf.open(info) as f:
+        major, _ = np.lib.format.read_magic(f)
+        if major == 1:
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif major in (2, 3):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise _fail(path, f"member {info.filename!r} has .npy version {major}")
+        if dtype.hasobject or dtype.kind not in "biuf":
+            raise _fail(path, f"member {info.filename!r} has dtype {dtype}; checkpoints hold numbers only")
+        count = math.prod(shape)
+        if count * dtype.itemsize > info.file_size:
+            raise _fail(path, f"member {info.filename!r} declares shape {shape} ({count * dtype.itemsize:,} bytes) "
+                              f"but stores {info.file_size:,} bytes")
+        data = f.read(count * dtype.itemsize)
+        if len(data) != count * dtype.itemsize:
+            raise _fail(path, f"member {info.filename!r} is truncated")
+        f.read()  # to the member's end: the zip module checks its CRC there
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return array.copy()
+
+
 def load(path: str | os.PathLike) -> Checkpoint:
-    """Read and verify a checkpoint; raise :class:`CheckpointError` if it is not a sound one."""
+    """Read and verify a checkpoint; raise :class:`CheckpointError` if it is not a sound one.
+
+    Checked before use: the zip structure and every CRC, that members are stored uncompressed as
+    ``np.savez`` writes them (so no member can expand past the file's own size), each member's
+    declared shape against its stored bytes, numeric dtypes only, and the metadata's schema.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     try:
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            if "__meta__" not in archive.files:
-                raise CheckpointError(f"{str(path)!r} is not a gruxp checkpoint (no __meta__ member)")
-            meta = json.loads(bytes(archive["__meta__"]).decode("utf-8"))
-            if meta.get("format") != FORMAT:
-                raise CheckpointError(f"{str(path)!r} is not a gruxp checkpoint (format {meta.get('format')!r})")
-            if meta.get("version") != VERSION:
-                raise CheckpointError(f"{str(path)!r} has checkpoint version {meta.get('version')}; this gruxp reads {VERSION}")
-            missing = [m for m in meta["members"] if m not in archive.files]
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as zf:
+            infos = {info.filename: info for info in zf.infolist()}
+            for info in infos.values():
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+                    raise _fail(path, f"member {info.filename!r} is compressed or larger than the file "
+                                      "(gruxp writes stored members only)")
+            if "__meta__.npy" not in infos:
+                raise _fail(path, "is not a gruxp checkpoint (no __meta__ member)")
+            raw = _read_member(zf, infos["__meta__.npy"], path)
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                raise _fail(path, "has a __meta__ member that is not UTF-8 bytes")
+            meta = _validate_meta(json.loads(raw.tobytes().decode("utf-8"), parse_constant=_refuse_constant), path)
+            missing = [m for m in meta["members"] if m + ".npy" not in infos]
             if missing:
-                raise CheckpointError(f"{str(path)!r} is incomplete: missing {missing}")
-            arrays = {m: archive[m] for m in meta["members"]}  # reading checks each member's CRC
+                raise _fail(path, f"is incomplete: missing {missing}")
+            arrays = {m: _read_member(zf, infos[m + ".npy"], path) for m in meta["members"]}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupted ({type(exc).__name__}: {exc})") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, TypeError,
+            AttributeError, UnicodeDecodeError, NotImplementedError, RecursionError, MemoryError) as exc:
+        raise _fail(path, f"is truncated or corrupted ({type(exc).__name__}: {exc})") from exc
     params = {m.split("/", 1)[1]: a for m, a in arrays.items() if m.startswith("param/")}
     carry = {m.split("/", 1)[1]: a for m, a in arrays.items() if m.startswith("carry/")}
     optim: dict[str, dict[str, np.ndarray]] = {}
@@ -187,11 +353,20 @@ def build_model(ckpt: Checkpoint, *, xp: Any = None, device: Any = None, dtype: 
         raise CheckpointError(f"checkpoint holds an unknown model type {kind!r}")
     dtype = ckpt.meta["dtype"] if dtype is None else dtype
     config = ckpt.meta["model"]["config"]
-    if kind == "Sequential":
-        model = types[kind].from_config(config, xp=xp, device=device, dtype=dtype)
-    else:
-        model = types[kind](**config, xp=xp, device=device, dtype=dtype)
-    model.load_state_dict(ckpt.params)
+    try:
+        if kind == "Sequential":
+            if not isinstance(config, list) or not all(isinstance(e, dict) and isinstance(e.get("args"), dict) for e in config):
+                raise CheckpointError(f"checkpoint's Sequential config is malformed: {str(config)[:80]}")
+            model = types[kind].from_config(config, xp=xp, device=device, dtype=dtype)
+        else:
+            if not isinstance(config, dict):
+                raise CheckpointError(f"checkpoint's {kind} config is malformed: {str(config)[:80]}")
+            model = types[kind](**config, xp=xp, device=device, dtype=dtype)
+        model.load_state_dict(ckpt.params)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint's model cannot be rebuilt ({type(exc).__name__}: {exc})") from exc
     set_rng_states(model, ckpt.meta["rng"].get("model", {}))
     return model
 
@@ -201,15 +376,26 @@ def restore_model(ckpt: Checkpoint, model: Any) -> None:
     want, got = ckpt.meta["model"], model_config(model)
     if _json_safe(got) != want:
         raise CheckpointError(f"checkpoint is for a different model: saved {json.dumps(want)}, this model is {json.dumps(_json_safe(got))}")
-    model.load_state_dict(ckpt.params)
+    try:
+        model.load_state_dict(ckpt.params)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint's parameters do not fit the model ({exc})") from exc
     set_rng_states(model, ckpt.meta["rng"].get("model", {}))
 
 
 def restore_optimizer_state(ckpt: Checkpoint, model: Any) -> dict[str, Any]:
-    """The optimizer state placed like the model's parameters."""
+    """The optimizer state placed like the model's parameters (each slot checked against them)."""
     opt = ckpt.meta["optimizer"] or {"scalars": {}, "slots": []}
+    shapes = {k: tuple(v.shape) for k, v in model.params.items()}
     place = lambda a: from_numpy(a, xp=model.xp, device=model.device, dtype=model.dtype)  # noqa: E731
     state: dict[str, Any] = dict(opt["scalars"])
+    if not _is_int(state.get("step", 0)) or state.get("step", 0) < 0:
+        raise CheckpointError(f"checkpoint's optimizer step must be an int >= 0; got {state.get('step')!r}")
     for slot in opt["slots"]:
-        state[slot] = {k: place(v) for k, v in ckpt.optim.get(slot, {}).items()}
+        arrays = ckpt.optim.get(slot, {})
+        for k, a in arrays.items():
+            if shapes.get(k) != a.shape:
+                raise CheckpointError(f"checkpoint's optimizer state {slot}/{k} has shape {a.shape}; "
+                                      f"the model's parameter is {shapes.get(k, 'absent')}")
+        state[slot] = {k: place(v) for k, v in arrays.items()}
     return state

@@ -30,11 +30,13 @@ import contextlib
 import json
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ._checks import check_array, check_positive_int
 from ._namespace import device_of, dtype_name, namespace_of, to_numpy
 from .layers import Sequential
 from .losses import cross_entropy
@@ -76,6 +78,8 @@ def predict(model: GRU, x: Any, *, lengths: Any = None, blas_threads: int | None
         raise TypeError(f"predict takes a gruxp.GRU; got {type(model).__name__}")
     if not isinstance(x, da.Array):
         raise TypeError(f"x must be a dask array; got {type(x).__name__} (use the model directly for in-memory arrays)")
+    # the blocks must be what the in-memory API accepts: the model's namespace and dtype (no recasting)
+    check_array("x's blocks", x._meta, xp=model.xp, device=device_of(x._meta), dtype=model.dtype)
     if x.ndim != 3 or x.shape[-1] != model.input_size:
         layout = "(B, T, I)" if model.batch_first else "(T, B, I)"
         raise ValueError(f"x must have shape {layout} with I={model.input_size}; got {x.shape}")
@@ -131,11 +135,18 @@ def _count(loss: Callable, target: np.ndarray) -> int:
 
 
 def _shard_grad(params: dict, shard: tuple, *, config_json: str, dtype: str, loss: Callable, total: int,
-                blas_threads: int | None) -> tuple[float, dict]:
-    """(loss contribution, gradient contribution) of one shard to the full-batch mean."""
+                blas_threads: int | None, seed: tuple[int, ...]) -> tuple[float, dict]:
+    """(loss contribution, gradient contribution) of one shard to the full-batch mean.
+
+    Every layer's host RNG (dropout masks) is seeded from (seed, step, shard, layer): a run is
+    reproducible for a fixed number of shards, whichever worker computes which shard.
+    """
     with _blas_limit(blas_threads):
         model = _worker_model(config_json, dtype, blas_threads)
         model.load_state_dict(params)
+        for index, layer in enumerate(model.layers.values()):
+            if hasattr(layer, "rng"):
+                layer.rng = np.random.default_rng([*seed, index])
         model.train()
         x, target = shard[0], shard[1]
         lengths = shard[2] if len(shard) > 2 else None
@@ -147,6 +158,16 @@ def _shard_grad(params: dict, shard: tuple, *, config_json: str, dtype: str, los
 
 def _add(a: tuple[float, dict], b: tuple[float, dict]) -> tuple[float, dict]:
     return a[0] + b[0], {k: a[1][k] + b[1][k] for k in a[1]}
+
+
+# What a lost or restarted worker looks like from the client; anything else (a bug in the loss,
+# a bad shard) is the user's error and is raised at once.
+def _cluster_failures() -> tuple[type[BaseException], ...]:
+    from concurrent.futures import CancelledError
+
+    from distributed.scheduler import KilledWorker
+
+    return (OSError, KeyError, TimeoutError, CancelledError, KilledWorker)
 
 
 class DataParallel:
@@ -167,6 +188,13 @@ class DataParallel:
         Clip the summed gradient's global norm on the client, as single-process training does.
     blas_threads
         BLAS threads per task (1: workers that share a machine do not oversubscribe it).
+    seed
+        Seeds the workers' dropout masks per (step, shard, layer).
+    timeout, retries
+        A step whose cluster fails (a worker lost while parameters are scattered or gradients
+        computed, lost dependencies, a closed connection) is retried up to ``retries`` times, each
+        attempt bounded by ``timeout`` seconds: parameters are scattered anew and lost shards are
+        reloaded through the loader. After that, a ``RuntimeError`` says what failed; never a hang.
 
     Examples
     --------
@@ -175,54 +203,88 @@ class DataParallel:
     """
 
     def __init__(self, client: Any, model: Sequential, loss: Callable, optimizer: Any, *,
-                 clip_norm: float | None = None, blas_threads: int | None = 1) -> None:
+                 clip_norm: float | None = None, blas_threads: int | None = 1, seed: int = 0,
+                 timeout: float = 300.0, retries: int = 3) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a finite number of seconds > 0; got {timeout!r}")
         self.client, self.model, self.loss, self.optimizer = client, model, loss, optimizer
         self.clip_norm, self.blas_threads = clip_norm, blas_threads
+        self.seed = check_positive_int("seed", seed, minimum=0)
+        self.timeout, self.retries = float(timeout), check_positive_int("retries", retries, minimum=0)
         self.opt_state = optimizer.init(model.params)
         self.step_count = 0
         self.shards: list[Any] = []
         self.total = 0
+        self._loader: Callable[[int, int], tuple] | None = None
         self._config_json = json.dumps(model.config())
+
+    def _workers(self) -> list[str]:
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if not workers:
+            raise TimeoutError("the cluster has no workers")
+        return workers
+
+    def _load(self, i: int, n: int, workers: list[str]) -> Any:
+        return self.client.submit(self._loader, i, n, workers=[workers[i % len(workers)]], allow_other_workers=True,
+                                  pure=False)
 
     def load_shards(self, loader: Callable[[int, int], tuple], n: int | None = None) -> None:
         """Run ``loader(i, n)`` on the workers (shard i preferably on worker i mod W) and keep the results there.
 
-        The loader must be deterministic: a lost worker's shard is recomputed elsewhere.
+        The loader must be deterministic: a lost worker's shard is loaded again elsewhere.
         """
-        workers = sorted(self.client.scheduler_info()["workers"])
+        workers = self._workers()
         n = len(workers) if n is None else int(n)
         if n < 1:
             raise ValueError(f"n must be >= 1; got {n}")
-        self.shards = [
-            self.client.submit(loader, i, n, workers=[workers[i % len(workers)]], allow_other_workers=True, pure=True)
-            for i in range(n)
-        ]
+        self._loader = loader
+        self.shards = [self._load(i, n, workers) for i in range(n)]
         counts = self.client.gather([self.client.submit(_count_shard, s, self.loss, pure=False) for s in self.shards])
         self.total = int(sum(counts))
         if self.total == 0:
             raise ValueError("the shards hold no targets to train on")
 
-    def gradients(self) -> tuple[float, dict[str, np.ndarray]]:
-        """(full-batch mean loss, its gradient) at the current parameters, summed pairwise in shard order."""
-        if not self.shards:
-            raise RuntimeError("no shards: call load_shards first")
+    def _reload_lost_shards(self) -> None:
+        workers = self._workers()
+        n = len(self.shards)
+        self.shards = [shard if shard.status in ("pending", "finished") else self._load(i, n, workers)
+                       for i, shard in enumerate(self.shards)]
+
+    def _attempt(self) -> tuple[float, dict[str, np.ndarray]]:
         # one future for the whole dict (scattering a dict would scatter each entry under its name)
-        [params] = self.client.scatter([self.model.state_dict()], broadcast=True, hash=False)
-        workers = sorted(self.client.scheduler_info()["workers"])
+        [params] = self.client.scatter([self.model.state_dict()], broadcast=True, hash=False, timeout=self.timeout)
+        workers = self._workers()
         dtype = dtype_name(self.model.dtype)
         parts = [
             self.client.submit(_shard_grad, params, shard, config_json=self._config_json, dtype=dtype, loss=self.loss,
-                               total=self.total, blas_threads=self.blas_threads, workers=[workers[i % len(workers)]],
-                               allow_other_workers=True, pure=False)
+                               total=self.total, blas_threads=self.blas_threads, seed=(self.seed, self.step_count, i),
+                               workers=[workers[i % len(workers)]], allow_other_workers=True, pure=False)
             for i, shard in enumerate(self.shards)
         ]
         while len(parts) > 1:  # a fixed pairwise tree: (0+1) + (2+3) ..., whatever worker ran what
             parts = [self.client.submit(_add, parts[i], parts[i + 1], pure=False) if i + 1 < len(parts) else parts[i]
                      for i in range(0, len(parts), 2)]
-        loss, grads = parts[0].result()
-        return loss, grads
+        return parts[0].result(timeout=self.timeout)
+
+    def gradients(self) -> tuple[float, dict[str, np.ndarray]]:
+        """(full-batch mean loss, its gradient) at the current parameters, summed pairwise in shard order."""
+        if not self.shards:
+            raise RuntimeError("no shards: call load_shards first")
+        failures = _cluster_failures()
+        for attempt in range(self.retries + 1):
+            try:
+                return self._attempt()
+            except failures as exc:
+                last = exc
+                time.sleep(min(0.25 * 2**attempt, 5.0))  # let the scheduler notice the loss (and a nanny restart)
+                try:
+                    self._reload_lost_shards()
+                except failures:
+                    pass  # the next attempt reports it
+        raise RuntimeError(f"DataParallel: step {self.step_count + 1} failed {self.retries + 1} times, each within "
+                           f"{self.timeout:g} s; the cluster keeps losing work ({type(last).__name__}: {last})") from last
 
     def step(self) -> dict[str, float]:
         """One optimizer step on the full batch; returns ``{"step", "loss", "grad_norm"}``."""

@@ -56,7 +56,11 @@ def from_torch(module: Any, *, xp: Any = None, device: Any = None, dtype: Any = 
     elif kind is torch.nn.Linear:
         layer = Linear(module.in_features, module.out_features, bias=module.bias is not None, xp=xp, device=device, dtype=dtype)
     elif kind is torch.nn.Embedding:
-        layer = Embedding(module.num_embeddings, module.embedding_dim, xp=xp, device=device, dtype=dtype)
+        if module.max_norm is not None or module.scale_grad_by_freq:
+            raise ValueError("nn.Embedding with max_norm or scale_grad_by_freq has no gruxp equivalent; "
+                             f"got max_norm={module.max_norm}, scale_grad_by_freq={module.scale_grad_by_freq}")
+        layer = Embedding(module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx, xp=xp,
+                          device=device, dtype=dtype)
     else:
         raise TypeError(f"from_torch converts nn.GRU, nn.GRUCell, nn.Linear and nn.Embedding; got {kind.__name__}")
     layer.load_state_dict(module.state_dict())
@@ -79,7 +83,7 @@ def to_torch(layer: Any, *, dtype: Any = None) -> Any:
     elif isinstance(layer, Linear):
         module = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=dtype)
     elif isinstance(layer, Embedding):
-        module = torch.nn.Embedding(layer.num_embeddings, layer.embedding_dim, dtype=dtype)
+        module = torch.nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx, dtype=dtype)
     else:
         raise TypeError(f"to_torch converts GRU, GRUCell, Linear and Embedding; got {type(layer).__name__}")
     module.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in layer.state_dict().items()})

@@ -12,6 +12,7 @@ next (``backward`` never reaches into the previous window, whose tape is gone).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -33,6 +34,7 @@ class _Tape(NamedTuple):
     params: Mapping[str, Any]
     saved: Any  # the input (Linear, Embedding) or the mask (Dropout, LastStep)
     owner: Any = None
+    out_shape: tuple[int, ...] | None = None  # what dy must be (Dropout, LastStep)
 
 
 class Linear(Module):
@@ -78,20 +80,36 @@ class Linear(Module):
 class Embedding(Module):
     """Integer ids (any shape) -> rows of ``weight`` (V, E), PyTorch's ``nn.Embedding`` (init N(0, 1)).
 
-    The gradient adds up over repeated ids. ``dx`` is None: ids have no gradient.
+    The gradient adds up over repeated ids. ``dx`` is None: ids have no gradient. ``padding_idx``
+    (as in PyTorch, negative counts from the end) names a row that starts at zero and gets no gradient.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, *, xp: Any = None, device: Any = None,
-                 dtype: Any = None, seed: Any = None) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, padding_idx: int | None = None, xp: Any = None,
+                 device: Any = None, dtype: Any = None, seed: Any = None) -> None:
         self.num_embeddings = check_positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
-        self._place(xp, device, dtype, seed, lambda rng: {"weight": rng.standard_normal((num_embeddings, embedding_dim))})
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+                raise TypeError(f"padding_idx must be an int or None; got {type(padding_idx).__name__} {padding_idx!r}")
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"padding_idx must lie in [-{num_embeddings}, {num_embeddings}); got {padding_idx}")
+            padding_idx = int(padding_idx) % num_embeddings
+        self.padding_idx = padding_idx
+
+        def draw(rng: np.random.Generator) -> dict:
+            weight = rng.standard_normal((num_embeddings, embedding_dim))
+            if padding_idx is not None:
+                weight[padding_idx] = 0.0
+            return {"weight": weight}
+
+        self._place(xp, device, dtype, seed, draw)
 
     def _param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"weight": (self.num_embeddings, self.embedding_dim)}
 
     def config(self) -> dict[str, Any]:
-        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim)
+        config = dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim)
+        return config if self.padding_idx is None else {**config, "padding_idx": self.padding_idx}
 
     def _check_ids(self, ids: Any) -> None:
         if namespace_of(ids, what="ids") is not self.xp:
@@ -108,10 +126,11 @@ class Embedding(Module):
     def backward(self, tape: _Tape, dy: Any) -> tuple[dict[str, Any], None]:
         self._check_tape(tape, _Tape)
         _check_grad("dy", dy, tuple(tape.saved.shape) + (self.embedding_dim,), self)
-        return embedding_backward(tape.params, tape.saved, dy, xp=self.xp), None
+        return embedding_backward(tape.params, tape.saved, dy, xp=self.xp, padding_idx=self.padding_idx), None
 
     def __repr__(self) -> str:
-        return f"Embedding({self.num_embeddings}, {self.embedding_dim}, {self._placement()})"
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim}{pad}, {self._placement()})"
 
 
 class Dropout(Modal):
@@ -131,12 +150,13 @@ class Dropout(Modal):
     def forward(self, x: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
         xp = namespace_of(x, what="x")
         mask = dropout_mask(self.p if self.training else 0.0, tuple(x.shape), self.rng, xp=xp, dtype=x.dtype, device=device_of(x))
-        return (x if mask is None else x * mask), _Tape({}, mask)
+        return (x if mask is None else x * mask), _Tape({}, mask, out_shape=tuple(x.shape))
 
     def __call__(self, x: Any) -> Any:
         return self.forward(x)[0]
 
     def backward(self, tape: _Tape, dy: Any) -> tuple[dict, Any]:
+        _check_mask_grad(tape, dy, "Dropout")
         return {}, (dy if tape.saved is None else dy * tape.saved)
 
     def __repr__(self) -> str:
@@ -166,18 +186,28 @@ class LastStep(Modal):
         host = None if lengths is None else check_lengths(lengths, batch=B, steps=T)
         select = last_step_mask(host, T, B, xp=xp, device=device_of(x))
         zero = xp.zeros((), dtype=x.dtype, device=device_of(x))
-        return xp.sum(xp.where(select, x, zero), axis=0), _Tape({}, select)
+        return xp.sum(xp.where(select, x, zero), axis=0), _Tape({}, select, out_shape=(B, x.shape[2]))
 
     def __call__(self, x: Any, *, lengths: Any = None) -> Any:
         return self.forward(x, lengths=lengths)[0]
 
     def backward(self, tape: _Tape, dy: Any) -> tuple[dict, Any]:
+        _check_mask_grad(tape, dy, "LastStep")
         xp = namespace_of(dy, what="dy")
         dx = xp.where(tape.saved, dy[None, ...], xp.zeros((), dtype=dy.dtype, device=device_of(dy)))
         return {}, (xp.permute_dims(dx, (1, 0, 2)) if self.batch_first else dx)
 
     def __repr__(self) -> str:
         return f"LastStep(batch_first={self.batch_first})"
+
+
+def _check_mask_grad(tape: Any, dy: Any, layer: str) -> None:
+    if not isinstance(tape, _Tape) or tape.out_shape is None:
+        raise TypeError(f"tape must be the one returned by this {layer}'s forward; got {type(tape).__name__}")
+    if dy is None:
+        raise TypeError("dy must be an array; got None")
+    namespace_of(dy, tape.saved, what="dy and the forward's input")  # one library, or a TypeError
+    check_shape("dy", dy, tape.out_shape, "(the shape of the forward output)")
 
 
 def _check_grad(name: str, g: Any, shape: tuple[int, ...], layer: Module) -> None:
@@ -285,8 +315,10 @@ class Sequential:
         return cls(layers)
 
     def to(self, xp: Any = None, device: Any = None, dtype: Any = None) -> Sequential:
-        """The same model on another namespace/device/dtype (a new object)."""
-        return Sequential({n: (layer.to(xp, device, dtype) if isinstance(layer, Module) else layer) for n, layer in self.layers.items()})
+        """The same model on another namespace/device/dtype (a new object, sharing nothing with ``self``:
+        layers without parameters are copied too, with their mode and RNG position)."""
+        return Sequential({n: (layer.to(xp, device, dtype) if isinstance(layer, Module) else copy.deepcopy(layer))
+                           for n, layer in self.layers.items()})
 
     def train(self, mode: bool = True) -> Sequential:
         for layer in self.layers.values():
@@ -300,17 +332,24 @@ class Sequential:
     def placed(self) -> list[Module]:
         return [layer for layer in self.layers.values() if isinstance(layer, Module)]
 
+    def _first_placed(self, what: str) -> Module:
+        placed = self.placed
+        if not placed:
+            raise ValueError(f"this Sequential has no layer with parameters ({', '.join(self.layers)}), so no {what}: "
+                             "add a GRU, Linear or Embedding")
+        return placed[0]
+
     @property
     def xp(self) -> Any:
-        return self.placed[0].xp
+        return self._first_placed("namespace").xp
 
     @property
     def device(self) -> Any:
-        return self.placed[0].device
+        return self._first_placed("device").device
 
     @property
     def dtype(self) -> Any:
-        return self.placed[0].dtype
+        return self._first_placed("dtype").dtype
 
     # -- computation ------------------------------------------------------------------------
     def forward(self, x: Any, state: Mapping[str, Any] | None = None, *, lengths: Any = None) -> tuple[Any, dict, SequentialTape]:

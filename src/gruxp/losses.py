@@ -37,6 +37,8 @@ def cross_entropy(logits: Any, targets: Any, *, ignore_index: int = -100, reduct
     if logits.ndim < 1 or tuple(targets.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"targets must have shape {tuple(logits.shape[:-1])} (logits' shape without the class axis); got {tuple(targets.shape)}")
     C = logits.shape[-1]
+    if targets.dtype != xp.int64:  # compare in a dtype that holds C and ignore_index (uint8 wraps at 256)
+        targets = xp.astype(targets, xp.int64)
     if concrete_bool(xp.any(((targets < 0) | (targets >= C)) & (targets != ignore_index))):
         raise ValueError(f"targets must lie in [0, {C}) or equal ignore_index={ignore_index}")
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)

@@ -10,9 +10,9 @@ goes through host NumPy copies and is bit-exact.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
-
+import copy
 import math
+from typing import Any
 
 import numpy as np
 
@@ -112,8 +112,7 @@ class Module(Modal):
         clone = object.__new__(type(self))
         clone.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("params", "_token")})
         clone.xp, clone.dtype, clone._token = target, dtype, object()
-        clone.rng = np.random.default_rng()
-        clone.rng.bit_generator.state = self.rng.bit_generator.state
+        clone.rng = copy.deepcopy(self.rng)  # the same stream position, whatever the bit generator
         clone.params = {k: from_numpy(to_numpy(v), xp=target, device=device, dtype=dtype) for k, v in self.params.items()}
         clone.device = device_of(next(iter(clone.params.values())))
         return clone
@@ -240,9 +239,10 @@ class GRU(Module):
         """
         if self.structure.bidirectional:
             raise ValueError("step() needs a unidirectional GRU: the reverse direction reads the sequence backwards")
-        x = self.xp.expand_dims(x_t, axis=0) if hasattr(x_t, "ndim") and x_t.ndim in (1, 2) else x_t
-        if not hasattr(x, "ndim") or x.ndim not in (2, 3):
-            raise ValueError(f"x_t must have shape (B, {self.input_size}) or ({self.input_size},); got {getattr(x_t, 'shape', type(x_t).__name__)}")
+        if not hasattr(x_t, "ndim") or x_t.ndim not in (1, 2):  # a whole (T, B, I) sequence is not a step
+            raise ValueError(f"x_t must have shape (B, {self.input_size}) or ({self.input_size},) (one time step; "
+                             f"call the model for a sequence); got {getattr(x_t, 'shape', type(x_t).__name__)}")
+        x = self.xp.expand_dims(x_t, axis=0)
         options = {**self._options(), "batch_first": False, "dropout": 0.0}
         out, h_n = F.gru(self.params, x, h, **options)
         return out[0, ...], h_n

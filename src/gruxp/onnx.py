@@ -31,6 +31,17 @@ from .models import GRU
 __all__ = ["export"]
 
 
+def _float_name(dtype: Any) -> str | None:
+    """'float32'/'float64'/... for a dtype object, a NumPy scalar type or a name; None when it is none."""
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        name = dtype_name(dtype)
+        return name if isinstance(name, str) else None
+
+
 def _zrn(a: np.ndarray, H: int) -> np.ndarray:
     return np.concatenate([a[H : 2 * H], a[:H], a[2 * H :]], axis=0)
 
@@ -129,14 +140,28 @@ def export(
             raise ValueError(f"layer {name!r} ({type(layer).__name__}) has no ONNX export; supported: GRU, Linear, Embedding, Dropout")
         if isinstance(layer, Embedding) and name != next(iter(layers)):
             raise ValueError(f"an Embedding must be the first layer; {name!r} is not")
-    if not isinstance(opset, int) or opset < 14:
-        raise ValueError(f"opset must be an int >= 14 (GRU's layout attribute and Reshape semantics); got {opset!r}")
-    if dtype is not None and str(dtype_name(dtype)) == "float64":
-        raise ValueError("ONNX Runtime's GRU kernel supports float32 only ('GRU operator does not support double'); "
-                         "export with the default float32")
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 14 <= opset <= newest:
+        raise ValueError(f"opset must be an int in [14, {newest}] (14: GRU's layout attribute and Reshape semantics; "
+                         f"{newest}: the newest this onnx {onnx.__version__} knows); got {opset!r}")
+    if dtype is not None:
+        name = _float_name(dtype)
+        if name == "float64":
+            raise ValueError("ONNX Runtime's GRU kernel supports float32 only ('GRU operator does not support double'); "
+                             "export with the default float32")
+        if name != "float32":
+            raise TypeError(f"dtype must be None or float32 (the only width ONNX Runtime's GRU runs); got {dtype!r}")
     if dtype_name(grus[0][1].dtype) == "float64":
         warnings.warn("exporting a float64 model as float32: ONNX Runtime's GRU kernel is float32-only", UserWarning, stacklevel=2)
-    if not dynamic and (shape is None or len(shape) != 2):
+    if not isinstance(dynamic, bool):
+        raise TypeError(f"dynamic must be True or False; got {dynamic!r}")
+    if shape is not None:
+        if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+            raise ValueError(f"shape must be (T, B) with two ints >= 1; got {shape!r}")
+        if dynamic:
+            raise ValueError("shape=(T, B) fixes the graph's sizes: pass it with dynamic=False")
+    elif not dynamic:
         raise ValueError("dynamic=False needs shape=(T, B)")
     np_dtype, elem = np.float32, TensorProto.FLOAT
 
@@ -148,8 +173,9 @@ def export(
     lead = [B_dim, T_dim] if batch_first else [T_dim, B_dim]
     if isinstance(first, Embedding):
         graph_inputs = [helper.make_tensor_value_info("x", TensorProto.INT64, lead)]
-    else:
-        graph_inputs = [helper.make_tensor_value_info("x", elem, lead + [gru.input_size])]
+    else:  # the model's input: the first layer's features (a Linear may come before the GRU)
+        in_features = first.in_features if isinstance(first, Linear) else gru.input_size
+        graph_inputs = [helper.make_tensor_value_info("x", elem, lead + [in_features])]
     D = 2 if gru.bidirectional else 1
     if lengths:
         graph_inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, [B_dim]))

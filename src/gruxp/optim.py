@@ -12,16 +12,26 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._namespace import namespace_of
+from ._namespace import dtype_name, namespace_of
 
 __all__ = ["SGD", "Adam", "AdamW", "clip_grad_norm", "OPTIMIZERS"]
 
 
 def _check_keys(params: Mapping[str, Any], grads: Mapping[str, Any]) -> None:
+    """Same keys, and each gradient exactly its parameter's shape and dtype: a (3, 4) gradient must
+    not broadcast a (3, 1) parameter into (3, 4), nor a float64 one promote a float32 parameter."""
     if params.keys() != grads.keys():
         missing = [k for k in params if k not in grads]
         extra = [k for k in grads if k not in params]
         raise ValueError(f"grads must have the keys of params: missing {missing}, unexpected {extra}")
+    for k, p in params.items():
+        g = grads[k]
+        if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+            raise TypeError(f"grads[{k!r}] must be an array; got {type(g).__name__}")
+        if tuple(g.shape) != tuple(p.shape):
+            raise ValueError(f"grads[{k!r}] must have the parameter's shape {tuple(p.shape)}; got {tuple(g.shape)}")
+        if g.dtype != p.dtype:
+            raise TypeError(f"grads[{k!r}] must have the parameter's dtype {dtype_name(p.dtype)}; got {dtype_name(g.dtype)}")
 
 
 def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, open_low: bool = False) -> float:

@@ -8,28 +8,41 @@ gradient ``dh0`` is dropped), which is exactly truncation.
 Batches come from a function ``batch_fn(step, rng)`` so that the data a step sees depends only
 on the step and the saved RNG state: resuming from a checkpoint continues bit-identically.
 
-A non-finite loss stops training with :class:`NonFiniteLossError` before any update, and the last
-good checkpoint on disk is never overwritten by the failed step.
+A non-finite loss, gradient norm or update (parameters or optimizer state that overflow) stops
+training with :class:`NonFiniteLossError`; the model keeps the parameters of the last good step and
+the last good checkpoint on disk is never overwritten (``checkpoint.save`` refuses non-finite values).
+``history`` keeps the last ``history_size`` records only, so a long run does not grow without bound.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import checkpoint as ckpt_io
+from ._checks import check_positive_int
 from .optim import OPTIMIZERS, clip_grad_norm
 
 __all__ = ["Batch", "Trainer", "NonFiniteLossError", "stream_windows"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; parameters and checkpoints are as after the last good step."""
+    """The loss, gradient or update became NaN or infinite; parameters and checkpoints are as after
+    the last good step."""
+
+
+def _all_finite(arrays: Any, xp: Any) -> bool:
+    """True when every float array in a (nested) dict of arrays and ints is finite."""
+    if isinstance(arrays, Mapping):
+        return all(_all_finite(v, xp) for v in arrays.values())
+    if hasattr(arrays, "dtype") and xp.isdtype(arrays.dtype, "real floating"):
+        return bool(xp.all(xp.isfinite(arrays)))
+    return True
 
 
 class Batch(NamedTuple):
@@ -57,6 +70,8 @@ def stream_windows(tokens: np.ndarray, *, batch_size: int, window: int, xp: Any 
     carried from window k is exactly the state at the start of window k+1. After the last window
     it starts again from the beginning with ``reset=True``.
     """
+    batch_size = check_positive_int("batch_size", batch_size)
+    window = check_positive_int("window", window)
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
         raise TypeError(f"tokens must be a 1-D integer array; got shape {tokens.shape}, dtype {tokens.dtype}")
@@ -100,27 +115,53 @@ class Trainer:
         Where and how often (in steps) to save; the file is replaced atomically.
     seed
         Seeds the host RNG passed to ``batch_fn``.
+    history_size
+        How many of the latest step records :attr:`history` keeps.
     """
 
     def __init__(self, model: Any, loss: Callable, optimizer: Any, *, clip_norm: float | None = None,
                  stateful: bool = False, checkpoint: str | Path | None = None, checkpoint_every: int = 0,
-                 seed: Any = 0) -> None:
+                 seed: Any = 0, history_size: int = 10_000) -> None:
         if not hasattr(model, "layers"):
             raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.clip_norm, self.stateful = clip_norm, bool(stateful)
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
-        self.checkpoint_every = int(checkpoint_every)
+        self.checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every, minimum=0)
         self.rng = np.random.default_rng(seed)
         self.opt_state = optimizer.init(model.params)
         self.step = 0
         self.carry: dict[str, Any] = {}
+        self.history_size = check_positive_int("history_size", history_size)
         self.history: list[dict[str, float]] = []
 
     # -- one step ---------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> dict[str, float]:
-        """One update; returns ``{"step", "loss", "grad_norm", "seconds"}``."""
+        """One update; returns ``{"step", "loss", "grad_norm", "seconds"}``.
+
+        Raises :class:`NonFiniteLossError`, leaving the model and optimizer state as they were,
+        when the loss, the gradient norm or the updated parameters/state are not finite.
+        """
         start = time.perf_counter()
+        # Overflow is detected and reported below, as one error: no stream of NumPy RuntimeWarnings.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            record, params, opt_state, state = self._compute_step(batch)
+        self.model.params, self.opt_state = params, opt_state
+        if self.stateful:
+            self.carry = state  # the next window starts here; its backward will not reach back
+        self.step += 1
+        record = {"step": self.step, **record, "seconds": time.perf_counter() - start}
+        self.history.append(record)
+        if len(self.history) > self.history_size:
+            del self.history[0]
+        return record
+
+    def _stop(self, what: str) -> NonFiniteLossError:
+        kept = self.checkpoint is not None and self.checkpoint.exists()
+        where = f"; the last checkpoint {str(self.checkpoint)!r} was kept" if kept else ""
+        return NonFiniteLossError(f"{what} at step {self.step + 1}: training stopped before the update{where}")
+
+    def _compute_step(self, batch: Batch) -> tuple[dict, dict, dict, dict]:
         model = self.model
         if batch.reset:
             self.carry = {}
@@ -128,8 +169,7 @@ class Trainer:
         loss, dy = self.loss(y, batch.target)
         value = float(loss)
         if not math.isfinite(value):
-            where = f"; the last checkpoint {str(self.checkpoint)!r} was kept" if self.checkpoint and self.checkpoint.exists() else ""
-            raise NonFiniteLossError(f"loss is {value} at step {self.step + 1}: training stopped before the update{where}")
+            raise self._stop(f"loss is {value}")
         grads, _, _ = model.backward(tape, dy)
         if self.clip_norm is not None:
             grads, norm = clip_grad_norm(grads, self.clip_norm)
@@ -137,18 +177,21 @@ class Trainer:
             norm = math.sqrt(sum(float(model.xp.sum(g * g)) for g in grads.values()))
         norm = float(norm)
         if not math.isfinite(norm):
-            raise NonFiniteLossError(f"gradient norm is {norm} at step {self.step + 1}: training stopped before the update")
-        model.params, self.opt_state = self.optimizer.step(model.params, grads, self.opt_state)
-        if self.stateful:
-            self.carry = state  # the next window starts here; its backward will not reach back
-        self.step += 1
-        record = {"step": self.step, "loss": value, "grad_norm": norm, "seconds": time.perf_counter() - start}
-        self.history.append(record)
-        return record
+            raise self._stop(f"gradient norm is {norm}")
+        params, opt_state = self.optimizer.step(model.params, grads, self.opt_state)
+        if not _all_finite(params, model.xp):
+            raise self._stop("the update made parameters inf or NaN (try a smaller learning rate)")
+        if not _all_finite(opt_state, model.xp):
+            raise self._stop("the update made the optimizer state inf or NaN (try a smaller learning rate)")
+        return {"loss": value, "grad_norm": norm}, params, opt_state, state
 
     def fit(self, batch_fn: Callable[[int, Any], Any], steps: int, *, log: Callable[[dict], None] | None = None,
             time_budget: float | None = None) -> list[dict[str, float]]:
         """Run until ``steps`` steps have been taken in total (or ``time_budget`` seconds pass)."""
+        steps = check_positive_int("steps", steps, minimum=0)
+        if time_budget is not None and (isinstance(time_budget, bool) or not isinstance(time_budget, (int, float))
+                                        or not math.isfinite(time_budget) or time_budget <= 0):
+            raise ValueError(f"time_budget must be a finite number of seconds > 0 or None; got {time_budget!r}")
         begin = time.perf_counter()
         records = []
         while self.step < steps:
@@ -182,12 +225,18 @@ class Trainer:
                 f"checkpoint optimizer {None if opt is None else (opt['type'], opt['config'])} does not match "
                 f"{type(self.optimizer).__name__} {self.optimizer.config()}"
             )
-        ckpt_io.restore_model(ckpt, self.model)
-        self.opt_state = ckpt_io.restore_optimizer_state(ckpt, self.model)
-        self.step = ckpt.meta["step"]
-        self.rng.bit_generator.state = ckpt.meta["rng"]["data"]
+        if "data" not in ckpt.meta["rng"]:
+            raise ckpt_io.CheckpointError(
+                f"{str(path)!r} holds no data-order RNG state: it was written by checkpoint.save, not by "
+                "Trainer.save; load its parameters with checkpoint.restore_model or checkpoint.build_model"
+            )
+        # everything that can fail first: the trainer changes only when all of it is sound
+        data_rng = ckpt_io.generator_from_state(ckpt.meta["rng"]["data"])
         m = self.model
-        self.carry = {k: m.xp.asarray(v, dtype=m.dtype, device=m.device) for k, v in ckpt.carry.items()}
+        opt_state = ckpt_io.restore_optimizer_state(ckpt, m)
+        carry = {k: m.xp.asarray(v, dtype=m.dtype, device=m.device) for k, v in ckpt.carry.items()}
+        ckpt_io.restore_model(ckpt, m)
+        self.opt_state, self.step, self.rng, self.carry = opt_state, ckpt.meta["step"], data_rng, carry
         return ckpt
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 import numpy as np
@@ -21,7 +24,20 @@ from .backends import BACKENDS, describe, load
 
 STRUCTURE = ("hidden", "layers", "embed", "dropout")
 POSITIVE_INT = click.IntRange(min=1)
-POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and ±inf (``nan`` passes every comparison-based range:
+    ``--time-budget nan`` would otherwise train forever)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+POSITIVE_FLOAT = FiniteFloat(min=0.0, min_open=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,7 +133,7 @@ def _plot(metrics: Path, png: Path, *, baseline: float | None, ylabel: str, base
 @click.option("--hidden", type=POSITIVE_INT, default=256, show_default=True)
 @click.option("--layers", type=POSITIVE_INT, default=2, show_default=True)
 @click.option("--embed", type=POSITIVE_INT, default=64, show_default=True, help="Embedding size (lm and copy).")
-@click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
+@click.option("--dropout", type=FiniteFloat(0.0, 1.0, max_open=True), default=0.0, show_default=True)
 @click.option("--seq-len", type=POSITIVE_INT, default=None, help="Window length (lm, default 64) or sequence length T (tasks, default 50).")
 @click.option("--batch", type=POSITIVE_INT, default=32, show_default=True)
 @click.option("--lr", type=POSITIVE_FLOAT, default=3e-3, show_default=True)
@@ -141,7 +157,6 @@ def train(ctx: click.Context, **opts: Any) -> None:
     if opts["resume"] and not ckpt_path.exists():
         raise click.UsageError(f"nothing to resume: {ckpt_path} does not exist")
     xp, device = load(opts["backend"], opts["device"], opts["dtype"])
-    out.mkdir(parents=True, exist_ok=True)
     if opts["task"] == "lm":
         _train_lm(ctx, opts, xp, device, out, ckpt_path)
     else:
@@ -150,6 +165,10 @@ def train(ctx: click.Context, **opts: Any) -> None:
 
 def _resume_setup(ctx, opts, ckpt_path, task, xp, device):
     ckpt = checkpoint.load(ckpt_path)
+    at = ckpt.meta["step"]
+    if opts["steps"] is not None and at >= opts["steps"]:
+        raise click.UsageError(f"{ckpt_path} is already at step {at}: --steps {opts['steps']} leaves nothing to do "
+                               f"(--steps counts from the start of training; pass more than {at})")
     extra = ckpt.meta.get("extra", {})
     if extra.get("task") != task:
         raise checkpoint.CheckpointError(f"{ckpt_path} was saved by task {extra.get('task')!r}, not {task!r}")
@@ -162,6 +181,7 @@ def _resume_setup(ctx, opts, ckpt_path, task, xp, device):
         if name in saved:
             opts[name] = saved[name]
     model = checkpoint.build_model(ckpt, xp=xp, device=device)
+    print(f"resuming {ckpt_path} from step {at}" + (f", training to step {opts['steps']}" if opts["steps"] else ""))
     return ckpt, extra, model
 
 
@@ -197,71 +217,119 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
           f"{opts['backend']} {opts['dtype']}; batch {B} × window {T}, AdamW lr {opts['lr']}")
     print(f"unigram baseline: {baseline:.3f} bits/char on the validation text")
     metrics = out / "metrics.csv"
-    _loop(trainer, batches, opts, out, metrics, extra, baseline=baseline, chars_per_step=B * T,
+    _loop(trainer, batches, opts, out, metrics, extra, baseline=baseline, unit=Unit("chars", "chars_s", "chars_per_s", B * T),
           evaluate=lambda: lm.bits_per_char(lm.evaluate(model, text.valid, seq_len=T, batch=B, max_chars=100_000)),
           to_metric=lm.bits_per_char, metric_name="bits/char",
           sampler=lambda: lm.sample(model, text.vocab, length=240, temperature=0.8, prime="def ", rng=np.random.default_rng(trainer.step)))
 
 
-def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, chars_per_step, evaluate, to_metric, metric_name, sampler) -> None:
-    """The shared training loop: progress, evaluation, samples, checkpoints, metrics, plot, Ctrl-C."""
+class Unit(NamedTuple):
+    """What the throughput counts: characters (language model) or sequences (synthetic tasks)."""
+
+    name: str
+    short: str  # in the progress bar
+    column: str  # in metrics.csv
+    per_step: int
+
+
+class _StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM set a flag that the loop checks between steps.
+
+    No KeyboardInterrupt is ever raised into the middle of a step, an evaluation or a plot (where
+    a library callback may swallow it: matplotlib printed "Exception ignored in ..." and training
+    went on), so "Ctrl-C saves and exits 0" holds every time, and SIGTERM saves the same way.
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evaluate, to_metric, metric_name, sampler) -> None:
+    """The shared training loop: progress, evaluation, samples, checkpoints, metrics, plot, signals."""
     steps, budget = opts["steps"], opts["time_budget"]
     fresh = not opts["resume"]
+    first_step = trainer.step
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run refused earlier leaves no folder behind
     progress = _Progress(steps=steps, budget=budget if steps is None else None, start_step=trainer.step)
-    started, window_losses, window_chars, window_start = time.perf_counter(), [], 0, time.perf_counter()
-    total_chars, last_valid = 0, None
+    started, window_losses, window_items, window_start = time.perf_counter(), [], 0, time.perf_counter()
+    total_items, last_valid = 0, None
 
     def record(final: bool = False) -> None:
-        nonlocal window_losses, window_chars, window_start, fresh, last_valid
+        nonlocal window_losses, window_items, window_start, fresh, last_valid
         last_valid = evaluate()
-        train_metric = to_metric(float(np.mean(window_losses))) if window_losses else float("nan")
-        speed = window_chars / max(time.perf_counter() - window_start, 1e-9)
+        train_metric = to_metric(float(np.mean(window_losses)))
+        speed = window_items / max(time.perf_counter() - window_start, 1e-9)
         row = {"step": trainer.step, "seconds": round(time.perf_counter() - started, 2), "train": round(train_metric, 5),
-               "valid": round(last_valid, 5), "chars_per_s": round(speed, 1)}
+               "valid": round(last_valid, 5), unit.column: round(speed, 1)}
         _write_metrics(metrics, row, fresh=fresh)
         fresh = False
-        trainer.save(extra=extra)
         _plot(metrics, out / "loss.png", baseline=baseline, ylabel=metric_name,
               baseline_label="unigram baseline" if sampler is not None else "memoryless baseline")
-        progress.write(f"step {trainer.step}: train {train_metric:.3f}, validation {last_valid:.3f} {metric_name} "
-                       f"(baseline {baseline:.3f}){' [final]' if final else ''}")
-        window_losses, window_chars, window_start = [], 0, time.perf_counter()
+        progress.write(f"step {trainer.step}: train {train_metric:.3f} {metric_name} (mean of the last {len(window_losses)} "
+                       f"steps), validation {last_valid:.3f} {metric_name} (baseline {baseline:.3f}){' [final]' if final else ''}")
+        window_losses, window_items, window_start = [], 0, time.perf_counter()
 
-    interrupted = False
-    try:
-        while True:
-            if steps is not None and trainer.step >= steps:
-                break
-            if steps is None and time.perf_counter() - started >= budget:
-                break
-            result = trainer.train_step(gruxp.Batch(*batches(trainer.step, trainer.rng)))
-            window_losses.append(result["loss"])
-            window_chars += chars_per_step
-            total_chars += chars_per_step
-            speed = total_chars / (time.perf_counter() - started)
-            progress.advance(loss=f"{to_metric(result['loss']):.3f}", chars_s=f"{speed:,.0f}", step=str(trainer.step))
-            if trainer.step % opts["eval_every"] == 0:
-                record()
-            if sampler is not None and trainer.step % opts["sample_every"] == 0:
-                progress.write(f"--- sample at step {trainer.step} ---\n{sampler()}\n---")
-    except KeyboardInterrupt:
-        interrupted = True
-    except NonFiniteLossError:
+    with _StopRequest() as stop:
+        try:
+            while stop.received is None:
+                if steps is not None and trainer.step >= steps:
+                    break
+                if steps is None and time.perf_counter() - started >= budget:
+                    break
+                result = trainer.train_step(gruxp.Batch(*batches(trainer.step, trainer.rng)))
+                window_losses.append(result["loss"])
+                window_items += unit.per_step
+                total_items += unit.per_step
+                speed = total_items / (time.perf_counter() - started)
+                progress.advance(loss=f"{to_metric(result['loss']):.3f} {metric_name}", **{unit.short: f"{speed:,.0f}"},
+                                 step=str(trainer.step))
+                if stop.received is None and trainer.step % opts["eval_every"] == 0:
+                    trainer.save(extra=extra)
+                    record()
+                if stop.received is None and sampler is not None and trainer.step % opts["sample_every"] == 0:
+                    progress.write(f"--- sample at step {trainer.step} ---\n{sampler()}\n---")
+        except KeyboardInterrupt:  # outside the main thread no handler is installed
+            stop.received = "SIGINT"
+        except NonFiniteLossError:
+            progress.close()
+            if created and not any(out.iterdir()):
+                out.rmdir()  # it failed before anything was saved
+            raise
         progress.close()
-        raise
-    progress.close()
-    elapsed = time.perf_counter() - started
-    if interrupted:
-        trainer.save(extra=extra)
-        print(f"interrupted at step {trainer.step}: checkpoint saved to {trainer.checkpoint}")
+        elapsed = time.perf_counter() - started
+        trainer.save(extra=extra)  # first: whatever follows may take a while
+        if window_losses:  # steps since the last evaluation: evaluate at the end, interrupted or not
+            record(final=True)
+    new_steps = trainer.step - first_step
+    resumed = f" (resumed at step {first_step})" if opts["resume"] else ""
+    if stop.received is not None:
+        print(f"interrupted by {stop.received} at step {trainer.step}{resumed}: checkpoint saved to {trainer.checkpoint}")
         return
-    if last_valid is None or window_losses:  # not just evaluated at this very step
-        record(final=True)
-    else:
-        trainer.save(extra=extra)
+    if last_valid is None:  # nothing was trained (a stop before the first step)
+        print(f"done: no steps taken; checkpoint {trainer.checkpoint} is at step {trainer.step}")
+        return
     if sampler is not None:
         print(f"--- sample ---\n{sampler()}\n---")
-    print(f"done: {trainer.step} steps in {elapsed:.0f} s, {total_chars / max(elapsed, 1e-9):,.0f} chars/s; "
+    print(f"done: {new_steps} steps{resumed}, now at step {trainer.step}, in {elapsed:.0f} s, "
+          f"{total_items / max(elapsed, 1e-9):,.0f} {unit.name}/s; "
           f"validation {last_valid:.3f} {metric_name} vs baseline {baseline:.3f}; "
           f"checkpoint {trainer.checkpoint}, metrics {metrics}" + (f", plot {out / 'loss.png'}" if (out / "loss.png").exists() else ""))
 
@@ -300,8 +368,8 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
         finally:
             model.train()
 
-    _loop(trainer, batches, opts, out, out / "metrics.csv", extra, baseline=baseline, chars_per_step=B * T,
-          evaluate=evaluate, to_metric=lambda v: v, metric_name=task.metric, sampler=None)
+    _loop(trainer, batches, opts, out, out / "metrics.csv", extra, baseline=baseline,
+          unit=Unit("sequences", "seq_s", "sequences_per_s", B), evaluate=evaluate, to_metric=lambda v: v, metric_name=task.metric, sampler=None)
 
 
 @cli.command("sample")
@@ -327,8 +395,7 @@ def sample_cmd(checkpoint_path: str, temperature: float, length: int, prime: str
 def eval_cmd(checkpoint_path: str, data: str, backend: str, device: str | None) -> None:
     """Loss and bits per character of a language-model checkpoint on a text."""
     model, extra = _load_lm(checkpoint_path, backend, device)
-    train_texts, valid_texts, source = corpus_mod.read_paths(data)
-    text = "\n".join(train_texts + valid_texts)
+    text, source = corpus_mod.read_whole(data)  # scored as it is: no split, nothing added
     if len(text) < 2:
         raise corpus_mod.CorpusError(f"{data!r} holds fewer than 2 characters")
     ids = corpus_mod.encode_text(text, extra["vocab"])
@@ -375,6 +442,8 @@ def bench(backends: str, batch: int, seq_len: int, hidden: int, layers: int, rou
     from . import bench as bench_mod
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
+    if not names:
+        raise click.UsageError(f"--backends names no backend; choose from {', '.join(BACKENDS)}")
     for name in names:
         if name not in BACKENDS:
             raise click.UsageError(f"unknown backend {name!r} in --backends; choose from {', '.join(BACKENDS)}")

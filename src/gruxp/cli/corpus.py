@@ -50,33 +50,73 @@ def stdlib_files() -> list[Path]:
     return files
 
 
-def _read(path: Path) -> str:
+MAX_FILE_BYTES = 64 << 20  # what is read of any one file: a huge file is cut, never read whole
+
+
+def _read(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+    """A regular file's text (UTF-8, else Latin-1), at most ``limit`` bytes of it.
+
+    Only regular files are opened: a FIFO would block forever and /dev/zero never ends.
+    """
+    if not path.is_file():
+        raise CorpusError(f"{str(path)!r} is not a regular file")
+    with path.open("rb") as f:
+        raw = f.read(limit)
     try:
-        return path.read_text(encoding="utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return path.read_text(encoding="latin-1")
+        return raw.decode("latin-1")
+
+
+def _files(data: str | None) -> tuple[list[Path], str]:
+    """The files that ``--data`` names (one regular file, or a folder's text files) and a description."""
+    if data is None:
+        return stdlib_files(), f"Python {sysconfig.get_python_version()} standard library sources"
+    if not isinstance(data, str) or not data.strip():
+        raise CorpusError("data path is empty: name a text file or a folder")
+    path = Path(data)
+    if not path.exists():
+        raise CorpusError(f"data path {data!r} does not exist")
+    if path.is_dir():
+        files = [p for p in sorted(path.rglob("*")) if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()]
+        if not files:
+            raise CorpusError(f"folder {data!r} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
+        return files, str(path)
+    if not path.is_file():
+        raise CorpusError(f"data path {data!r} is neither a regular file nor a folder (a device, FIFO or socket)")
+    return [path], str(path)
+
+
+def _read_one(path: Path) -> str:
+    try:
+        return _read(path)
+    except OSError as exc:
+        raise CorpusError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+
+
+def read_whole(data: str, *, budget: int = 6_000_000) -> tuple[str, str]:
+    """(text, description): a file exactly as it is (up to MAX_FILE_BYTES), or a folder's text
+    files joined by newlines (up to ``budget`` characters), for scoring."""
+    files, source = _files(data)
+    if len(files) == 1:
+        return _read_one(files[0]), source
+    texts, size = [], 0
+    for f in files:
+        try:
+            texts.append(_read(f))
+        except (OSError, CorpusError):
+            continue  # an unreadable file inside a folder is skipped
+        size += len(texts[-1])
+        if size >= budget:
+            break
+    return "\n".join(texts), source
 
 
 def read_paths(data: str | None, *, budget: int = 6_000_000) -> tuple[list[str], list[str], str]:
     """(training texts, validation texts, description) from a file, a folder, or the stdlib."""
-    if data is None:
-        files, source = stdlib_files(), f"Python {sysconfig.get_python_version()} standard library sources"
-    else:
-        path = Path(data)
-        if not path.exists():
-            raise CorpusError(f"data path {data!r} does not exist")
-        if path.is_dir():
-            files = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES]
-            if not files:
-                raise CorpusError(f"folder {data!r} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
-        else:
-            files = [path]
-        source = str(path)
+    files, source = _files(data)
     if len(files) == 1:
-        try:
-            text = _read(files[0])
-        except OSError as exc:
-            raise CorpusError(f"cannot read {str(files[0])!r}: {exc.strerror or exc}") from exc
+        text = _read_one(files[0])
         cut = int(len(text) * 0.95)
         return [text[:cut]], [text[cut:]], source
     stride = max(1, len(files) // max(1, budget // 20_000))  # an even spread when there is more than the budget
@@ -84,7 +124,7 @@ def read_paths(data: str | None, *, budget: int = 6_000_000) -> tuple[list[str],
     for i, f in enumerate(files[::stride]):
         try:
             text = _read(f)
-        except OSError:
+        except (OSError, CorpusError):
             continue  # an unreadable file inside a folder is skipped
         (valid if i % 20 == 19 else train).append(text)
         size += len(text)

@@ -178,6 +178,8 @@ def _cell_inputs(params, x, h, *, xp):
         raise ValueError(f"x must have shape (B, {input_size}) or unbatched ({input_size},); got {tuple(x.shape)}")
     unbatched = x.ndim == 1
     B = 1 if unbatched else x.shape[0]
+    if B < 1:
+        raise ValueError(f"x must hold at least one sequence; got B={B} (shape {tuple(x.shape)})")
     if h is None:
         h = xp.zeros((B, H), dtype=dtype, device=device_of(x))
     else:

@@ -15,6 +15,7 @@ from .._namespace import concrete_bool, device_of, dtype_name, namespace_of
 from ._params import host_rng
 
 __all__ = [
+    "as_index",
     "linear",
     "linear_backward",
     "embedding",
@@ -49,10 +50,18 @@ def linear_backward(params: dict, x: Any, dy: Any, *, xp: ModuleType) -> tuple[d
     return grads, xp.reshape(dy2 @ w, tuple(x.shape))
 
 
+def as_index(ids: Any, *, xp: ModuleType) -> Any:
+    """Integer ids as int64, so comparisons with a vocabulary size never wrap (uint8 ids and V = 300:
+    ``arange(300, dtype=uint8)`` holds 256 twice over). A uint64 id past int64's range becomes
+    negative here, and the range checks refuse it."""
+    return ids if ids.dtype == xp.int64 else xp.astype(ids, xp.int64)
+
+
 def check_ids(ids: Any, num_embeddings: int, *, name: str = "ids") -> None:
     xp = namespace_of(ids, what=name)
     if not xp.isdtype(ids.dtype, "integral"):
         raise TypeError(f"{name} must be an integer array; got dtype {dtype_name(ids.dtype)}")
+    ids = as_index(ids, xp=xp)
     bad = concrete_bool(xp.any((ids < 0) | (ids >= num_embeddings)))
     if bad:
         raise ValueError(f"{name} must lie in [0, {num_embeddings}); got values outside it")
@@ -65,12 +74,17 @@ def embedding(params: dict, ids: Any, *, xp: ModuleType) -> Any:
     return xp.reshape(flat, tuple(ids.shape) + (w.shape[1],))
 
 
-def embedding_backward(params: dict, ids: Any, dy: Any, *, xp: ModuleType) -> dict:
-    """dW[v] = Σ over positions with id v of dy: one-hot GEMMs in bounded blocks (repeats add up)."""
+def embedding_backward(params: dict, ids: Any, dy: Any, *, xp: ModuleType, padding_idx: int | None = None) -> dict:
+    """dW[v] = Σ over positions with id v of dy: one-hot GEMMs in bounded blocks (repeats add up).
+
+    The row ``padding_idx`` gets no gradient (PyTorch's ``nn.Embedding(padding_idx=...)``).
+    """
     w = params["weight"]
     V, E = w.shape
-    flat_ids, flat_dy = xp.reshape(ids, (-1,)), xp.reshape(dy, (-1, E))
-    vocab = xp.arange(V, dtype=flat_ids.dtype, device=device_of(w))
+    flat_ids, flat_dy = xp.reshape(as_index(ids, xp=xp), (-1,)), xp.reshape(dy, (-1, E))
+    if padding_idx is not None:  # an id that matches no row of the one-hot block
+        flat_ids = xp.where(flat_ids == padding_idx, xp.asarray(-1, dtype=xp.int64, device=device_of(w)), flat_ids)
+    vocab = xp.arange(V, dtype=xp.int64, device=device_of(w))
     rows = max(1, ONE_HOT_BUDGET // V)
     grad = None
     n = flat_ids.shape[0]
