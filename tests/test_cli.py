@@ -16,7 +16,7 @@ pytest.importorskip("tqdm")
 
 import gruxp  # noqa: E402
 
-TINY = ["--hidden", "8", "--layers", "1", "--embed", "4", "--batch", "4", "--seq-len", "16", "--eval-every", "2"]
+TINY = ["--hidden", "8", "--layers", "1", "--embed", "4", "--batch", "4", "--seq-len", "16", "--eval-every", "2"]  # strings: Popen's args
 TEXT = ("def add(a, b):\n    return a + b\n\n" * 40) + "class Point:\n    x: int = 0\n" * 20
 
 
@@ -98,25 +98,50 @@ def test_info_and_bench(tmp_path):
     assert "| numpy | forward |" in proc.stdout and "| numpy | forward+backward |" in proc.stdout
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    (tmp_path / "code.py").write_text(TEXT * 5)
-    proc = subprocess.Popen([sys.executable, "-m", "gruxp", "train", "--data", "code.py", "--time-budget", "120",
-                             *TINY, "--eval-every", "1000", "--out", "run"], cwd=tmp_path, text=True,
+def _start(args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "gruxp", *map(str, args)], cwd=cwd, text=True, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_line(proc, fragment, timeout=120):
+    """Read stdout until a line holds ``fragment`` (the run's own word that it got there); no fixed sleeps."""
+    import selectors
+
+    seen, deadline = [], time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(timeout=1.0):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                seen.append(line)
+                if fragment in line:
+                    return seen
+    raise AssertionError(f"{fragment!r} never appeared; stdout so far: {''.join(seen)!r}")
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("when", ["before the first evaluation", "while evaluating and plotting"])
+def test_a_signal_saves_everything_and_exits_cleanly(tmp_path, signame, when):
+    """Ctrl-C (or SIGTERM) between steps, inside a sample or inside a plot: always saved, exit 0, and
+    metrics.csv and loss.png are written even when no evaluation had run yet."""
+    (tmp_path / "code.py").write_text(TEXT * 5)
+    period = ["--eval-every", 1000, "--sample-every", 1] if when.startswith("before") else ["--eval-every", 1]
+    proc = _start(["train", "--data", "code.py", "--time-budget", 120, *TINY, *period, "--out", "run"], tmp_path)
     try:
-        for _ in range(600):  # wait until training runs (the model line is printed before the loop)
-            time.sleep(0.05)
-            if proc.poll() is not None:
-                break
-        time.sleep(3)
-        proc.send_signal(signal.SIGINT)
+        _wait_for_line(proc, "--- sample at step 1" if when.startswith("before") else "step 2: train")
+        proc.send_signal(getattr(signal, signame))
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
+        proc.communicate()
     assert proc.returncode == 0, err
-    assert "interrupted at step" in out and "Traceback" not in err
-    ckpt = gruxp.checkpoint.load(tmp_path / "run" / "checkpoint.npz")
-    assert ckpt.meta["step"] >= 1
+    assert f"interrupted by {signame} at step" in out and "Traceback" not in err and "Exception ignored" not in err
+    step = gruxp.checkpoint.load(tmp_path / "run" / "checkpoint.npz").meta["step"]
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
+    assert step >= 1 and int(rows[-1]["step"]) == step and (tmp_path / "run" / "loss.png").is_file()
 
 
 # -- bad input: one line on stderr, non-zero status, no traceback, no damaged checkpoint ----------
@@ -206,3 +231,165 @@ def test_import_gruxp_does_not_import_the_cli():
     code = "import sys, gruxp; print([m for m in ('click', 'tqdm', 'matplotlib') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- issue 15: the adversarial sweep's findings, as a user or an attacker triggers them ------------------
+def test_a_diverging_run_ends_with_one_line_and_no_folder(tmp_path):
+    proc = gruxp_cmd("train", "--task", "adding", "--lr", "1e38", "--eval-every", 1, "--steps", 5, "--seq-len", 6,
+                     "--hidden", 4, "--layers", 1, "--batch", 4, "--out", "run", cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "NonFiniteLossError", "inf or NaN")
+    assert "RuntimeWarning" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_diverging_resume_keeps_the_good_checkpoint(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained / "run", tmp_path / "run")
+    (tmp_path / "code.py").write_text(TEXT)
+    before = (tmp_path / "run" / "checkpoint.npz").read_bytes()
+    ckpt = gruxp.checkpoint.load(tmp_path / "run" / "checkpoint.npz")
+    # poison the saved optimizer so that the next update overflows
+    state = {slot: {k: np.full_like(v, 1e38 if slot == "exp_avg" else 1e-38) for k, v in arrays.items()}
+             for slot, arrays in ckpt.optim.items()}
+    model = gruxp.checkpoint.build_model(ckpt)
+    opt = gruxp.training.optimizer_from_checkpoint(ckpt)
+    gruxp.checkpoint.save(tmp_path / "run" / "checkpoint.npz", model, optimizer=opt, opt_state={**ckpt.meta["optimizer"]["scalars"], **state},
+                          step=ckpt.meta["step"], carry=ckpt.carry, rngs={k: v for k, v in ckpt.meta["rng"].items() if k != "model"},
+                          extra=ckpt.meta["extra"])
+    poisoned = (tmp_path / "run" / "checkpoint.npz").read_bytes()
+    proc = gruxp_cmd("train", "--resume", "--steps", 8, "--eval-every", 1, "--out", "run", cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "inf or NaN", "was kept")
+    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == poisoned != before
+
+
+@pytest.mark.parametrize("args", [["train", "--time-budget", "nan"], ["train", "--time-budget", "inf"], ["train", "--lr", "nan"],
+                                  ["train", "--clip", "inf"], ["train", "--dropout", "nan"],
+                                  ["sample", "x.npz", "--temperature", "nan"]])
+def test_non_finite_numbers_are_refused(tmp_path, args):
+    assert_one_line_error(gruxp_cmd(*args, cwd=tmp_path, check=False), "is not a finite number")
+    assert not (tmp_path / "gruxp-run").exists()
+
+
+def test_eval_scores_the_text_as_it_is(trained, tmp_path):
+    text = ("x = 1\n" * 4000)[:20_000]
+    (tmp_path / "exact.txt").write_text(text)
+    proc = gruxp_cmd("eval", trained / "run" / "checkpoint.npz", "--data", "exact.txt", cwd=tmp_path)
+    assert "20,000 characters" in proc.stdout
+    (tmp_path / "one.txt").write_text("x")
+    assert_one_line_error(gruxp_cmd("eval", trained / "run" / "checkpoint.npz", "--data", "one.txt", cwd=tmp_path, check=False),
+                          "fewer than 2 characters")
+
+
+def test_data_must_be_a_regular_file_or_a_folder(tmp_path):
+    assert_one_line_error(gruxp_cmd("train", "--data", "", "--out", "a", cwd=tmp_path, check=False), "data path is empty")
+    os.mkfifo(tmp_path / "pipe")
+    for data in ("pipe", "/dev/zero", "/dev/urandom"):
+        proc = gruxp_cmd("train", "--data", data, "--out", "a", cwd=tmp_path, check=False, timeout=60)
+        assert_one_line_error(proc, "neither a regular file nor a folder")
+    assert not (tmp_path / "a").exists()
+
+
+def test_bench_needs_a_backend(tmp_path):
+    assert_one_line_error(gruxp_cmd("bench", "--backends", "", cwd=tmp_path, check=False), "--backends names no backend")
+
+
+# -- issue 14: a newcomer's first hour ---------------------------------------------------------------
+def test_resume_says_where_it_starts_and_refuses_nothing_to_do(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained / "run", tmp_path / "run")
+    (tmp_path / "code.py").write_text(TEXT)
+    proc = gruxp_cmd("train", "--resume", "--steps", 7, "--eval-every", 2, "--out", "run", cwd=tmp_path)
+    assert "resuming run/checkpoint.npz from step 4, training to step 7" in proc.stdout
+    assert "done: 3 steps (resumed at step 4), now at step 7" in proc.stdout
+    metrics = (tmp_path / "run" / "metrics.csv").read_text()
+    proc = gruxp_cmd("train", "--resume", "--steps", 5, "--out", "run", cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "already at step 7", "--steps 5 leaves nothing to do")
+    assert (tmp_path / "run" / "metrics.csv").read_text() == metrics and "nan" not in metrics
+
+
+def test_tasks_count_sequences_and_label_the_training_figure(tmp_path):
+    proc = gruxp_cmd("train", "--task", "adding", "--steps", 4, "--seq-len", 8, "--hidden", 4, "--layers", 1,
+                     "--batch", 4, "--eval-every", 2, "--out", "run", cwd=tmp_path)
+    assert "sequences/s" in proc.stdout and "chars/s" not in proc.stdout
+    assert "train" in proc.stdout and "MSE (mean of the last 2 steps), validation" in proc.stdout
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert header == "step,seconds,train,valid,sequences_per_s"
+
+
+def test_bad_data_leaves_no_output_folder(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    for data in ("missing.txt", "empty.txt"):
+        assert_one_line_error(gruxp_cmd("train", "--data", data, "--out", "run", cwd=tmp_path, check=False))
+        assert not (tmp_path / "run").exists()
+
+
+def test_fewer_steps_than_one_period_still_evaluate(tmp_path):
+    (tmp_path / "code.py").write_text(TEXT)
+    gruxp_cmd("train", "--data", "code.py", "--steps", 3, *TINY[:-2], "--out", "run", cwd=tmp_path)  # eval every 250
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
+    assert [int(r["step"]) for r in rows] == [3] and (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_a_time_budget_scales_the_evaluation_period(tmp_path):
+    (tmp_path / "code.py").write_text(TEXT)
+    proc = gruxp_cmd("train", "--data", "code.py", "--time-budget", 4, *TINY[:-2], "--out", "run", cwd=tmp_path)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
+    assert len(rows) >= 3, proc.stdout  # about 8 by the clock, though eval-every 250 is never reached
+    assert "--- sample at step" in proc.stdout
+
+
+def test_the_progress_bar_names_the_unit(tmp_path):
+    """tqdm draws only on a terminal: give the run one (a pseudo-terminal) and read what it draws."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    (tmp_path / "code.py").write_text(TEXT)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a 160-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "gruxp", "train", "--data", "code.py", "--steps", "30", *TINY, "--out", "run"],
+                            cwd=tmp_path, stdin=follower, stdout=subprocess.PIPE, stderr=follower, text=True)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the run closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    proc.communicate(timeout=120)
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"bits/char" in drawn and b"chars_s=" in drawn, drawn[-500:]
+
+
+def test_jax_backend_trains_without_warnings(tmp_path):
+    pytest.importorskip("jax")
+    (tmp_path / "code.py").write_text(TEXT)
+    env_run = subprocess.run([sys.executable, "-W", "error::UserWarning", "-m", "gruxp", "train", "--backend", "jax",
+                              "--data", "code.py", "--steps", "2", *TINY, "--out", "run"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert env_run.returncode == 0, env_run.stderr
+    assert "Warning" not in env_run.stderr
+
+
+def test_info_without_threadpoolctl_says_what_is_unknown(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "threadpoolctl.py").write_text("raise ImportError('hidden for this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "gruxp", "info"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    blas = [ln for ln in proc.stdout.splitlines() if ln.startswith("numpy BLAS:")]
+    assert blas and all("None" not in ln and "pip install threadpoolctl" in ln for ln in blas), proc.stdout
+
+
+def test_help_and_readme_agree_on_the_default_run(tmp_path):
+    proc = gruxp_cmd("--help", cwd=tmp_path)
+    assert "240 s training budget" in proc.stdout
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "--time-budget` (default 240 s)" in readme

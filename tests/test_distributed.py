@@ -202,3 +202,63 @@ def sleepy_mse(pred, target, reduction="mean"):
     time.sleep(1.0)  # long enough for the victim to die while computing its shard's gradient
     return losses.mse(pred, target, reduction=reduction)
 
+
+
+def _die_after(delay):
+    """Run on a worker: SIGKILL its own process ``delay`` seconds from now (the task itself returns)."""
+    import os
+    import signal
+    import threading
+
+    threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+
+
+def test_workers_killed_early_in_steps_cost_retries_not_hangs():
+    """SIGKILL a worker within the first ~40 ms of gradients(), step after step on one cluster (the
+    scatter, the first tasks): every step still returns the right gradient, in bounded time."""
+    import time
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        model = _regressor()
+        dp = gd.DataParallel(client, model, losses.mse, optim.SGD(lr=0.1), timeout=20, retries=4)
+        dp.load_shards(load_regression_shard, n=4)
+        x, y = _regression_data()
+        out, _, tape = model.forward(x)
+        want_loss, dy = losses.mse(out, y)
+        want_grads = model.backward(tape, dy)[0]
+        killed = set()
+        for delay in [0.0, 0.005, 0.02, 0.04, 0.0, 0.01]:
+            deadline = time.monotonic() + 60
+            while True:  # two live workers: the last victim gone from the scheduler, its successor there
+                workers = set(client.scheduler_info()["workers"])
+                if len(workers) == 2 and not workers & killed:
+                    break
+                assert time.monotonic() < deadline, f"the cluster did not recover: {workers}"
+                time.sleep(0.1)
+            victim = sorted(workers)[0]
+            killed.add(victim)
+            # not waited for: with delay 0 the worker may die before it reports the task done
+            suicide = client.submit(_die_after, delay, workers=[victim], allow_other_workers=False, pure=False)
+            started = time.perf_counter()
+            loss, grads = dp.gradients()
+            del suicide
+            assert time.perf_counter() - started < 5 * 20
+            assert abs(loss - float(want_loss)) < 1e-12
+            for k, v in want_grads.items():
+                np.testing.assert_allclose(grads[k], v, rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_worker_dropout_is_seeded(client):
+    """Two runs with the same seed and shard count draw the same dropout masks on the workers."""
+    def model():
+        return gruxp.Sequential(gru=gruxp.GRU(I, H, 2, batch_first=True, dropout=0.5, seed=0, dtype="float64"),
+                                drop=gruxp.Dropout(0.5, seed=1), last=gruxp.LastStep(batch_first=True),
+                                head=gruxp.Linear(H, 1, seed=1, dtype="float64"))
+
+    runs = []
+    for seed in (7, 7, 8):
+        dp = gd.DataParallel(client, model(), losses.mse, optim.SGD(lr=0.1), seed=seed)
+        dp.load_shards(load_regression_shard, n=2)
+        runs.append([dp.step()["loss"] for _ in range(2)])
+    assert runs[0] == runs[1] and runs[0] != runs[2]

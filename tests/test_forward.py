@@ -48,8 +48,9 @@ def test_outputs_stay_on_the_device(backend):
     x = backend.asarray(np.ones((4, 2, 4)), "float32")
     out, h_n = model(x)
     dev = gruxp._namespace.device_of
-    if backend.device is not None:
-        assert dev(out) == backend.device and dev(h_n) == backend.device
+    want = dev(x) if backend.device is None else backend.device  # the default device, or the chosen one
+    assert want is not None and dev(x) == want
+    assert dev(out) == want and dev(h_n) == want and dev(model.params["weight_hh_l0"]) == want
 
 
 def test_ragged_outputs_are_zero_past_each_length(backend):

@@ -84,3 +84,35 @@ def test_matches_keras_gru_layer(reset_after):
     # and back: Keras weights made by gruxp give Keras the same outputs
     layer.set_weights(interop.to_keras(ours))
     assert_close(layer(x32)[0], np.asarray(want_out), rtol=1e-6, atol=1e-7, name="round trip")
+
+
+def test_safetensors_round_trip_with_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    gru = gruxp.GRU(3, 5, 2, bidirectional=True, batch_first=True, dtype="float64", seed=0)
+    path = interop.save_safetensors(gru, tmp_path / "gru.safetensors")
+    net = torch.nn.GRU(3, 5, 2, bidirectional=True, batch_first=True, dtype=torch.float64)
+    net.load_state_dict(st.load_file(path))  # PyTorch's names, as they are
+    x = np.random.default_rng(0).standard_normal((2, 7, 3))
+    np.testing.assert_allclose(net(torch.from_numpy(x))[0].detach().numpy(), gru(x)[0], rtol=1e-12, atol=1e-12)
+    # and back: a file written by PyTorch loads into gruxp
+    net2 = torch.nn.GRU(3, 5, 2, bidirectional=True, batch_first=True, dtype=torch.float64)
+    st.save_file(net2.state_dict(), tmp_path / "torch.safetensors")
+    gru.load_state_dict(interop.load_safetensors(tmp_path / "torch.safetensors"))
+    np.testing.assert_allclose(gru(x)[0], net2(torch.from_numpy(x))[0].detach().numpy(), rtol=1e-12, atol=1e-12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gru.safetensors", "torch.safetensors"]  # no temporaries
+
+
+def test_safetensors_of_a_whole_model(tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors import safe_open
+
+    model = gruxp.Sequential(embed=gruxp.Embedding(9, 4, seed=0), gru=gruxp.GRU(4, 6, seed=1), head=gruxp.Linear(6, 9, seed=2))
+    path = interop.save_safetensors(model, tmp_path / "m.safetensors")
+    with safe_open(path, framework="numpy") as f:
+        assert f.metadata()["format"] == "pt" and '"Sequential"' in f.metadata()["gruxp"]
+        assert sorted(f.keys()) == sorted(model.params)
+    twin = gruxp.Sequential(embed=gruxp.Embedding(9, 4, seed=5), gru=gruxp.GRU(4, 6, seed=6), head=gruxp.Linear(6, 9, seed=7))
+    twin.load_state_dict(interop.load_safetensors(path))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(twin.state_dict()[k], v)

@@ -165,6 +165,13 @@ def from_numpy(a: np.ndarray, *, xp: ModuleType, device: Any, dtype: Any) -> Any
     return xp.asarray(np.ascontiguousarray(a), dtype=dtype, device=device, copy=True)
 
 
+def index_dtype(xp: ModuleType) -> Any:
+    """The integer dtype a Python int gets in ``xp``: int64, or int32 where that is the default (JAX
+    without ``jax_enable_x64``, which would otherwise warn and truncate int64 on every batch; its
+    ``default_dtypes()`` says int64 there all the same)."""
+    return xp.asarray(0).dtype
+
+
 def concrete_bool(a: Any) -> bool | None:
     """``bool(a)`` for a 0-d array, or None where the value is not known yet (a JAX tracer under jit).
 

@@ -62,3 +62,11 @@ def blas_info() -> list[dict]:
 def blas_threads(info: list[dict]) -> int:
     counts = [i["num_threads"] for i in info if i.get("internal_api") in ("openblas", "mkl", "blis") and i.get("num_threads")]
     return counts[0] if counts else os.cpu_count() or 1
+
+
+def describe_pool(pool: dict) -> str:
+    """One BLAS/OpenMP pool in words; what threadpoolctl alone can tell says so when it is missing."""
+    name = " ".join(str(pool[k]) for k in ("internal_api", "version") if pool.get(k)) or "unknown library"
+    if pool.get("architecture") is None and pool.get("num_threads") is None:
+        return f"{name}, kernel and threads unknown (pip install threadpoolctl)"
+    return f"{name}, kernel {pool.get('architecture') or 'unknown'}, {pool.get('num_threads')} threads"

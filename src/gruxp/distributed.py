@@ -253,8 +253,12 @@ class DataParallel:
                        for i, shard in enumerate(self.shards)]
 
     def _attempt(self) -> tuple[float, dict[str, np.ndarray]]:
-        # one future for the whole dict (scattering a dict would scatter each entry under its name)
-        [params] = self.client.scatter([self.model.state_dict()], broadcast=True, hash=False, timeout=self.timeout)
+        # One future for the whole dict (scattering a dict would scatter each entry under its name),
+        # to one worker: the others fetch it. A broadcast would replicate it to every worker the
+        # scheduler lists, and the scheduler retries a dead one for minutes; callback_timeout bounds
+        # the call itself (Client.scatter's own timeout only bounds the wait for workers).
+        [params] = self.client.sync(self.client._scatter, [self.model.state_dict()], hash=False,
+                                    timeout=self.timeout, callback_timeout=self.timeout)
         workers = self._workers()
         dtype = dtype_name(self.model.dtype)
         parts = [

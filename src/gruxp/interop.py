@@ -1,4 +1,4 @@
-"""Weights in and out of PyTorch and Keras, losslessly.
+"""Weights in and out of PyTorch and Keras, losslessly, and as safetensors files.
 
 PyTorch uses gruxp's own names and layouts (``nn.GRU``, ``nn.GRUCell``, ``nn.Linear``,
 ``nn.Embedding``), so conversion is a state-dict copy; ``torch`` is imported only when a function
@@ -16,7 +16,9 @@ Keras 3 differs in three ways (keras-team/keras#8720 is the classic confusion):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ from ._namespace import dtype_name, to_numpy
 from .layers import Embedding, Linear
 from .models import GRU, GRUCell
 
-__all__ = ["from_torch", "to_torch", "torch_to_keras_gates", "params_to_keras", "keras_to_params", "to_keras", "from_keras"]
+__all__ = ["save_safetensors", "load_safetensors", "from_torch", "to_torch", "torch_to_keras_gates", "params_to_keras", "keras_to_params", "to_keras", "from_keras"]
 
 
 def _rzn_to_zrn(a: np.ndarray, H: int) -> np.ndarray:
@@ -88,6 +90,45 @@ def to_torch(layer: Any, *, dtype: Any = None) -> Any:
         raise TypeError(f"to_torch converts GRU, GRUCell, Linear and Embedding; got {type(layer).__name__}")
     module.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in layer.state_dict().items()})
     return module
+
+
+# -- safetensors ----------------------------------------------------------------------------------
+def save_safetensors(model: Any, path: str | os.PathLike, *, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model.state_dict()`` (PyTorch's names) as a ``.safetensors`` file; returns the path.
+
+    For a :class:`~gruxp.GRU` the names are exactly ``nn.GRU``'s, so
+    ``torch.nn.GRU(...).load_state_dict(safetensors.torch.load_file(path))`` works as it is; a
+    ``Sequential``'s are prefixed by layer name (``gru.weight_ih_l0``), as in a torch module with
+    submodules of those names. The header's metadata says ``format: pt`` (the Hugging Face
+    convention) and holds the gruxp structure as JSON. Written to a temporary file and renamed over
+    ``path``, so a failure never leaves a half-written file in place of a good one.
+    """
+    import json
+    import secrets
+
+    from safetensors.numpy import save_file
+
+    from .checkpoint import _json_safe, model_config
+
+    path = Path(path)
+    tensors = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    meta = {"format": "pt", "gruxp": json.dumps(_json_safe(model_config(model))), **dict(metadata or {})}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a ``.safetensors`` file as host NumPy, by name: pass them to ``load_state_dict``
+    (a file written by PyTorch's ``safetensors.torch.save_file(net.state_dict(), path)`` loads too)."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
 
 
 # -- Keras ----------------------------------------------------------------------------------------

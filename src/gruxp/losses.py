@@ -10,6 +10,7 @@ from typing import Any
 
 from ._checks import check_array
 from ._namespace import concrete_bool, device_of, dtype_name, namespace_of
+from .functional._layers import as_index
 
 __all__ = ["cross_entropy", "mse"]
 
@@ -37,8 +38,7 @@ def cross_entropy(logits: Any, targets: Any, *, ignore_index: int = -100, reduct
     if logits.ndim < 1 or tuple(targets.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"targets must have shape {tuple(logits.shape[:-1])} (logits' shape without the class axis); got {tuple(targets.shape)}")
     C = logits.shape[-1]
-    if targets.dtype != xp.int64:  # compare in a dtype that holds C and ignore_index (uint8 wraps at 256)
-        targets = xp.astype(targets, xp.int64)
+    targets = as_index(targets, xp=xp)  # compare in a dtype that holds C and ignore_index (uint8 wraps at 256)
     if concrete_bool(xp.any(((targets < 0) | (targets >= C)) & (targets != ignore_index))):
         raise ValueError(f"targets must lie in [0, {C}) or equal ignore_index={ignore_index}")
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)

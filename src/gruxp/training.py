@@ -82,14 +82,15 @@ def stream_windows(tokens: np.ndarray, *, batch_size: int, window: int, xp: Any 
     rows = tokens[: batch_size * columns + 1]
     inputs = rows[:-1].reshape(batch_size, columns)
     targets = rows[1:].reshape(batch_size, columns)
-    from ._namespace import resolve_xp
+    from ._namespace import index_dtype, resolve_xp
 
     space = resolve_xp(xp, device)
+    ids = index_dtype(space)
 
     def batch_fn(step: int, rng: Any) -> Batch:
         k = step % n_windows
         cols = slice(k * window, (k + 1) * window)
-        put = lambda a: space.asarray(np.ascontiguousarray(a), dtype=space.int64, device=device)  # noqa: E731
+        put = lambda a: space.asarray(np.ascontiguousarray(a), dtype=ids, device=device)  # noqa: E731
         return Batch(put(inputs[:, cols]), put(targets[:, cols]), None, k == 0)
 
     batch_fn.n_windows = n_windows  # type: ignore[attr-defined]

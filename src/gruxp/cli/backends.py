@@ -9,8 +9,8 @@ BACKENDS = {  # name -> (module, pip hint)
     "numpy": ("numpy", "numpy"),
     "array_api_strict": ("array_api_strict", "array-api-strict"),
     "torch": ("torch", "torch"),
-    "jax": ("jax.numpy", "'gruxp[jax]'"),
-    "cupy": ("cupy", "'gruxp[cuda12]' or 'gruxp[cuda13]'"),
+    "jax": ("jax.numpy", "'gruxp[jax]', or '.[jax]' in a clone of gruxp"),
+    "cupy": ("cupy", "'gruxp[cuda12]' or 'gruxp[cuda13]', or '.[cuda12]' / '.[cuda13]' in a clone of gruxp"),
 }
 
 

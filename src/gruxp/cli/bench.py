@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 
 import gruxp
-from gruxp.benchmarking import blas_info, blas_threads, flops_forward, per_call, settle
+from gruxp.benchmarking import blas_info, blas_threads, describe_pool, flops_forward, per_call, settle
 
 from .backends import load
 
@@ -64,7 +64,7 @@ def run(names: list[str], *, batch: int, seq_len: int, hidden: int, layers: int,
 
         theirs = (t_forward, t_train)
     flops = flops_forward(batch, seq_len, hidden, hidden, layers)
-    pools = ", ".join(f"{i.get('internal_api')} {i.get('architecture')} x{i.get('num_threads')}" for i in info)
+    pools = "; ".join(describe_pool(i) for i in info)
     print(f"B={batch} T={seq_len} I=H={hidden} layers={layers} {dtype}, median of {rounds} rounds; thread pools: {pools}")
     print("| backend | mode | ms per call | ms per step | GFLOP/s | torch.nn.GRU ms | ratio to torch |")
     print("|---|---|---|---|---|---|---|")

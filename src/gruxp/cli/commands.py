@@ -46,7 +46,7 @@ def cli() -> None:
     """gruxp: a GRU written once against the array API standard.
 
     Start with `gruxp train` (a character-level language model on the Python standard library's
-    sources, about 5 minutes on 2 CPU cores), then `gruxp sample gruxp-run/checkpoint.npz`.
+    sources: a 240 s training budget, about 4 minutes in all), then `gruxp sample gruxp-run/checkpoint.npz`.
     """
 
 
@@ -150,6 +150,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
     """Train a model, with a live progress bar, checkpoints, a metrics CSV and a loss curve."""
     if opts["steps"] is None and opts["time_budget"] is None:
         opts["time_budget"] = 240.0
+    opts["eval_every_explicit"] = _explicit(ctx, "eval_every")
+    opts["sample_every_explicit"] = _explicit(ctx, "sample_every")
     out = Path(opts["out"])
     ckpt_path = out / "checkpoint.npz"
     if ckpt_path.exists() and not opts["resume"]:
@@ -223,6 +225,9 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
           sampler=lambda: lm.sample(model, text.vocab, length=240, temperature=0.8, prime="def ", rng=np.random.default_rng(trainer.step)))
 
 
+RECENT = 20  # the training figure beside each validation score: the mean loss of the last 20 steps
+
+
 class Unit(NamedTuple):
     """What the throughput counts: characters (language model) or sequences (synthetic tasks)."""
 
@@ -271,11 +276,18 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evalua
     progress = _Progress(steps=steps, budget=budget if steps is None else None, start_step=trainer.step)
     started, window_losses, window_items, window_start = time.perf_counter(), [], 0, time.perf_counter()
     total_items, last_valid = 0, None
+    # With a time budget and no explicit periods, evaluate (and sample) by the clock as well, about 8
+    # (and 4) times per run, so a slow or loaded machine still gets a curve, not one point.
+    by_clock = steps is None
+    eval_seconds = budget / 8 if by_clock and not opts.get("eval_every_explicit") else math.inf
+    sample_seconds = budget / 4 if by_clock and not opts.get("sample_every_explicit") else math.inf
+    last_eval = last_sample = time.perf_counter()
 
     def record(final: bool = False) -> None:
         nonlocal window_losses, window_items, window_start, fresh, last_valid
         last_valid = evaluate()
-        train_metric = to_metric(float(np.mean(window_losses)))
+        recent = window_losses[-RECENT:]  # the mean since the last evaluation would lag far behind
+        train_metric = to_metric(float(np.mean(recent)))
         speed = window_items / max(time.perf_counter() - window_start, 1e-9)
         row = {"step": trainer.step, "seconds": round(time.perf_counter() - started, 2), "train": round(train_metric, 5),
                "valid": round(last_valid, 5), unit.column: round(speed, 1)}
@@ -283,7 +295,7 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evalua
         fresh = False
         _plot(metrics, out / "loss.png", baseline=baseline, ylabel=metric_name,
               baseline_label="unigram baseline" if sampler is not None else "memoryless baseline")
-        progress.write(f"step {trainer.step}: train {train_metric:.3f} {metric_name} (mean of the last {len(window_losses)} "
+        progress.write(f"step {trainer.step}: train {train_metric:.3f} {metric_name} (mean of the last {len(recent)} "
                        f"steps), validation {last_valid:.3f} {metric_name} (baseline {baseline:.3f}){' [final]' if final else ''}")
         window_losses, window_items, window_start = [], 0, time.perf_counter()
 
@@ -301,10 +313,14 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evalua
                 speed = total_items / (time.perf_counter() - started)
                 progress.advance(loss=f"{to_metric(result['loss']):.3f} {metric_name}", **{unit.short: f"{speed:,.0f}"},
                                  step=str(trainer.step))
-                if stop.received is None and trainer.step % opts["eval_every"] == 0:
+                now = time.perf_counter()
+                if stop.received is None and (trainer.step % opts["eval_every"] == 0 or now - last_eval >= eval_seconds):
                     trainer.save(extra=extra)
                     record()
-                if stop.received is None and sampler is not None and trainer.step % opts["sample_every"] == 0:
+                    last_eval = time.perf_counter()
+                if stop.received is None and sampler is not None and (
+                        trainer.step % opts["sample_every"] == 0 or now - last_sample >= sample_seconds):
+                    last_sample = now
                     progress.write(f"--- sample at step {trainer.step} ---\n{sampler()}\n---")
         except KeyboardInterrupt:  # outside the main thread no handler is installed
             stop.received = "SIGINT"
@@ -410,7 +426,8 @@ def _load_lm(path: str, backend: str, device: str | None):
     ckpt = checkpoint.load(path)
     extra = ckpt.meta.get("extra", {})
     if extra.get("task") != "lm" or "vocab" not in extra:
-        raise checkpoint.CheckpointError(f"{path} holds a {extra.get('task', 'non-gruxp-cli')!r} model, not a language model from 'gruxp train'")
+        raise checkpoint.CheckpointError(f"{path} holds a model of task {extra.get('task', 'none (not from gruxp train)')!r}, "
+                                         "not a language model from 'gruxp train'")
     xp, dev = load(backend, device, ckpt.meta["dtype"])
     return checkpoint.build_model(ckpt, xp=xp, device=dev), extra
 
@@ -418,15 +435,14 @@ def _load_lm(path: str, backend: str, device: str | None):
 @cli.command()
 def info() -> None:
     """Versions, the backends of the matrix and their devices, and NumPy's BLAS."""
-    from gruxp.benchmarking import blas_info
+    from gruxp.benchmarking import blas_info, describe_pool
 
     click.echo(f"gruxp {gruxp.__version__} (Python {sys.version.split()[0]}, NumPy {np.__version__})")
     for name in BACKENDS:
         click.echo(describe(name))
     for pool in blas_info():
         if pool.get("internal_api") in ("openblas", "mkl", "blis", None) or "note" in pool:
-            click.echo(f"numpy BLAS: {pool.get('internal_api')} {pool.get('version') or ''} "
-                       f"kernel {pool.get('architecture')}, {pool.get('num_threads')} threads".replace("  ", " "))
+            click.echo(f"numpy BLAS: {describe_pool(pool)}")
 
 
 @cli.command()

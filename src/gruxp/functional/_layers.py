@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._namespace import concrete_bool, device_of, dtype_name, namespace_of
+from .._namespace import concrete_bool, device_of, dtype_name, index_dtype, namespace_of
 from ._params import host_rng
 
 __all__ = [
@@ -51,10 +51,12 @@ def linear_backward(params: dict, x: Any, dy: Any, *, xp: ModuleType) -> tuple[d
 
 
 def as_index(ids: Any, *, xp: ModuleType) -> Any:
-    """Integer ids as int64, so comparisons with a vocabulary size never wrap (uint8 ids and V = 300:
-    ``arange(300, dtype=uint8)`` holds 256 twice over). A uint64 id past int64's range becomes
-    negative here, and the range checks refuse it."""
-    return ids if ids.dtype == xp.int64 else xp.astype(ids, xp.int64)
+    """Integer ids in the namespace's default integer dtype (int64; int32 on JAX without x64), so
+    comparisons with a vocabulary size never wrap (uint8 ids and V = 300: ``arange(300, dtype=uint8)``
+    holds 256 twice over). An id past that dtype's range becomes negative here, and the range checks
+    refuse it."""
+    wide = index_dtype(xp)
+    return ids if ids.dtype == wide else xp.astype(ids, wide)
 
 
 def check_ids(ids: Any, num_embeddings: int, *, name: str = "ids") -> None:
@@ -83,8 +85,8 @@ def embedding_backward(params: dict, ids: Any, dy: Any, *, xp: ModuleType, paddi
     V, E = w.shape
     flat_ids, flat_dy = xp.reshape(as_index(ids, xp=xp), (-1,)), xp.reshape(dy, (-1, E))
     if padding_idx is not None:  # an id that matches no row of the one-hot block
-        flat_ids = xp.where(flat_ids == padding_idx, xp.asarray(-1, dtype=xp.int64, device=device_of(w)), flat_ids)
-    vocab = xp.arange(V, dtype=xp.int64, device=device_of(w))
+        flat_ids = xp.where(flat_ids == padding_idx, xp.asarray(-1, dtype=flat_ids.dtype, device=device_of(w)), flat_ids)
+    vocab = xp.arange(V, dtype=flat_ids.dtype, device=device_of(w))
     rows = max(1, ONE_HOT_BUDGET // V)
     grad = None
     n = flat_ids.shape[0]
