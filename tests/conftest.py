@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,3 +134,29 @@ def dtype(request: pytest.FixtureRequest) -> str:
 TOL = {"float64": dict(rtol=1e-9, atol=1e-12), "float32": dict(rtol=1e-4, atol=5e-5)}
 # Gradients accumulate over T steps and B sequences as well: scale atol by the gradient's size.
 GRAD_TOL = {"float64": dict(rtol=1e-9, atol=1e-11), "float32": dict(rtol=1e-3, atol=2e-4)}
+
+
+JAX_CACHE_GROWTH = 512 << 20  # bytes the process may grow by before the JAX caches are dropped
+_after_last_drop = [0]
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: never drop
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _bounded_jax_caches(request: pytest.FixtureRequest):
+    """JAX compiles every eager operation once per shape and keeps the executable: over the suite's
+    thousands of shapes (hypothesis draws them at random) the process grew to ~3.9 GB. After a test
+    on JAX, the caches are dropped once the process has grown by 512 MiB since the last drop, which
+    bounds the peak; dropping them after every test would cost a minute of recompilation."""
+    yield
+    if "backend" in request.fixturenames and "jax" in sys.modules and hasattr(request.node, "callspec"):
+        spec, _ = request.node.callspec.params.get("backend", ({}, None))
+        if spec.get("name") == "jax" and _resident_bytes() - _after_last_drop[0] > JAX_CACHE_GROWTH:
+            sys.modules["jax"].clear_caches()
+            _after_last_drop[0] = _resident_bytes()

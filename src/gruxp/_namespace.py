@@ -185,3 +185,7 @@ def concrete_bool(a: Any) -> bool | None:
 
 def is_numpy_namespace(xp: ModuleType) -> bool:
     return aac.is_numpy_namespace(xp)
+
+
+def is_jax_namespace(xp: ModuleType) -> bool:
+    return aac.is_jax_namespace(xp)

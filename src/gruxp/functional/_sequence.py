@@ -17,7 +17,7 @@ Nothing is mutated: per-step results are collected in lists and stacked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -26,7 +26,7 @@ import numpy as np
 from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
 from .._namespace import device_of, resolve_xp
 from ._cell import StepCache, folded_bias, param_grads, step_backward, step_forward
-from .._native import route_for
+from .._native import loop_for, route_for
 from ._layers import dropout_mask
 from ._params import gru_param_shapes
 
@@ -84,11 +84,28 @@ def _names(layer: int, direction: int) -> dict[str, str]:
     return {k: k + s for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
 
 
+def python_loop(body: Callable, carry: Any, xs: tuple, *, length: int, reverse: bool, xp: ModuleType) -> tuple[Any, tuple]:
+    """The generic time loop, and the oracle of every other: ``carry, y_t = body(carry, x_t)`` for
+    t = 0..T−1 (T−1..0 with ``reverse``), with ``xs`` a tuple of (T, ...) arrays (or None) sliced at
+    t and the ``y_t`` stacked back in time order. ``jax.lax.scan`` has exactly this contract.
+    """
+    ys: list[Any] = [None] * length
+    for t in range(length - 1, -1, -1) if reverse else range(length):
+        carry, ys[t] = body(carry, tuple(None if a is None else a[t, ...] for a in xs))
+    stacked = tuple(None if ys[0][i] is None else xp.stack([y[i] for y in ys], axis=0) for i in range(len(ys[0])))
+    return carry, stacked
+
+
 def _direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
     """Run one direction over x (T, B, I). Returns (out, h_T, DirectionTape | None)."""
     route = route_for(xp, reset_after=reset_after)
     if route is not None:
         return route.direction_forward(x, h0, p, mask=mask, reverse=reverse, reset_after=reset_after, record=record, xp=xp)
+    return direction_forward_loop(x, h0, p, mask=mask, reverse=reverse, reset_after=reset_after, record=record, xp=xp)
+
+
+def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp):
+    """One direction's forward as the backend's loop over the shared step (no route)."""
     T, B, I = x.shape
     w_ih, w_hh = p["weight_ih"], p["weight_hh"]
     b_in, b_hn = folded_bias(p.get("bias_ih"), p.get("bias_hh"), reset_after=reset_after, xp=xp)
@@ -96,20 +113,19 @@ def _direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
     gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, three_h))
     if b_in is not None:
         gi = gi + b_in
-    h = h0
-    hs, caches = [None] * T, [None] * T
-    for t in range(T - 1, -1, -1) if reverse else range(T):
-        h_new, cache = step_forward(gi[t, ...], h, w_hh, b_hn, reset_after=reset_after, xp=xp)
-        h = h_new if mask is None else xp.where(mask[t, ...], h_new, h)
-        hs[t] = h
-        if record:
-            caches[t] = cache
-    hs = xp.stack(hs, axis=0)
+
+    def step(h, inputs):
+        gi_t, mask_t = inputs
+        h_new, cache = step_forward(gi_t, h, w_hh, b_hn, reset_after=reset_after, xp=xp)
+        h = h_new if mask_t is None else xp.where(mask_t, h_new, h)
+        return h, ((h, *cache) if record else (h,))
+
+    h, ys = loop_for(xp, python_loop)(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
+    hs = ys[0]
     out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
     if not record:
         return out, h, None
-    stacked = [xp.stack([c[i] for c in caches], axis=0) if caches[0][i] is not None else None for i in range(3)]
-    return out, h, DirectionTape(x, h0, hs, *stacked)
+    return out, h, DirectionTape(x, h0, *ys)
 
 
 def _previous_states(tape: DirectionTape, *, reverse: bool, xp: ModuleType) -> Any:
@@ -125,6 +141,12 @@ def _direction_backward(tape: DirectionTape, d_out, d_hT, p, *, mask, reverse, r
         return route.direction_backward(
             tape, d_out, d_hT, p, mask=mask, reverse=reverse, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp
         )
+    return direction_backward_loop(tape, d_out, d_hT, p, mask=mask, reverse=reverse, reset_after=reset_after, bias=bias,
+                                   need_dx=need_dx, xp=xp)
+
+
+def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after, bias, need_dx, xp):
+    """One direction's backward as the backend's loop over the shared step (no route)."""
     x, h0, hs = tape.x, tape.h0, tape.hs
     T, B, I = x.shape
     H = h0.shape[-1]
@@ -132,16 +154,21 @@ def _direction_backward(tape: DirectionTape, d_out, d_hT, p, *, mask, reverse, r
     h_prev = _previous_states(tape, reverse=reverse, xp=xp)
     zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
     dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
-    steps: list[Any] = [None] * T
-    for t in range(T) if reverse else range(T - 1, -1, -1):
-        g = dh if d_out is None else dh + d_out[t, ...]
-        if mask is not None:
-            g = xp.where(mask[t, ...], g, zero)
-        cache = StepCache(tape.rz[t, ...], tape.n[t, ...], None if tape.gh_n is None else tape.gh_n[t, ...])
-        steps[t] = step_backward(g, h_prev[t, ...], cache, w_hh, reset_after=reset_after, xp=xp)
-        dh = steps[t].dh if mask is None else xp.where(mask[t, ...], steps[t].dh, dh)
-    d_i = xp.concat([xp.stack([s[k] for s in steps], axis=0) for k in range(3)], axis=-1)  # [d_r, d_z, d_an]
-    d_ghn = d_i[..., 2 * H :] if not reset_after else xp.stack([s.d_ghn for s in steps], axis=0)
+
+    def step(dh, inputs):
+        d_out_t, mask_t, h_prev_t, rz_t, n_t, gh_n_t = inputs
+        g = dh if d_out_t is None else dh + d_out_t
+        if mask_t is not None:
+            g = xp.where(mask_t, g, zero)
+        grads = step_backward(g, h_prev_t, StepCache(rz_t, n_t, gh_n_t), w_hh, reset_after=reset_after, xp=xp)
+        dh = grads.dh if mask_t is None else xp.where(mask_t, grads.dh, dh)
+        return dh, (grads.d_r, grads.d_z, grads.d_an, grads.d_ghn if reset_after else None)
+
+    xs = (d_out, mask, h_prev, tape.rz, tape.n, tape.gh_n)
+    dh, (d_r, d_z, d_an, d_ghn) = loop_for(xp, python_loop)(step, dh, xs, length=T, reverse=not reverse, xp=xp)
+    d_i = xp.concat([d_r, d_z, d_an], axis=-1)  # [d_r, d_z, d_an]
+    if not reset_after:
+        d_ghn = d_i[..., 2 * H :]
     return _finish_backward(d_i, d_ghn, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
 
 
