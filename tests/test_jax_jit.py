@@ -35,3 +35,95 @@ def test_forward_and_backward_under_jit(reset_after):
         assert_close(grads_j[k], grads_e[k], rtol=1e-12, atol=1e-13, name=k)
     infer = jax.jit(lambda p, x: gruxp.functional.gru(p, x, num_layers=2, bidirectional=True, reset_after=reset_after))
     assert_close(infer(model.params, x)[0], model(x)[0], rtol=1e-12, atol=1e-14, name="inference")
+
+
+# -- jax.grad through gruxp runs gruxp's backward (a custom_vjp), eagerly and under jit ----------------
+def _grad_setup():
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    model = gruxp.GRU(3, 4, 2, bidirectional=True, batch_first=True, xp=jnp, dtype="float64", seed=0)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 5, 3)))
+    return jnp, model, x
+
+
+def _loss(params, x):
+    import jax.numpy as jnp
+
+    out, h_n = gruxp.functional.gru(params, x, num_layers=2, bidirectional=True, batch_first=True, lengths=[5, 3])
+    return jnp.sum(jnp.tanh(out) * out) + jnp.sum(h_n ** 3)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_jax_grad_uses_the_analytic_backward_and_is_exact(monkeypatch, jit):
+    from gruxp.functional import _sequence
+    from gruxp.testing import numerical_gradient, to_numpy
+
+    jnp, model, x = _grad_setup()
+    calls = []
+    real = _sequence.gru_backward
+    monkeypatch.setattr(_sequence, "gru_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    grad = jax.grad(_loss, argnums=(0, 1))
+    grads, dx = (jax.jit(grad) if jit else grad)(model.params, x)
+    assert calls, "jax.grad differentiated the scan instead of calling gruxp's backward"
+    # the same gradients from gruxp's own API: d_out and d_hn of this loss, then model.backward
+    out, h_n, tape = model.forward(x, lengths=[5, 3])
+    d_out = jnp.tanh(out) + out * (1 - jnp.tanh(out) ** 2)
+    want, want_dx, _ = model.backward(tape, d_out, 3 * h_n ** 2)
+    for k in want:
+        assert_close(grads[k], want[k], rtol=1e-12, atol=1e-13, name=k)
+    assert_close(dx, want_dx, rtol=1e-12, atol=1e-13, name="dx")
+    # and finite differences of the loss itself, for two parameters and x
+    host = {k: to_numpy(v) for k, v in model.params.items()}
+    for name in ("weight_hh_l1_reverse", "bias_ih_l0"):
+        def f(value, name=name):
+            return float(_loss({**model.params, name: jnp.asarray(value)}, x))
+        assert_close(grads[name], numerical_gradient(f, host[name]), rtol=1e-6, atol=1e-8, name=name)
+
+
+def test_value_and_grad_through_a_sequential_call():
+    jnp, _, _ = _grad_setup()
+    from gruxp import losses
+
+    model = gruxp.Sequential(embed=gruxp.Embedding(7, 3, xp=jnp, dtype="float64", seed=0),
+                             gru=gruxp.GRU(3, 5, batch_first=True, xp=jnp, dtype="float64", seed=1),
+                             head=gruxp.Linear(5, 7, xp=jnp, dtype="float64", seed=2))
+    ids = jnp.asarray(np.random.default_rng(2).integers(0, 7, size=(2, 6)))
+    targets = jnp.asarray(np.random.default_rng(3).integers(0, 7, size=(2, 6)))
+
+    def loss(params):
+        model.params = params
+        y, _ = model(ids)
+        return losses.cross_entropy(y, targets)[0]
+
+    start = model.params
+    value, grads = jax.jit(jax.value_and_grad(loss))(start)
+    model.params = start
+    y, _, tape = model.forward(ids)
+    want_loss, dy = losses.cross_entropy(y, targets)
+    want = model.backward(tape, dy)[0]
+    assert abs(float(value) - float(want_loss)) < 1e-12
+    for k in want:
+        assert_close(grads[k], want[k], rtol=1e-11, atol=1e-13, name=k)
+
+
+def test_vmap_over_an_outer_axis_and_what_is_not_defined():
+    jnp, model, x = _grad_setup()
+    xs = jnp.stack([x, 2 * x, -x])
+    per_example = jax.vmap(lambda xi: jax.grad(_loss, argnums=1)(model.params, xi))(xs)
+    for i in range(3):
+        assert_close(per_example[i], jax.grad(_loss, argnums=1)(model.params, xs[i]), rtol=1e-12, atol=1e-13, name=f"x[{i}]")
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff .*custom_vjp"):
+        jax.jvp(lambda xi: _loss(model.params, xi), (x,), (x,))
+
+
+def test_bad_input_is_refused_before_tracing():
+    jnp, model, x = _grad_setup()
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=5\]"):
+        jax.jit(jax.grad(lambda p: jnp.sum(gruxp.functional.gru(p, x, num_layers=2, bidirectional=True,
+                                                                  batch_first=True, lengths=[6, 1])[0])))(model.params)
+    with pytest.raises(ValueError, match="x must have shape"):
+        jax.jit(lambda p: gruxp.functional.gru(p, x[..., :2], num_layers=2, bidirectional=True, batch_first=True))(model.params)
+    with pytest.raises(TypeError, match="x has dtype float32 but the parameters are float64"):
+        jax.grad(lambda p: jnp.sum(gruxp.functional.gru(p, x.astype(jnp.float32), num_layers=2, bidirectional=True,
+                                                          batch_first=True)[0]))(model.params)

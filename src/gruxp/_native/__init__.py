@@ -24,7 +24,7 @@ from types import ModuleType
 
 from .._namespace import is_jax_namespace, is_numpy_namespace
 
-__all__ = ["fast_routes", "route_for", "loop_for"]
+__all__ = ["fast_routes", "route_for", "loop_for", "differentiable_for"]
 
 _enabled = os.environ.get("GRUXP_FAST_ROUTES", "1") != "0"
 
@@ -70,3 +70,13 @@ def loop_for(xp: ModuleType, generic: Callable) -> Callable:
 
         return scan_loop
     return generic
+
+
+def differentiable_for(xp: ModuleType) -> Callable | None:
+    """On JAX, the wrapper that gives the inference call gruxp's own backward as its VJP (so
+    ``jax.grad`` never differentiates the scan); None elsewhere, or with the routes off."""
+    if not (_enabled and is_jax_namespace(xp)):
+        return None
+    from .jax_scan import gru_with_analytic_vjp
+
+    return gru_with_analytic_vjp

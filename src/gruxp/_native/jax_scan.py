@@ -45,3 +45,38 @@ def direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
 def direction_backward(tape, d_out, d_hT, p, *, mask, reverse, reset_after, bias, need_dx, xp):
     return _compiled("direction_backward_loop")(tape, d_out, d_hT, p, mask=mask, reverse=reverse, reset_after=reset_after,
                                                 bias=bias, need_dx=need_dx, xp=xp)
+
+
+def gru_with_analytic_vjp(params, x, h0, *, run: Callable, backward: Callable, run_options: dict) -> tuple[Any, Any]:
+    """``(out, h_n)`` of the functional GRU as a ``jax.custom_vjp``: ``jax.grad``, ``jax.vjp`` and
+    ``jax.value_and_grad`` run gruxp's backward over the tape instead of differentiating the scan.
+
+    ``run(params, x, h0, record=...)`` is the forward (``record=True`` also returns the tape) and
+    ``backward(tape, d_out, d_hn)`` gruxp's backward. The tape's arrays are the residuals; its
+    structure (sizes, flags) is static and rebuilt around them. Forward-mode (``jax.jvp``) is not
+    defined for a custom_vjp function; JAX says so when asked.
+    """
+    static: dict[str, Any] = {}
+
+    @jax.custom_vjp
+    def gru(params, x, h0):
+        out, h_n, _ = run(params, x, h0, record=False, **run_options)
+        return out, h_n
+
+    def forward(params, x, h0):
+        out, h_n, tape = run(params, x, h0, record=True, **run_options)
+        leaves, static["treedef"] = jax.tree_util.tree_flatten(tape, is_leaf=lambda v: v is None)
+        is_array = [isinstance(v, jax.Array) for v in leaves]
+        static["others"] = [None if a else v for v, a in zip(leaves, is_array, strict=True)]
+        static["is_array"] = is_array
+        return (out, h_n), tuple(v for v, a in zip(leaves, is_array, strict=True) if a)
+
+    def backward_pass(arrays, cotangents):
+        it = iter(arrays)
+        leaves = [next(it) if a else v for v, a in zip(static["others"], static["is_array"], strict=True)]
+        tape = jax.tree_util.tree_unflatten(static["treedef"], leaves)
+        grads, dx, dh0 = backward(tape, *cotangents)
+        return grads, dx, (None if h0 is None else dh0)
+
+    gru.defvjp(forward, backward_pass)
+    return gru(params, x, h0)

@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
-from .._namespace import device_of, resolve_xp
+from .._namespace import device_of, namespace_of, resolve_xp
 from ._cell import StepCache, folded_bias, param_grads, step_backward, step_forward
-from .._native import loop_for, route_for
+from .._native import differentiable_for, loop_for, route_for
 from ._layers import dropout_mask
 from ._params import gru_param_shapes
 
@@ -323,8 +323,16 @@ def gru(
     ``nn.GRU(dropout=p)`` in training; masks come from ``rng`` (a seed or NumPy Generator).
     """
     config = _config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after)
+    differentiable = differentiable_for(namespace_of(params["weight_ih_l0"], what="params"))
+    if differentiable is not None:  # JAX: jax.grad through this call uses gruxp's backward
+        run = lambda p, x, h0, *, record: _run(p, x, h0, lengths, config, record=record, xp=xp, dropout=dropout, rng=rng)  # noqa: E731
+        return differentiable(params, x, h0, run=run, backward=_backward_for_vjp, run_options={})
     out, h_n, _ = _run(params, x, h0, lengths, config, record=False, xp=xp, dropout=dropout, rng=rng)
     return out, h_n
+
+
+def _backward_for_vjp(tape: GRUTape, d_out: Any, d_hn: Any) -> tuple[dict[str, Any], Any, Any]:
+    return gru_backward(tape, d_out, d_hn)
 
 
 def gru_forward(
