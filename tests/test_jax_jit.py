@@ -127,3 +127,57 @@ def test_bad_input_is_refused_before_tracing():
     with pytest.raises(TypeError, match="x has dtype float32 but the parameters are float64"):
         jax.grad(lambda p: jnp.sum(gruxp.functional.gru(p, x.astype(jnp.float32), num_layers=2, bidirectional=True,
                                                           batch_first=True)[0]))(model.params)
+
+
+# -- the training step as one compiled function ---------------------------------------------------------
+@pytest.mark.parametrize("opt", ["AdamW", "SGD"])
+def test_compiled_training_step_equals_the_numpy_step(opt):
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    from gruxp import losses, optim
+    from gruxp.training import stream_windows
+
+    tokens = np.random.default_rng(0).integers(0, 7, size=800)
+
+    def train(xp):
+        model = gruxp.Sequential(embed=gruxp.Embedding(7, 4, seed=0, xp=xp, dtype="float64"),
+                                 gru=gruxp.GRU(4, 6, 2, batch_first=True, seed=1, xp=xp, dtype="float64"),
+                                 head=gruxp.Linear(6, 7, seed=2, xp=xp, dtype="float64"))
+        optimizer = optim.AdamW(lr=0.01) if opt == "AdamW" else optim.SGD(lr=0.1, momentum=0.9)
+        trainer = gruxp.Trainer(model, losses.cross_entropy, optimizer, clip_norm=1.0, stateful=True, seed=3)
+        records = trainer.fit(stream_windows(tokens, batch_size=4, window=10, xp=xp), 5)
+        return trainer, records
+
+    reference, want = train(np)
+    trainer, got = train(jnp)
+    assert trainer._compiled is not None  # the compiled route ran
+    for a, b in zip(got, want, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-12 * abs(b["loss"]) and abs(a["grad_norm"] - b["grad_norm"]) <= 1e-12
+    for k, v in reference.model.state_dict().items():
+        np.testing.assert_allclose(trainer.model.state_dict()[k], v, rtol=1e-12, atol=1e-14, err_msg=k)
+    assert trainer.opt_state["step"] == 5
+
+
+def test_compiled_step_keeps_the_good_state_on_overflow_and_skips_dropout():
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    from gruxp import losses, optim
+
+    def model(p=0.0):
+        return gruxp.Sequential(gru=gruxp.GRU(2, 3, 2, dropout=p, batch_first=True, xp=jnp, seed=0),
+                                last=gruxp.LastStep(batch_first=True), head=gruxp.Linear(3, 1, xp=jnp, seed=1))
+
+    data = lambda step, rng: (jnp.asarray(rng.standard_normal((4, 5, 2)), dtype=jnp.float32),  # noqa: E731
+                              jnp.asarray(rng.standard_normal((4, 1)), dtype=jnp.float32))
+    trainer = gruxp.Trainer(model(), losses.mse, optim.SGD(lr=1e300))  # float32 parameters overflow at once
+    before = trainer.model.state_dict()
+    with pytest.raises(gruxp.NonFiniteLossError, match="inf or NaN"):
+        trainer.fit(data, 3)
+    assert trainer._compiled is not None and trainer.step == 0
+    for k, v in trainer.model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    dropping = gruxp.Trainer(model(0.5), losses.mse, optim.SGD(lr=0.01))
+    dropping.fit(data, 2)  # masks are drawn on the host each step: the eager step runs
+    assert dropping._compiled is None and dropping.step == 2

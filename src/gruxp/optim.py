@@ -106,8 +106,15 @@ class Adam:
         _check_keys(params, grads)
         b1, b2 = self.betas
         t = state["step"] + 1
-        step_size = self.lr / (1.0 - b1**t)
-        bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
+        if isinstance(t, int):
+            step_size = self.lr / (1.0 - b1**t)
+            bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
+        else:  # a traced step count (inside a compiled training step): the same formulas on 0-d arrays
+            first = next(iter(params.values()))
+            xp = namespace_of(first)
+            tf = xp.astype(t, first.dtype)
+            step_size = self.lr / (1.0 - b1**tf)
+            bias_correction2_sqrt = xp.sqrt(1.0 - b2**tf)
         new = {"step": t, "exp_avg": {}, "exp_avg_sq": {}}
         if self.amsgrad:
             new["max_exp_avg_sq"] = {}

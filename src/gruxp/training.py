@@ -26,6 +26,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from ._checks import check_positive_int
+from ._native import compiler_for
 from .optim import OPTIMIZERS, clip_grad_norm
 
 __all__ = ["Batch", "Trainer", "NonFiniteLossError", "stream_windows"]
@@ -34,6 +35,17 @@ __all__ = ["Batch", "Trainer", "NonFiniteLossError", "stream_windows"]
 class NonFiniteLossError(FloatingPointError):
     """The loss, gradient or update became NaN or infinite; parameters and checkpoints are as after
     the last good step."""
+
+
+def _float_leaves(*trees: Any, xp: Any) -> list[Any]:
+    """The float arrays of nested dicts of arrays and ints."""
+    out = []
+    for tree in trees:
+        if isinstance(tree, Mapping):
+            out.extend(_float_leaves(*tree.values(), xp=xp))
+        elif hasattr(tree, "dtype") and xp.isdtype(tree.dtype, "real floating"):
+            out.append(tree)
+    return out
 
 
 def _all_finite(arrays: Any, xp: Any) -> bool:
@@ -135,6 +147,7 @@ class Trainer:
         self.carry: dict[str, Any] = {}
         self.history_size = check_positive_int("history_size", history_size)
         self.history: list[dict[str, float]] = []
+        self._compiled: Callable | None = None
 
     # -- one step ---------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> dict[str, float]:
@@ -163,9 +176,65 @@ class Trainer:
         return NonFiniteLossError(f"{what} at step {self.step + 1}: training stopped before the update{where}")
 
     def _compute_step(self, batch: Batch) -> tuple[dict, dict, dict, dict]:
-        model = self.model
         if batch.reset:
             self.carry = {}
+        compiled = self._compiled_step()
+        if compiled is not None:
+            return self._run_compiled(compiled, batch)
+        return self._eager_step(batch)
+
+    # -- the compiled step (JAX) ------------------------------------------------------------------
+    def _compiled_step(self) -> Callable | None:
+        """One compiled function for forward, loss, backward, clipping and the update, where the
+        namespace has a compiler (JAX) and no dropout is active: dropout masks are drawn on the host
+        from each layer's Generator, which a compiled step would freeze into constants."""
+        compiler = compiler_for(self.model.xp)
+        dropping = any(getattr(layer, "training", False) and (getattr(layer, "p", 0.0) or getattr(layer, "dropout", 0.0))
+                       for layer in self.model.layers.values())
+        if compiler is None or dropping:
+            return None
+        if self._compiled is None:
+            self._compiled = compiler(self._pure_step, static_argnames=("lengths",))
+        return self._compiled
+
+    def _pure_step(self, params: dict, opt_state: dict, x: Any, target: Any, carry: dict, *, lengths: Any) -> tuple:
+        """The step as a pure function of arrays (what the compiler traces). The model's own
+        forward/backward run on ``params`` lent to it for the trace and given back afterwards."""
+        model = self.model
+        kept = model.params
+        model.params = params
+        try:
+            y, state, tape = model.forward(x, carry if self.stateful else None, lengths=lengths)
+            loss, dy = self.loss(y, target)
+            grads, _, _ = model.backward(tape, dy)
+        finally:
+            model.params = kept
+        xp = model.xp
+        if self.clip_norm is not None:
+            grads, norm = clip_grad_norm(grads, self.clip_norm)
+        else:
+            norm = xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
+        new_params, new_state = self.optimizer.step(params, grads, opt_state)
+        finite = xp.all(xp.stack([xp.all(xp.isfinite(a)) for a in _float_leaves(new_params, new_state, xp=xp)]))
+        return new_params, new_state, state, loss, norm, finite
+
+    def _run_compiled(self, compiled: Callable, batch: Batch) -> tuple[dict, dict, dict, dict]:
+        lengths = None if batch.lengths is None else tuple(int(v) for v in np.asarray(batch.lengths).reshape(-1))
+        params, opt_state, state, loss, norm, finite = compiled(self.model.params, self.opt_state, batch.x, batch.target,
+                                                                self.carry if self.stateful else {}, lengths=lengths)
+        value, norm = float(loss), float(norm)  # the host syncs, outside the compiled step
+        opt_state = {k: (v if isinstance(v, Mapping) else int(v)) for k, v in opt_state.items()}  # counters stay ints
+        if not math.isfinite(value):
+            raise self._stop(f"loss is {value}")
+        if not math.isfinite(norm):
+            raise self._stop(f"gradient norm is {norm}")
+        if not bool(finite):
+            raise self._stop("the update made parameters or optimizer state inf or NaN (try a smaller learning rate)")
+        return {"loss": value, "grad_norm": norm}, params, opt_state, state
+
+    # -- the eager step (every namespace) ---------------------------------------------------------
+    def _eager_step(self, batch: Batch) -> tuple[dict, dict, dict, dict]:
+        model = self.model
         y, state, tape = model.forward(batch.x, self.carry if self.stateful else None, lengths=batch.lengths)
         loss, dy = self.loss(y, batch.target)
         value = float(loss)

@@ -24,7 +24,7 @@ from types import ModuleType
 
 from .._namespace import is_jax_namespace, is_numpy_namespace
 
-__all__ = ["fast_routes", "route_for", "loop_for", "differentiable_for"]
+__all__ = ["fast_routes", "route_for", "loop_for", "differentiable_for", "compiler_for"]
 
 _enabled = os.environ.get("GRUXP_FAST_ROUTES", "1") != "0"
 
@@ -80,3 +80,12 @@ def differentiable_for(xp: ModuleType) -> Callable | None:
     from .jax_scan import gru_with_analytic_vjp
 
     return gru_with_analytic_vjp
+
+
+def compiler_for(xp: ModuleType) -> Callable | None:
+    """``jax.jit`` on JAX (a whole training step becomes one compiled function), else None."""
+    if not (_enabled and is_jax_namespace(xp)):
+        return None
+    import jax
+
+    return jax.jit
