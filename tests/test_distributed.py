@@ -262,3 +262,13 @@ def test_worker_dropout_is_seeded(client):
         dp.load_shards(load_regression_shard, n=2)
         runs.append([dp.step()["loss"] for _ in range(2)])
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_predict_refuses_blocks_the_model_would_refuse():
+    """No silent recasting: a float32 model on float64 blocks, or a torch model on NumPy blocks."""
+    x64 = da.from_array(np.zeros((5, 4, I)), chunks=(5, 2, I))
+    with pytest.raises(TypeError, match="x's blocks has dtype float64 but the parameters are float32"):
+        gd.predict(gruxp.GRU(I, H, seed=0), x64)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"x's blocks must be an array of the parameters' namespace \(torch\)"):
+        gd.predict(gruxp.GRU(I, H, xp=torch, dtype="float64", seed=0), x64)
