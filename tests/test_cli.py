@@ -333,7 +333,7 @@ def test_fewer_steps_than_one_period_still_evaluate(tmp_path):
 
 def test_a_time_budget_scales_the_evaluation_period(tmp_path):
     (tmp_path / "code.py").write_text(TEXT)
-    proc = gruxp_cmd("train", "--data", "code.py", "--time-budget", 4, *TINY[:-2], "--out", "run", cwd=tmp_path)
+    proc = gruxp_cmd("train", "--data", "code.py", "--time-budget", 2, *TINY[:-2], "--out", "run", cwd=tmp_path)
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
     assert len(rows) >= 3, proc.stdout  # about 8 by the clock, though eval-every 250 is never reached
     assert "--- sample at step" in proc.stdout

@@ -48,13 +48,9 @@ def _float_leaves(*trees: Any, xp: Any) -> list[Any]:
     return out
 
 
-def _all_finite(arrays: Any, xp: Any) -> bool:
+def _all_finite(tree: Any, xp: Any) -> bool:
     """True when every float array in a (nested) dict of arrays and ints is finite."""
-    if isinstance(arrays, Mapping):
-        return all(_all_finite(v, xp) for v in arrays.values())
-    if hasattr(arrays, "dtype") and xp.isdtype(arrays.dtype, "real floating"):
-        return bool(xp.all(xp.isfinite(arrays)))
-    return True
+    return all(bool(xp.all(xp.isfinite(a))) for a in _float_leaves(tree, xp=xp))
 
 
 class Batch(NamedTuple):
