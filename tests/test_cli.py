@@ -197,6 +197,8 @@ def test_backend_not_installed_or_without_gpu(tmp_path):
         pytest.skip("a CUDA device is available here")
     assert_one_line_error(proc, "cupy")
     assert fragment in proc.stderr
+    if fragment == "not installed":  # the hint works for an installed gruxp and for a clone alike
+        assert "'gruxp[cuda12]'" in proc.stderr and "'.[cuda12]' / '.[cuda13]' in a clone of gruxp" in proc.stderr
 
 
 def test_checkpoints_are_never_damaged(trained, tmp_path):
