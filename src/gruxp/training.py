@@ -48,9 +48,10 @@ def _float_leaves(*trees: Any, xp: Any) -> list[Any]:
     return out
 
 
-def _all_finite(tree: Any, xp: Any) -> bool:
-    """True when every float array in a (nested) dict of arrays and ints is finite."""
-    return all(bool(xp.all(xp.isfinite(a))) for a in _float_leaves(tree, xp=xp))
+def _all_finite(*trees: Any, xp: Any) -> Any:
+    """A 0-d boolean array: every float array of the (nested) dicts is finite. One array, so the
+    eager step syncs with the device once, and the compiled step can return it."""
+    return xp.all(xp.stack([xp.all(xp.isfinite(a)) for a in _float_leaves(*trees, xp=xp)]))
 
 
 class Batch(NamedTuple):
@@ -211,7 +212,7 @@ class Trainer:
         else:
             norm = xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
         new_params, new_state = self.optimizer.step(params, grads, opt_state)
-        finite = xp.all(xp.stack([xp.all(xp.isfinite(a)) for a in _float_leaves(new_params, new_state, xp=xp)]))
+        finite = _all_finite(new_params, new_state, xp=xp)
         return new_params, new_state, state, loss, norm, finite
 
     def _run_compiled(self, compiled: Callable, batch: Batch) -> tuple[dict, dict, dict, dict]:
@@ -225,7 +226,7 @@ class Trainer:
         if not math.isfinite(norm):
             raise self._stop(f"gradient norm is {norm}")
         if not bool(finite):
-            raise self._stop("the update made parameters or optimizer state inf or NaN (try a smaller learning rate)")
+            raise self._stop("the update made parameters inf or NaN (or the optimizer state; try a smaller learning rate)")
         return {"loss": value, "grad_norm": norm}, params, opt_state, state
 
     # -- the eager step (every namespace) ---------------------------------------------------------
@@ -245,10 +246,8 @@ class Trainer:
         if not math.isfinite(norm):
             raise self._stop(f"gradient norm is {norm}")
         params, opt_state = self.optimizer.step(model.params, grads, self.opt_state)
-        if not _all_finite(params, model.xp):
-            raise self._stop("the update made parameters inf or NaN (try a smaller learning rate)")
-        if not _all_finite(opt_state, model.xp):
-            raise self._stop("the update made the optimizer state inf or NaN (try a smaller learning rate)")
+        if not bool(_all_finite(params, opt_state, xp=model.xp)):
+            raise self._stop("the update made parameters inf or NaN (or the optimizer state; try a smaller learning rate)")
         return {"loss": value, "grad_norm": norm}, params, opt_state, state
 
     def fit(self, batch_fn: Callable[[int, Any], Any], steps: int, *, log: Callable[[dict], None] | None = None,
