@@ -1,10 +1,10 @@
-"""Every fast route equals its generic oracle: NumPy buffers bit for bit; JAX's lax.scan loop at a stated bound."""
+"""Every fast route equals its generic oracle: the NumPy fuser bit for bit; numba and JAX's lax.scan loop at a stated bound."""
 
 import numpy as np
 import pytest
 
 import gruxp
-from gruxp._native import fast_routes, route_for
+from gruxp._native import fast_routes, fused_loop_for, route_for
 from gruxp.testing import to_numpy
 
 from _cases import Case, host_case_inputs
@@ -32,26 +32,130 @@ def _run(case, dtype, seed, *, xp=np, dropout=0.0):
     return [*inference, out, h_n, dx, dh0, *grads.values()]
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_numpy_route_is_bit_identical_to_the_generic_code(case, dtype):
+def _numpy_compat():
     import array_api_compat.numpy as np_compat
 
-    assert route_for(np_compat, reset_after=True) is not None
-    fast = _run(case, dtype, seed=3)
+    return np_compat
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_numpy_fuser_is_bit_identical_to_the_generic_code(case, dtype):
+    """Without numba the fused loop calls the shared gate functions on whole blocks: same bits."""
+    with fast_routes(True, fuser="numpy"):
+        assert fused_loop_for(_numpy_compat(), reset_after=True, dtype=dtype).fuser.name == "numpy"
+        fast = _run(case, dtype, seed=3)
     with fast_routes(False):
-        assert route_for(np_compat, reset_after=True) is None
+        assert fused_loop_for(_numpy_compat(), reset_after=True, dtype=dtype) is None
         generic = _run(case, dtype, seed=3)
     for a, b in zip(fast, generic, strict=True):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
-def test_routes_only_where_they_apply():
-    import array_api_compat.numpy as np_compat
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", CASES + [Case(T=7, B=4, I=5, H=33, ragged=True, num_layers=2)], ids=lambda c: c.id)
+def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype):
+    """numba compiles the same gate functions with its own tanh (a few ulp from NumPy's): float64
+    within 1e-12 of each array's largest value, float32 within the cross-backend tolerances."""
+    pytest.importorskip("numba")
+    with fast_routes(True, fuser="numba"):
+        assert fused_loop_for(_numpy_compat(), reset_after=True, dtype=dtype).fuser.name == "numba"
+        fused = _run(case, dtype, seed=3)
+    with fast_routes(False):
+        generic = _run(case, dtype, seed=3)
+    for a, b in zip(fused, generic, strict=True):
+        a, b = to_numpy(a), to_numpy(b)
+        scale = float(np.max(np.abs(b)))
+        if dtype == "float64":
+            assert float(np.max(np.abs(a - b))) <= 1e-12 * scale
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13 * scale)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
 
-    assert route_for(np_compat, reset_after=False) is None
+
+def test_numba_activations_are_within_a_few_ulp():
+    numba_kernels = pytest.importorskip("gruxp._native.numba_kernels")
+    import numba
+
+    @numba.njit
+    def apply(f, x, out):
+        for i in range(x.size):
+            out[i] = f(x[i])
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(20_000) * s for s in (1e-3, 0.3, 1.0, 3.0, 12.0)])
+    x = np.concatenate([x, [0.0, 0.625, -0.625, 19.0, 25.0, 1e-300, 1e30, -1e30]])
+    for dtype, tanh, bound in ((np.float64, numba_kernels.tanh64, 2.0), (np.float32, numba_kernels.tanh32, 7.0)):
+        xs = x.astype(dtype)
+        out = np.empty_like(xs)
+        apply(tanh, xs, out)
+        exact = np.tanh(xs.astype(np.longdouble))
+        ulps = np.abs(out - exact) / np.spacing(np.abs(exact).astype(dtype))
+        assert float(ulps.max()) <= bound, (dtype, float(ulps.max()))
+        special = np.array([np.inf, -np.inf, np.nan], dtype)
+        apply(tanh, special, out[:3])
+        np.testing.assert_array_equal(out[:3], [1.0, -1.0, np.nan])
+
+
+def test_without_numba_the_fallback_is_the_numpy_fuser():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "from gruxp._native import fuser_name; import gruxp, numpy as np\n"
+            "m = gruxp.GRU(3, 4, seed=0); out, _ = m(np.ones((5, 2, 3), np.float32)); print(fuser_name(), out.shape)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["numpy", "(5,", "2,", "4)"]
+
+
+def test_routes_only_where_they_apply():
+    np_compat = _numpy_compat()
+    assert route_for(np_compat, reset_after=True) is None  # NumPy's fast path is the fused loop
+    assert fused_loop_for(np_compat, reset_after=False, dtype="float64") is None
+    assert fused_loop_for(np_compat, reset_after=True, dtype="float16") is None
+    with pytest.raises(ValueError, match="fuser must be one of"):
+        with fast_routes(True, fuser="cython"):
+            pass
     strict = pytest.importorskip("array_api_strict")
     assert route_for(strict, reset_after=True) is None
+    assert fused_loop_for(strict, reset_after=True, dtype=strict.float64) is None
+
+
+def test_blas_threads_are_limited_inside_gruxp_only():
+    """With a busy process beside it, gruxp's loop runs BLAS on the idle cores only, and the
+    process-wide setting is what it was afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import subprocess
+    import sys
+
+    from gruxp._native.threads import _controller, blas_limit, idle_cores
+
+    if idle_cores() is None or _controller() is None:
+        pytest.skip("no /proc/stat or no BLAS that threadpoolctl knows here: the rule does not apply")
+    ours = {lib.filepath for lib in _controller().lib_controllers}  # the BLAS NumPy had loaded
+
+    def threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["filepath"] in ours]
+
+    before = threads()
+    cores = len(__import__("os").sched_getaffinity(0))
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        idle_cores()  # the interval measured starts here, with the busy process running
+        time.sleep(0.6)
+        assert idle_cores() <= max(1, cores - 1)
+        with blas_limit(1000, 64, 256):
+            inside = threads()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert threads() == before
+    if max(before) > 1:
+        assert max(inside) < max(before)
 
 
 # -- JAX: the loop is lax.scan over the same step functions ------------------------------------------

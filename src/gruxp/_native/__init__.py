@@ -7,60 +7,112 @@ Two kinds, both checked against the generic code (the oracle) on every case:
   unrolls, so the traced program grows with T; on JAX the loop is ``jax.lax.scan``, which traces
   the step once. Same step math, same order of operations; XLA may fuse and round differently in
   the last bits (tested at float64 ≤ 1e-12 relative).
-* a *route* (:func:`route_for`): where results are written (NumPy's preallocated buffers), bit for
-  bit the generic code. A route may mutate buffers it allocated itself, never anything the caller
-  can see.
+* a *fused loop* (:func:`fused_loop_for`, NumPy on the CPU): the loop with preallocated buffers,
+  one GEMM per step, and the step's element-wise part (the shared ``gates_forward`` /
+  ``gates_backward``) applied by a *fuser*: numba, compiling the shared functions into one pass
+  (tested at float64 ≤ 1e-12 relative), or, without numba, NumPy calling them on whole blocks (bit
+  for bit the generic code). See :mod:`gruxp._native.cpu`.
+* a *route* (:func:`route_for`, JAX): the generic direction functions compiled with ``jax.jit``.
+
+A route may mutate buffers it allocated itself, never anything the caller can see.
 
 Set ``GRUXP_FAST_ROUTES=0`` in the environment, or use :func:`fast_routes` ``(False)``, to run the
-generic code everywhere.
+generic code everywhere; ``GRUXP_FUSER=numpy`` (or ``fast_routes(True, fuser="numpy")``) keeps the
+fused loop but not numba.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Any
 
 from .._namespace import is_jax_namespace, is_numpy_namespace
 
-__all__ = ["fast_routes", "route_for", "loop_for", "differentiable_for", "compiler_for"]
+__all__ = ["fast_routes", "fuser_name", "fused_loop_for", "route_for", "loop_for", "differentiable_for", "compiler_for"]
 
+_FUSERS = ("auto", "numba", "numpy")
 _enabled = os.environ.get("GRUXP_FAST_ROUTES", "1") != "0"
+_fuser = os.environ.get("GRUXP_FUSER", "auto")
 
 
 @contextlib.contextmanager
-def fast_routes(enabled: bool) -> Iterator[None]:
-    """Turn the fast routes on or off inside a ``with`` block (not thread-safe: tests and benchmarks)."""
-    global _enabled
-    before, _enabled = _enabled, bool(enabled)
+def fast_routes(enabled: bool, *, fuser: str | None = None) -> Iterator[None]:
+    """Turn the fast routes on or off inside a ``with`` block, and optionally choose the CPU fuser
+    (``"auto"``: numba if it imports, else NumPy; ``"numba"``; ``"numpy"``). Not thread-safe: for
+    tests and benchmarks."""
+    global _enabled, _fuser
+    if fuser is not None and fuser not in _FUSERS:
+        raise ValueError(f"fuser must be one of {_FUSERS}; got {fuser!r}")
+    before = _enabled, _fuser
+    _enabled, _fuser = bool(enabled), (_fuser if fuser is None else fuser)
     try:
         yield
     finally:
-        _enabled = before
+        _enabled, _fuser = before
+
+
+def fuser_name() -> str | None:
+    """Which fuser the CPU's fused loop uses now: ``"numba"``, ``"numpy"``, or None (routes off)."""
+    if not _enabled:
+        return None
+    if _fuser == "numpy":
+        return "numpy"
+    if _fuser == "numba":
+        return "numba"  # an ImportError says why it cannot be
+    return "numba" if _numba_available() else "numpy"
+
+
+@functools.cache
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _fused_loop(name: str, dtype: str):
+    from .cpu import FusedLoop, numpy_fuser
+    from .threads import blas_limit
+
+    if name == "numpy":
+        return FusedLoop(numpy_fuser, blas_limit)
+    from .numba_kernels import fuser
+
+    return FusedLoop(fuser(dtype), blas_limit)
+
+
+def fused_loop_for(xp: ModuleType, *, reset_after: bool, dtype) -> Any:
+    """The CPU's fused time loop for one direction (a :class:`gruxp._native.cpu.FusedLoop`), or None.
+
+    NumPy, reset_after=True, float32 or float64. reset_before puts a GEMM between the gates and
+    the candidate; it runs the generic loop.
+    """
+    if not (_enabled and reset_after and is_numpy_namespace(xp)):
+        return None
+    name = str(getattr(dtype, "name", dtype))
+    if name not in ("float32", "float64"):
+        return None
+    return _fused_loop(fuser_name(), name)
 
 
 def route_for(xp: ModuleType, *, reset_after: bool) -> ModuleType | None:
     """The fast route for one GRU direction on namespace ``xp``, or None for the generic code.
 
-    NumPy, reset_after=True: per-step temporaries are NumPy allocations of ~64-200 KB, which glibc
-    serves with mmap/munmap and page faults; preallocated buffers and ``out=`` remove ~40% of the
-    forward's time at B=64, H=256 (measured, see README).
-
     JAX: the generic direction code, compiled with ``jax.jit`` once per shape, its loop a
     ``lax.scan`` (see :func:`loop_for`); eager calls then run one compiled program per direction.
+    (NumPy's fast path sits inside the generic direction code: :func:`fused_loop_for`.)
     """
-    if not _enabled:
+    if not (_enabled and is_jax_namespace(xp)):
         return None
-    if is_jax_namespace(xp):
-        from . import jax_scan
+    from . import jax_scan
 
-        return jax_scan
-    if not reset_after or not is_numpy_namespace(xp):
-        return None
-    from . import numpy_gru
-
-    return numpy_gru
+    return jax_scan
 
 
 def loop_for(xp: ModuleType, generic: Callable) -> Callable:

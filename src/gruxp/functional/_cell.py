@@ -16,6 +16,11 @@ Backward mirrors forward. With ``g`` the gradient arriving at h'::
     reset_after:   dr = da_n ⊙ gh_n;  dgh = [da_r, da_z, da_n ⊙ r]
     reset_before:  d(r⊙h) = da_n W_hn;  dr = d(r⊙h) ⊙ h;  dgh = [da_r, da_z, da_n]
     da_{r,z} = d{r,z} ⊙ σ' = d{r,z} ⊙ {r,z}(1 − {r,z})          dgi = [da_r, da_z, da_n]
+    dL/dh = g ⊙ z + dgh W_hh      (reset_after: one (B, 3H) @ (3H, H) GEMM)
+
+Each step is its GEMMs plus a pure element-wise part written once, :func:`gates_forward` and
+:func:`gates_backward` (and the pieces reset_before calls around its extra GEMM). The generic code
+calls them on arrays; a fuser compiles the same functions (see :mod:`gruxp._native`).
 
 ``dgi`` and ``dgh`` are the gradients of the two pre-activation blocks. The weight gradients are
 their products with the layer inputs, computed by :func:`param_grads` as one GEMM over all rows
@@ -24,7 +29,8 @@ their products with the layer inputs, computed by :func:`param_grads` as one GEM
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -34,6 +40,14 @@ from ._params import cell_param_shapes
 
 __all__ = [
     "sigmoid",
+    "activations",
+    "reset_update_gates",
+    "candidate_blend",
+    "gates_forward",
+    "sigmoid_grad",
+    "tanh_grad",
+    "candidate_blend_backward",
+    "gates_backward",
     "StepCache",
     "StepGrads",
     "folded_bias",
@@ -52,12 +66,87 @@ def sigmoid(x: Any, *, xp: ModuleType) -> Any:
     return 0.5 * xp.tanh(0.5 * x) + 0.5
 
 
-class StepCache(NamedTuple):
-    """What one step's backward needs besides h_prev: the gate values (B, ·)."""
+def activations(xp: ModuleType) -> tuple[Callable, Callable]:
+    """``(sigmoid, tanh)`` of namespace ``xp``, the primitives the gate functions below take."""
+    return partial(sigmoid, xp=xp), xp.tanh
 
-    rz: Any  # (B, 2H): σ(reset | update pre-activations)
-    n: Any  # (B, H): candidate state
-    gh_n: Any  # (B, H): W_hn h + b_hn, reset_after only (None otherwise)
+
+# -- The element-wise part of a step, written once ---------------------------------------------------
+# Pure functions of same-shaped operands (one (B, H) block per gate, or scalars): no slicing, no GEMM,
+# no output buffers, no namespace. The generic code calls them on arrays with the namespace's
+# activations; a fuser compiles the very same functions over one element (numba on the CPU, see
+# gruxp._native) with its own vectorisable activations. They call nothing but their arguments and
+# each other, so that a compiler can inline them.
+
+
+def reset_update_gates(gi_r: Any, gi_z: Any, gh_r: Any, gh_z: Any, sigmoid: Callable) -> tuple[Any, Any]:
+    """``(r, z)`` from the input and recurrent pre-activations of the reset and update gates."""
+    return sigmoid(gi_r + gh_r), sigmoid(gi_z + gh_z)
+
+
+def candidate_blend(a_n: Any, z: Any, h: Any, tanh: Callable) -> tuple[Any, Any]:
+    """``(h', n)``: the candidate n = tanh(a_n) and the new state h' = n + z ⊙ (h − n)."""
+    n = tanh(a_n)
+    return n + z * (h - n), n
+
+
+def gates_forward(
+    gi_r: Any, gi_z: Any, gi_n: Any, gh_r: Any, gh_z: Any, gh_n: Any, h: Any, sigmoid: Callable, tanh: Callable
+) -> tuple[Any, Any, Any, Any]:
+    """``(h', r, z, n)`` of a reset_after step from its six pre-activation blocks and h.
+
+    ``gh_n`` = W_hn h + b_hn (the reset gate multiplies it). reset_before puts a GEMM between r and
+    n, so its step calls :func:`reset_update_gates` and :func:`candidate_blend` around that GEMM.
+    """
+    r, z = reset_update_gates(gi_r, gi_z, gh_r, gh_z, sigmoid)
+    h_new, n = candidate_blend(gi_n + r * gh_n, z, h, tanh)
+    return h_new, r, z, n
+
+
+def sigmoid_grad(s: Any) -> Any:
+    """σ' in terms of σ's output s: (1 − s) s."""
+    return (1.0 - s) * s
+
+
+def tanh_grad(t: Any) -> Any:
+    """tanh' in terms of tanh's output t: 1 − t²."""
+    return 1.0 - t * t
+
+
+def candidate_blend_backward(
+    g: Any, h: Any, z: Any, n: Any, dsigmoid: Callable = sigmoid_grad, dtanh: Callable = tanh_grad
+) -> tuple[Any, Any, Any]:
+    """Backward of :func:`candidate_blend` (and of z's sigmoid) for g = dL/dh'.
+
+    Returns ``(d_an, d_z, gz)``: the gradients of the candidate's and the update gate's
+    pre-activations, and g ⊙ z, the part of dL/dh that bypasses the gates. ``dsigmoid`` and
+    ``dtanh`` are the activations' derivatives from their outputs (a fuser may pass its own,
+    typed like the operands).
+    """
+    gz = g * z
+    return (g - gz) * dtanh(n), ((h - n) * g) * dsigmoid(z), gz
+
+
+def gates_backward(
+    g: Any, h: Any, r: Any, z: Any, n: Any, gh_n: Any, dsigmoid: Callable = sigmoid_grad, dtanh: Callable = tanh_grad
+) -> tuple[Any, Any, Any, Any, Any]:
+    """Backward of :func:`gates_forward`: ``(d_r, d_z, d_an, d_ghn, gz)``.
+
+    d_r, d_z, d_an are the gradients of the gate pre-activations (input and recurrent sides alike,
+    except the candidate's recurrent block, whose gradient is d_ghn = d_an ⊙ r). Then
+    dL/dh = gz + [d_r, d_z, d_ghn] W_hh, one GEMM.
+    """
+    d_an, d_z, gz = candidate_blend_backward(g, h, z, n, dsigmoid, dtanh)
+    return (d_an * gh_n) * dsigmoid(r), d_z, d_an, d_an * r, gz
+
+
+class StepCache(NamedTuple):
+    """What one step's backward needs besides h_prev: the gate values (B, H)."""
+
+    r: Any  # σ(reset pre-activation)
+    z: Any  # σ(update pre-activation)
+    n: Any  # candidate state
+    gh_n: Any  # W_hn h + b_hn, reset_after only (None otherwise)
 
 
 class StepGrads(NamedTuple):
@@ -85,43 +174,34 @@ def folded_bias(b_ih: Any, b_hh: Any, *, reset_after: bool, xp: ModuleType) -> t
 def step_forward(gi: Any, h: Any, w_hh: Any, b_hn: Any, *, reset_after: bool, xp: ModuleType) -> tuple[Any, StepCache]:
     """h' from the input pre-activations ``gi`` (B, 3H) (with :func:`folded_bias` added) and ``h`` (B, H)."""
     H = h.shape[-1]
+    sigmoid, tanh = activations(xp)
+    gi_r, gi_z, gi_n = gi[:, :H], gi[:, H : 2 * H], gi[:, 2 * H :]
     if reset_after:
         gh = h @ xp.matrix_transpose(w_hh)
-        rz = sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H], xp=xp)
         gh_n = gh[:, 2 * H :] if b_hn is None else gh[:, 2 * H :] + b_hn
-        n = xp.tanh(rz[:, :H] * gh_n + gi[:, 2 * H :])
-    else:
-        rz = sigmoid(gi[:, : 2 * H] + h @ xp.matrix_transpose(w_hh[: 2 * H, :]), xp=xp)
-        gh_n = None
-        n = xp.tanh((rz[:, :H] * h) @ xp.matrix_transpose(w_hh[2 * H :, :]) + gi[:, 2 * H :])
-    h_new = n + rz[:, H:] * (h - n)
-    return h_new, StepCache(rz, n, gh_n)
+        h_new, r, z, n = gates_forward(gi_r, gi_z, gi_n, gh[:, :H], gh[:, H : 2 * H], gh_n, h, sigmoid, tanh)
+        return h_new, StepCache(r, z, n, gh_n)
+    gh = h @ xp.matrix_transpose(w_hh[: 2 * H, :])
+    r, z = reset_update_gates(gi_r, gi_z, gh[:, :H], gh[:, H:], sigmoid)
+    h_new, n = candidate_blend(gi_n + (r * h) @ xp.matrix_transpose(w_hh[2 * H :, :]), z, h, tanh)
+    return h_new, StepCache(r, z, n, None)
 
 
 def step_backward(g: Any, h: Any, cache: StepCache, w_hh: Any, *, reset_after: bool, xp: ModuleType) -> StepGrads:
     """Gradients of one step, given ``g`` = dL/dh' and the state ``h`` it started from.
 
-    No concatenation: the recurrent GEMM dh += dgh W_hh is split by gate block.
+    The recurrent part of dL/dh is one GEMM: [d_r, d_z, d_ghn] (B, 3H) @ W_hh (3H, H).
     """
     H = h.shape[-1]
-    rz, n = cache.rz, cache.n
-    r, z = rz[:, :H], rz[:, H:]
-    gz = g * z
-    da_n = (g - gz) * (1.0 - n * n)
-    dz = (h - n) * g
     if reset_after:
-        dr = da_n * cache.gh_n
-        d_ghn = da_n * r
-    else:
-        d_rh = da_n @ w_hh[2 * H :, :]
-        dr = d_rh * h
-        d_ghn = da_n
-    d_r = dr * ((1.0 - r) * r)
-    d_z = dz * ((1.0 - z) * z)
-    dh = gz + d_r @ w_hh[:H, :]
-    dh = dh + d_z @ w_hh[H : 2 * H, :]
-    dh = dh + (d_ghn @ w_hh[2 * H :, :] if reset_after else d_rh * r)
-    return StepGrads(d_r, d_z, da_n, d_ghn, dh)
+        d_r, d_z, d_an, d_ghn, gz = gates_backward(g, h, cache.r, cache.z, cache.n, cache.gh_n)
+        dh = gz + xp.concat([d_r, d_z, d_ghn], axis=1) @ w_hh
+        return StepGrads(d_r, d_z, d_an, d_ghn, dh)
+    d_an, d_z, gz = candidate_blend_backward(g, h, cache.z, cache.n)
+    d_rh = d_an @ w_hh[2 * H :, :]  # gradient of r ⊙ h
+    d_r = (d_rh * h) * sigmoid_grad(cache.r)
+    dh = gz + xp.concat([d_r, d_z], axis=1) @ w_hh[: 2 * H, :] + d_rh * cache.r
+    return StepGrads(d_r, d_z, d_an, d_an, dh)
 
 
 def param_grads(
@@ -233,8 +313,7 @@ def gru_cell_backward(tape: CellTape, dh: Any, *, xp: Any = None) -> tuple[dict[
     step = step_backward(g, h, tape.cache, params["weight_hh"], reset_after=tape.reset_after, xp=xp)
     d_i = xp.concat([step.d_r, step.d_z, step.d_an], axis=1)
     bias = "bias_ih" in params
-    r = tape.cache.rz[:, : h.shape[-1]]
-    grads = param_grads(d_i, step.d_ghn, x, h, r, reset_after=tape.reset_after, bias=bias, xp=xp)
+    grads = param_grads(d_i, step.d_ghn, x, h, tape.cache.r, reset_after=tape.reset_after, bias=bias, xp=xp)
     dx, dh_prev = d_i @ params["weight_ih"], step.dh
     if tape.unbatched:
         dx, dh_prev = dx[0, ...], dh_prev[0, ...]

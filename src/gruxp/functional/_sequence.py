@@ -26,7 +26,7 @@ import numpy as np
 from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
 from .._namespace import device_of, namespace_of, resolve_xp
 from ._cell import StepCache, folded_bias, param_grads, step_backward, step_forward
-from .._native import differentiable_for, loop_for, route_for
+from .._native import differentiable_for, fused_loop_for, loop_for, route_for
 from ._layers import dropout_mask
 from ._params import gru_param_shapes
 
@@ -60,8 +60,9 @@ class DirectionTape(NamedTuple):
     x: Any  # (T, B, I_k) the layer's input
     h0: Any  # (B, H)
     hs: Any  # (T, B, H) state after each step (frozen past a sequence's length)
-    rz: Any  # (T, B, 2H)
-    n: Any  # (T, B, H)
+    r: Any  # (T, B, H) reset gate
+    z: Any  # (T, B, H) update gate
+    n: Any  # (T, B, H) candidate
     gh_n: Any  # (T, B, H) reset_after only, else None
 
 
@@ -110,17 +111,23 @@ def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp):
     w_ih, w_hh = p["weight_ih"], p["weight_hh"]
     b_in, b_hn = folded_bias(p.get("bias_ih"), p.get("bias_hh"), reset_after=reset_after, xp=xp)
     three_h = w_ih.shape[0]
-    gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, three_h))
-    if b_in is not None:
-        gi = gi + b_in
+    fused = fused_loop_for(xp, reset_after=reset_after, dtype=x.dtype)
+    if fused is not None:
+        hs, h, cache = fused.forward(x, h0, w_ih, b_in, w_hh, b_hn, mask=mask, reverse=reverse, record=record)
+        ys = (hs, *cache[1:]) if record else (hs,)
+        x = cache[0] if record else x  # x, C-contiguous: the backward's GEMMs read it as (T·B, I)
+    else:
+        gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, three_h))
+        if b_in is not None:
+            gi = gi + b_in
 
-    def step(h, inputs):
-        gi_t, mask_t = inputs
-        h_new, cache = step_forward(gi_t, h, w_hh, b_hn, reset_after=reset_after, xp=xp)
-        h = h_new if mask_t is None else xp.where(mask_t, h_new, h)
-        return h, ((h, *cache) if record else (h,))
+        def step(h, inputs):
+            gi_t, mask_t = inputs
+            h_new, cache = step_forward(gi_t, h, w_hh, b_hn, reset_after=reset_after, xp=xp)
+            h = h_new if mask_t is None else xp.where(mask_t, h_new, h)
+            return h, ((h, *cache) if record else (h,))
 
-    h, ys = loop_for(xp, python_loop)(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
+        h, ys = loop_for(xp, python_loop)(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
     hs = ys[0]
     out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
     if not record:
@@ -151,20 +158,24 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
     T, B, I = x.shape
     H = h0.shape[-1]
     w_hh = p["weight_hh"]
-    h_prev = _previous_states(tape, reverse=reverse, xp=xp)
+    fused = fused_loop_for(xp, reset_after=reset_after, dtype=hs.dtype)
+    h_prev = _previous_states(tape, reverse=reverse, xp=xp) if fused is None else fused.previous_states(tape.hs, h0, reverse=reverse)
+    if fused is not None:
+        d_i, d_ghn, dh = fused.backward(d_out, d_hT, h_prev, tape.r, tape.z, tape.n, tape.gh_n, w_hh, mask=mask, reverse=reverse)
+        return _finish_backward(d_i, d_ghn, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
     zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
     dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
 
     def step(dh, inputs):
-        d_out_t, mask_t, h_prev_t, rz_t, n_t, gh_n_t = inputs
+        d_out_t, mask_t, h_prev_t, r_t, z_t, n_t, gh_n_t = inputs
         g = dh if d_out_t is None else dh + d_out_t
         if mask_t is not None:
             g = xp.where(mask_t, g, zero)
-        grads = step_backward(g, h_prev_t, StepCache(rz_t, n_t, gh_n_t), w_hh, reset_after=reset_after, xp=xp)
+        grads = step_backward(g, h_prev_t, StepCache(r_t, z_t, n_t, gh_n_t), w_hh, reset_after=reset_after, xp=xp)
         dh = grads.dh if mask_t is None else xp.where(mask_t, grads.dh, dh)
         return dh, (grads.d_r, grads.d_z, grads.d_an, grads.d_ghn if reset_after else None)
 
-    xs = (d_out, mask, h_prev, tape.rz, tape.n, tape.gh_n)
+    xs = (d_out, mask, h_prev, tape.r, tape.z, tape.n, tape.gh_n)
     dh, (d_r, d_z, d_an, d_ghn) = loop_for(xp, python_loop)(step, dh, xs, length=T, reverse=not reverse, xp=xp)
     d_i = xp.concat([d_r, d_z, d_an], axis=-1)  # [d_r, d_z, d_an]
     if not reset_after:
@@ -183,7 +194,7 @@ def _finish_backward(d_i, d_ghn, tape, h_prev, p, *, reset_after, bias, need_dx,
         xp.reshape(d_ghn, (rows, H)),
         xp.reshape(tape.x, (rows, I)),
         xp.reshape(h_prev, (rows, H)),
-        None if reset_after else xp.reshape(tape.rz[..., :H], (rows, H)),  # only reset_before needs r
+        None if reset_after else xp.reshape(tape.r, (rows, H)),  # only reset_before needs r
         reset_after=reset_after,
         bias=bias,
         xp=xp,

@@ -1,0 +1,149 @@
+"""The numba fuser: each step's element-wise part as one compiled pass, from the shared source.
+
+:func:`gruxp.functional._cell.gates_forward` and ``gates_backward`` (and the helpers they call)
+are compiled here as they are, inlined into a loop over the (B, H) elements of a step. Two things
+are this fuser's own, and only these:
+
+* the activations. numba's ``math.tanh`` is a scalar libm call (16 ns an element here, against
+  NumPy's SIMD tanh at 0.4 ns), which would make a fused step slower than NumPy's dozen passes.
+  So the kernels pass vectorisable ones into the shared functions: float32, the rational
+  minimax approximation that Eigen and XLA use (≤ 4 ulp measured against float64 tanh); float64,
+  Cephes' tanh (its rational form below 0.625, else 1 − 2/(e^{2|x|} + 1) with Cephes' exp), a few
+  ulp. σ(x) = ½ tanh(½x) + ½ as in the generic code, and the derivatives (1 − s) s and 1 − t², with
+  their constants typed like the operands: numba types a Python float literal as float64, which
+  would turn a float32 step into a float64 one (twice the time). float64 uses the shared derivatives.
+* ``error_model="numpy"``: a division by zero gives inf instead of a Python exception, whose
+  check would keep LLVM from vectorising the loop.
+
+Everything is compiled on first use per dtype (a few seconds), not cached on disk: numba's cache
+would not notice a change to the shared functions, which live in another file.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba.extending import register_jitable
+
+from ..functional import _cell
+
+__all__ = ["fuser"]
+
+_JIT = dict(error_model="numpy")
+
+for _helper in (_cell.reset_update_gates, _cell.candidate_blend, _cell.candidate_blend_backward, _cell.sigmoid_grad, _cell.tanh_grad):
+    register_jitable(inline="always", **_JIT)(_helper)
+_gates_forward = numba.njit(inline="always", **_JIT)(_cell.gates_forward)
+_gates_backward = numba.njit(inline="always", **_JIT)(_cell.gates_backward)
+
+# -- float32: Eigen's / XLA's rational tanh, clamped where float32 tanh rounds to ±1 ---------------
+_f = np.float32
+_CLAMP32, _HALF32, _ONE32, _ZERO32 = _f(7.90531110763549805), _f(0.5), _f(1.0), _f(0.0)
+_A32 = tuple(_f(c) for c in (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
+                             -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16))
+_B32 = tuple(_f(c) for c in (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06))
+_a1, _a3, _a5, _a7, _a9, _a11, _a13 = _A32
+_b0, _b2, _b4, _b6 = _B32
+
+
+@numba.njit(inline="always", **_JIT)
+def tanh32(x):
+    x = min(max(x, -_CLAMP32), _CLAMP32)
+    x2 = x * x
+    p = ((((((_a13 * x2 + _a11) * x2 + _a9) * x2 + _a7) * x2 + _a5) * x2 + _a3) * x2 + _a1) * x
+    q = ((_b6 * x2 + _b4) * x2 + _b2) * x2 + _b0
+    return p / q
+
+
+@numba.njit(inline="always", **_JIT)
+def sigmoid32(x):
+    return _HALF32 * tanh32(_HALF32 * x) + _HALF32
+
+
+@numba.njit(inline="always", **_JIT)
+def sigmoid_grad32(s):
+    return (_ONE32 - s) * s
+
+
+@numba.njit(inline="always", **_JIT)
+def tanh_grad32(t):
+    return _ONE32 - t * t
+
+
+# -- float64: Cephes' tanh and exp ----------------------------------------------------------------
+_P0, _P1, _P2 = -9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3
+_Q0, _Q1, _Q2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3
+_E_P0, _E_P1, _E_P2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1
+_E_Q0, _E_Q1, _E_Q2, _E_Q3 = 3.00198505138664455042e-6, 2.52448340349684104192e-3, 2.27265548208155028766e-1, 2.00000000000000000009e0
+_LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634073599, 6.93145751953125e-1, 1.42860682030941723212e-6
+
+
+@numba.njit(inline="always", **_JIT)
+def tanh64(x):
+    a = abs(x)
+    z = x * x
+    small = x + x * (z * ((_P0 * z + _P1) * z + _P2) / (((z + _Q0) * z + _Q1) * z + _Q2))
+    y = 2.0 * min(a, 20.0)  # tanh(20) is 1 in float64; the clamp keeps 2^k below 2^63
+    k = np.floor(_LOG2E * y + 0.5)
+    w = (y - k * _LN2_HI) - k * _LN2_LO
+    ww = w * w
+    pw = w * ((_E_P0 * ww + _E_P1) * ww + _E_P2)
+    e = (1.0 + 2.0 * pw / ((((_E_Q0 * ww + _E_Q1) * ww + _E_Q2) * ww + _E_Q3) - pw)) * (1 << np.int64(k))
+    large = 1.0 - 2.0 / (e + 1.0)
+    return small if a < 0.625 else (large if x > 0.0 else -large)
+
+
+@numba.njit(inline="always", **_JIT)
+def sigmoid64(x):
+    return 0.5 * tanh64(0.5 * x) + 0.5
+
+
+def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
+    # Row views per sequence: LLVM vectorises the inner loop over j only when it can tell the
+    # rows apart, which it cannot through 2-D offsets like [b, 2H + j] into a dozen arrays.
+    @numba.njit(**_JIT)
+    def forward_step(gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_out, ghn_out):
+        B, H = h.shape
+        b_r, b_z, b_n = b_in[:H], b_in[H : 2 * H], b_in[2 * H :]
+        for b in range(B):
+            gi_r, gi_z, gi_n = gi[b, :H], gi[b, H : 2 * H], gi[b, 2 * H :]
+            gh_r, gh_z, gh_nb = gh[b, :H], gh[b, H : 2 * H], gh[b, 2 * H :]
+            hb, ho, ro, zo, no, go = h[b], h_out[b], r_out[b], z_out[b], n_out[b], ghn_out[b]
+            keep = not active[b]
+            for j in range(H):
+                gh_n = gh_nb[j] + b_hn[j]
+                h_new, r, z, n = _gates_forward(gi_r[j] + b_r[j], gi_z[j] + b_z[j], gi_n[j] + b_n[j], gh_r[j], gh_z[j], gh_n, hb[j], sigmoid, tanh)
+                ho[j] = hb[j] if keep else h_new
+                ro[j], zo[j], no[j], go[j] = r, z, n, gh_n
+
+    @numba.njit(**_JIT)
+    def backward_step(gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_ghn, dgh):
+        B, H = carry.shape
+        for b in range(B):
+            gzb, pb, cb, db, hb, rb, zb, nb, ghb, dgb = gz[b], prod[b], carry[b], d_out[b], h_prev[b], r[b], z[b], n[b], gh_n[b], d_ghn[b]
+            di_r, di_z, di_n = d_i[b, :H], d_i[b, H : 2 * H], d_i[b, 2 * H :]
+            dg_r, dg_z, dg_n = dgh[b, :H], dgh[b, H : 2 * H], dgh[b, 2 * H :]
+            finish, live = active_prev[b], active[b]
+            for j in range(H):
+                dh = gzb[j] + pb[j] if finish else cb[j]
+                cb[j] = dh
+                g = dh + db[j] if live else zero  # zero past a sequence's end
+                d_r, d_z, d_an, d_gn, gz_new = _gates_backward(g, hb[j], rb[j], zb[j], nb[j], ghb[j], dsigmoid, dtanh)
+                di_r[j], di_z[j], di_n[j], dgb[j] = d_r, d_z, d_an, d_gn
+                dg_r[j], dg_z[j], dg_n[j], gzb[j] = d_r, d_z, d_gn, gz_new
+
+    return forward_step, backward_step
+
+
+_BY_DTYPE = {
+    np.dtype(np.float32): _kernels(sigmoid32, tanh32, sigmoid_grad32, tanh_grad32, _ZERO32),
+    np.dtype(np.float64): _kernels(sigmoid64, tanh64, _cell.sigmoid_grad, _cell.tanh_grad, 0.0),
+}
+
+
+def fuser(dtype):
+    """The numba :class:`~gruxp._native.cpu.Fuser` for float32 or float64 arrays."""
+    from .cpu import Fuser
+
+    forward_step, backward_step = _BY_DTYPE[np.dtype(dtype)]
+    return Fuser("numba", forward_step, backward_step)
