@@ -49,22 +49,18 @@ def tape_bytes(B: int, T: int, H: int, L: int, bi: bool) -> dict:
     model = gruxp.GRU(H, H, L, batch_first=True, bidirectional=bi, seed=0)
     x = np.random.default_rng(0).standard_normal((B, T, H), dtype=np.float32)
     out, h_n, tape = model.forward(x)
-    shared = {id(x), id(out)}
-    bases = {id(getattr(a, "base", None)) for a in (x, out)} - {id(None)}
     seen, total, parts = set(), 0, {}
     for layer in tape.layers:
         for direction in layer:
             for name, a in direction._asdict().items():
                 if a is None:
                     continue
-                root = a
-                while getattr(root, "base", None) is not None:
-                    root = root.base
-                if id(root) in seen or id(a) in shared or id(root) in shared | bases:
-                    continue  # counted already (views of one buffer), or the caller's input/output
-                seen.add(id(root))
-                total += root.nbytes
-                parts[name] = parts.get(name, 0) + root.nbytes
+                key = (a.__array_interface__["data"][0], a.nbytes)
+                if key in seen or np.shares_memory(a, x) or np.shares_memory(a, out):
+                    continue  # counted already, or the caller's input/output (the states are the output)
+                seen.add(key)
+                total += a.nbytes
+                parts[name] = parts.get(name, 0) + a.nbytes
     D = 2 if bi else 1
     minimum = L * D * T * B * (3 * H + H) * 4
     return {"tape_bytes": total, "minimum_bytes": minimum, "ratio": total / minimum, "parts": parts}

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from _cases import Case, host_case_inputs
 
 import gruxp
 from gruxp._native import fast_routes, fused_loop_for, route_for
 from gruxp.testing import to_numpy
-
-from _cases import Case, host_case_inputs
 
 CASES = [
     Case(),
@@ -52,14 +51,26 @@ def test_numpy_fuser_is_bit_identical_to_the_generic_code(case, dtype):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
+@pytest.mark.parametrize("loops", ["compiled", "per-step"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES + [Case(T=7, B=4, I=5, H=33, ragged=True, num_layers=2)], ids=lambda c: c.id)
-def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype):
+def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, loops, monkeypatch):
     """numba compiles the same gate functions with its own tanh (a few ulp from NumPy's): float64
-    within 1e-12 of each array's largest value, float32 within the cross-backend tolerances."""
+    within 1e-12 of each array's largest value, float32 within the cross-backend tolerances. Both
+    ways of driving the steps: the compiled loops (GEMM through NumPy's BLAS inside) and a Python
+    loop calling np.matmul and the step kernels (where that BLAS cannot be reached)."""
     pytest.importorskip("numba")
+    import gruxp._native as native
+    from gruxp._native.cpu import FusedLoop
+    from gruxp._native.numba_kernels import fuser
+
+    loop = FusedLoop(fuser(dtype, compiled_loops=loops == "compiled"))
+    if loops == "compiled" and loop.fuser.forward_loop is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS that gruxp can call from numba here")
+    assert loops == "compiled" or loop.fuser.forward_loop is None
+    monkeypatch.setattr(native, "_fused_loop", lambda name, dtype: loop)
     with fast_routes(True, fuser="numba"):
-        assert fused_loop_for(_numpy_compat(), reset_after=True, dtype=dtype).fuser.name == "numba"
+        assert fused_loop_for(_numpy_compat(), reset_after=True, dtype=dtype) is loop
         fused = _run(case, dtype, seed=3)
     with fast_routes(False):
         generic = _run(case, dtype, seed=3)
@@ -219,3 +230,23 @@ def test_the_compiled_program_does_not_grow_with_T():
     assert _jaxpr_size(10) == _jaxpr_size(200)
     with fast_routes(False):
         assert _jaxpr_size(6) > _jaxpr_size(3)  # the generic loop unrolls: the check can fail
+
+
+def test_buffers_are_reused_and_can_be_freed():
+    """The CPU loop keeps its scratch per thread between calls (no fresh page faults), never
+    something a caller holds; clear_buffers lets it go, and the next call is as right."""
+    import gruxp._native as native
+
+    model = gruxp.GRU(4, 8, xp=np, dtype="float64", seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 3, 4))
+    with fast_routes(True, fuser="numpy"):
+        out1, h1 = model(x)
+        loop = native.fused_loop_for(_numpy_compat(), reset_after=True, dtype="float64")
+        assert loop._local.buffers  # kept
+        out2, h2 = model(x)
+        assert not np.shares_memory(out1, out2)  # results are never scratch
+        native.clear_buffers()
+        assert not getattr(loop._local, "buffers", None)
+        out3, h3 = model(x)
+    np.testing.assert_array_equal(out1, out3)
+    np.testing.assert_array_equal(h2, h3)

@@ -32,7 +32,7 @@ from typing import Any
 
 from .._namespace import is_jax_namespace, is_numpy_namespace
 
-__all__ = ["fast_routes", "fuser_name", "fused_loop_for", "route_for", "loop_for", "differentiable_for", "compiler_for"]
+__all__ = ["clear_buffers", "fast_routes", "fuser_name", "fused_loop_for", "route_for", "loop_for", "differentiable_for", "compiler_for"]
 
 _FUSERS = ("auto", "numba", "numpy")
 _enabled = os.environ.get("GRUXP_FAST_ROUTES", "1") != "0"
@@ -80,6 +80,7 @@ def _fused_loop(name: str, dtype: str):
     from .cpu import FusedLoop, numpy_fuser
     from .threads import blas_limit
 
+    _built.add((name, dtype))
     if name == "numpy":
         return FusedLoop(numpy_fuser, blas_limit)
     from .numba_kernels import fuser
@@ -87,18 +88,37 @@ def _fused_loop(name: str, dtype: str):
     return FusedLoop(fuser(dtype), blas_limit)
 
 
-def fused_loop_for(xp: ModuleType, *, reset_after: bool, dtype) -> Any:
+def clear_buffers() -> None:
+    """Free the calling thread's scratch buffers of the CPU loop (input projections, per-step
+    gradients: a few times the tape's size, kept between calls to avoid re-faulting fresh pages)."""
+    for loop in [_fused_loop(*key) for key in _built]:
+        loop.clear_buffers()
+
+
+_built: set = set()
+
+
+# numba compiles its kernels once per process (~5-10 s here); below this much work per direction
+# call (T·B·H², about 1 ms of GEMM) the "auto" fuser stays with NumPy, which compiles nothing
+NUMBA_MIN_WORK = 2**22
+
+
+def fused_loop_for(xp: ModuleType, *, reset_after: bool, dtype, work: int | None = None) -> Any:
     """The CPU's fused time loop for one direction (a :class:`gruxp._native.cpu.FusedLoop`), or None.
 
     NumPy, reset_after=True, float32 or float64. reset_before puts a GEMM between the gates and
-    the candidate; it runs the generic loop.
+    the candidate; it runs the generic loop. ``work`` (T·B·H²) below :data:`NUMBA_MIN_WORK` picks
+    the NumPy fuser unless numba was asked for by name.
     """
     if not (_enabled and reset_after and is_numpy_namespace(xp)):
         return None
     name = str(getattr(dtype, "name", dtype))
     if name not in ("float32", "float64"):
         return None
-    return _fused_loop(fuser_name(), name)
+    fuser = fuser_name()
+    if fuser == "numba" and _fuser == "auto" and work is not None and work < NUMBA_MIN_WORK:
+        fuser = "numpy"
+    return _fused_loop(fuser, name)
 
 
 def route_for(xp: ModuleType, *, reset_after: bool) -> ModuleType | None:

@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..functional._cell import gates_backward, gates_forward, sigmoid as _sigmoid
+from ..functional._cell import gates_backward, gates_forward
+from ..functional._cell import sigmoid as _sigmoid
 
 __all__ = ["FusedLoop", "numpy_fuser", "transposed"]
 
@@ -45,6 +46,9 @@ class Fuser(NamedTuple):
     name: str
     forward_step: Any  # (gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_out, ghn_out)
     backward_step: Any  # (gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_ghn, dgh)
+    # optional: the whole loops compiled, the per-step GEMM inside (same steps, same order)
+    forward_loop: Any = None  # (gi, b_in, whh_t, b_hn, h0, active, hs, r, z, n, ghn, gh, reverse, record)
+    backward_loop: Any = None  # (gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_ghn, dgh, w_hh, reverse)
 
 
 def _numpy_sigmoid(x):
@@ -94,6 +98,10 @@ class FusedLoop:
         self.blas_limit = blas_limit  # callable(steps, batch, hidden) -> context manager, or None
         self._local = threading.local()
 
+    def clear_buffers(self) -> None:
+        """Let go of this thread's buffers (they are rebuilt on the next call)."""
+        self._local.__dict__.pop("buffers", None)
+
     def _contiguous(self, name: str, a: np.ndarray) -> np.ndarray:
         """``a`` itself if C-contiguous, else its copy in this thread's buffer ``name``."""
         if a.flags.c_contiguous:
@@ -120,9 +128,20 @@ class FusedLoop:
         T, B, I = x.shape
         H = w_hh.shape[1]
         dtype = x.dtype
-        step = self.fuser.forward_step
-        # batch_first x, or a bidirectional layer's input, is copied once: kept for the tape, or not
-        x = np.ascontiguousarray(x) if record else self._contiguous("x", x)
+        if record:
+            # The states, the tape and x's copy (batch_first, or a bidirectional layer's input) in one
+            # block: one allocation, which glibc keeps and reuses; six separate ones were given back to
+            # the OS and faulted in again on every call (half the forward's time at B=32, H=128).
+            x_size = 0 if x.flags.c_contiguous else T * B * I
+            block = np.empty(5 * T * B * H + x_size, dtype)
+            hs, r, z, n, ghn = np.reshape(block[: 5 * T * B * H], (5, T, B, H))
+            if x_size:
+                x_copy = np.reshape(block[5 * T * B * H :], (T, B, I))
+                np.copyto(x_copy, x)
+                x = x_copy
+        else:
+            x = self._contiguous("x", x)
+            hs, (r, z, n, ghn) = np.empty((T, B, H), dtype), [self._buffer(k, (1, B, H), dtype) for k in "rzng"]
         gi = self._buffer("gi", (T, B, 3 * H), dtype)
         np.matmul(np.reshape(x, (T * B, I)), transposed(w_ih) if T * B > 1 else w_ih.T, out=np.reshape(gi, (T * B, 3 * H)))
         b_in = np.zeros((3 * H,), dtype) if b_in is None else np.ascontiguousarray(b_in)  # added in the kernel: a pass less
@@ -131,16 +150,19 @@ class FusedLoop:
         whh_t = transposed(w_hh) if B > 1 else w_hh.T
         b_hn = np.zeros((H,), dtype) if b_hn is None else np.ascontiguousarray(b_hn)
         active = np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
-        hs = np.empty((T, B, H), dtype)
-        r, z, n, ghn = [np.empty((T, B, H), dtype) for _ in range(4)] if record else [self._buffer(k, (1, B, H), dtype) for k in "rzng"]
         gh = self._buffer("gh", (B, 3 * H), dtype)
         h = np.ascontiguousarray(h0)
+        step = self.fuser.forward_step
         with self._threads(T, B, H):
-            for t in range(T - 1, -1, -1) if reverse else range(T):
-                np.matmul(h, whh_t, out=gh)
-                k = t if record else 0
-                step(gi[t], b_in, gh, b_hn, h, active[t], hs[t], r[k], z[k], n[k], ghn[k])
-                h = hs[t]
+            if self.fuser.forward_loop is not None:
+                self.fuser.forward_loop(gi, b_in, np.ascontiguousarray(whh_t), b_hn, h, active, hs, r, z, n, ghn, gh, reverse, record)
+                h = hs[0 if reverse else T - 1]
+            else:
+                for t in range(T - 1, -1, -1) if reverse else range(T):
+                    np.matmul(h, whh_t, out=gh)
+                    k = t if record else 0
+                    step(gi[t], b_in, gh, b_hn, h, active[t], hs[t], r[k], z[k], n[k], ghn[k])
+                    h = hs[t]
         return hs, h, ((x, r, z, n, ghn) if record else None)
 
     def previous_states(self, hs, h0, *, reverse):
@@ -168,11 +190,16 @@ class FusedLoop:
         active = np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
         active_prev = np.ones((B,), bool)
         with self._threads(T, B, H):
-            for t in range(T) if reverse else range(T - 1, -1, -1):
-                step(gz, prod, active_prev, carry, no_output if d_out is None else d_out[t], active[t], h_prev[t], r[t], z[t],
-                     n[t], gh_n[t], d_i[t], d_ghn[t], dgh)
-                np.matmul(dgh, w_hh, out=prod)
-                active_prev = active[t]
+            if self.fuser.backward_loop is not None:
+                self.fuser.backward_loop(gz, prod, active_prev, carry, no_output[None] if d_out is None else d_out, active, h_prev, r,
+                                         z, n, gh_n, d_i, d_ghn, dgh, w_hh, reverse)
+                active_prev = active[T - 1 if reverse else 0]
+            else:
+                for t in range(T) if reverse else range(T - 1, -1, -1):
+                    step(gz, prod, active_prev, carry, no_output if d_out is None else d_out[t], active[t], h_prev[t], r[t], z[t],
+                         n[t], gh_n[t], d_i[t], d_ghn[t], dgh)
+                    np.matmul(dgh, w_hh, out=prod)
+                    active_prev = active[t]
         dh0 = gz + prod
         if not active_prev.all():
             dh0 = np.where(active_prev[:, None], dh0, carry)

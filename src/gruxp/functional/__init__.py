@@ -12,18 +12,24 @@ from ._cell import (
     candidate_blend_backward,
     gates_backward,
     gates_forward,
-    reset_update_gates,
-    sigmoid_grad,
-    tanh_grad,
     gru_cell,
     gru_cell_backward,
     gru_cell_forward,
     param_grads,
+    reset_update_gates,
     sigmoid,
+    sigmoid_grad,
     step_backward,
     step_forward,
+    tanh_grad,
 )
-from ._params import cell_param_shapes, gru_param_shapes, host_rng, init_params, uniform_init
+from ._params import (
+    cell_param_shapes,
+    gru_param_shapes,
+    host_rng,
+    init_params,
+    uniform_init,
+)
 from ._sequence import DirectionTape, GRUConfig, GRUTape, gru, gru_backward, gru_forward
 
 __all__ = [

@@ -111,7 +111,7 @@ def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp):
     w_ih, w_hh = p["weight_ih"], p["weight_hh"]
     b_in, b_hn = folded_bias(p.get("bias_ih"), p.get("bias_hh"), reset_after=reset_after, xp=xp)
     three_h = w_ih.shape[0]
-    fused = fused_loop_for(xp, reset_after=reset_after, dtype=x.dtype)
+    fused = fused_loop_for(xp, reset_after=reset_after, dtype=x.dtype, work=T * B * w_hh.shape[1] ** 2)
     if fused is not None:
         hs, h, cache = fused.forward(x, h0, w_ih, b_in, w_hh, b_hn, mask=mask, reverse=reverse, record=record)
         ys = (hs, *cache[1:]) if record else (hs,)
@@ -158,7 +158,7 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
     T, B, I = x.shape
     H = h0.shape[-1]
     w_hh = p["weight_hh"]
-    fused = fused_loop_for(xp, reset_after=reset_after, dtype=hs.dtype)
+    fused = fused_loop_for(xp, reset_after=reset_after, dtype=hs.dtype, work=T * B * H * H)
     h_prev = _previous_states(tape, reverse=reverse, xp=xp) if fused is None else fused.previous_states(tape.hs, h0, reverse=reverse)
     if fused is not None:
         d_i, d_ghn, dh = fused.backward(d_out, d_hT, h_prev, tape.r, tape.z, tape.n, tape.gh_n, w_hh, mask=mask, reverse=reverse)
