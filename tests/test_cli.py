@@ -1,6 +1,7 @@
 """The gruxp command, end to end, in subprocesses with tiny settings."""
 
 import csv
+import importlib.util
 import os
 import signal
 import subprocess
@@ -92,8 +93,10 @@ def test_synthetic_tasks(tmp_path, task, baseline):
 
 def test_info_and_bench(tmp_path):
     proc = gruxp_cmd("info", cwd=tmp_path)
-    for name in ("numpy: installed", "array_api_strict:", "torch:", "jax:", "cupy:", "numpy BLAS:"):
+    for name in ("numpy: installed", "array_api_strict:", "torch:", "jax:", "cupy:", "numpy BLAS:", "CPU step: "):
         assert name in proc.stdout
+    step = next(ln for ln in proc.stdout.splitlines() if ln.startswith("CPU step: "))
+    assert ("fused by numba" in step) == (importlib.util.find_spec("numba") is not None), step
     proc = gruxp_cmd("bench", "--backends", "numpy", "--batch", 2, "--seq-len", 5, "--hidden", 8, "--rounds", 1, cwd=tmp_path)
     assert "| numpy | forward |" in proc.stdout and "| numpy | forward+backward |" in proc.stdout
 

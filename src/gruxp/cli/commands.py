@@ -443,6 +443,24 @@ def info() -> None:
     for pool in blas_info():
         if pool.get("internal_api") in ("openblas", "mkl", "blis", None) or "note" in pool:
             click.echo(f"numpy BLAS: {describe_pool(pool)}")
+    click.echo(f"CPU step: {_cpu_step()}")
+
+
+def _cpu_step() -> str:
+    """Which fuser runs NumPy's GRU step here (see README, "Speed on the CPU")."""
+    from gruxp._native import NUMBA_MIN_WORK, fuser_name
+
+    name = fuser_name()
+    if name is None:
+        return "generic code (GRUXP_FAST_ROUTES=0)"
+    if name == "numpy":
+        return "NumPy buffers, not fused (pip install numba, or the fast extra, for the fused step)"
+    import numba
+
+    from gruxp._native.cblas import gemm
+
+    loop = "the whole loop compiled" if gemm("float32") is not None else "a Python loop over compiled steps"
+    return f"fused by numba {numba.__version__}, {loop} (for T·B·H² ≥ {NUMBA_MIN_WORK:,})"
 
 
 @cli.command()
