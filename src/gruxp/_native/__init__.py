@@ -75,27 +75,28 @@ def _numba_available() -> bool:
     return True
 
 
-@functools.cache
+_loops: dict = {}  # (fuser, dtype name) -> FusedLoop, built on first use
+
+
 def _fused_loop(name: str, dtype: str):
-    from .cpu import FusedLoop, numpy_fuser
-    from .threads import blas_limit
+    if (name, dtype) not in _loops:
+        from .cpu import FusedLoop, numpy_fuser
+        from .threads import blas_limit
 
-    _built.add((name, dtype))
-    if name == "numpy":
-        return FusedLoop(numpy_fuser, blas_limit)
-    from .numba_kernels import fuser
+        if name == "numpy":
+            _loops[name, dtype] = FusedLoop(numpy_fuser, blas_limit)
+        else:
+            from .numba_kernels import fuser
 
-    return FusedLoop(fuser(dtype), blas_limit)
+            _loops[name, dtype] = FusedLoop(fuser(dtype), blas_limit)
+    return _loops[name, dtype]
 
 
 def clear_buffers() -> None:
     """Free the calling thread's scratch buffers of the CPU loop (input projections, per-step
     gradients: a few times the tape's size, kept between calls to avoid re-faulting fresh pages)."""
-    for loop in [_fused_loop(*key) for key in _built]:
+    for loop in _loops.values():
         loop.clear_buffers()
-
-
-_built: set = set()
 
 
 # numba compiles its kernels once per process (~5-10 s here); below this much work per direction

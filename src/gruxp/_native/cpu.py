@@ -28,10 +28,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..functional._cell import gates_backward, gates_forward
-from ..functional._cell import sigmoid as _sigmoid
+from ..functional._cell import activations, gates_backward, gates_forward
 
-__all__ = ["FusedLoop", "numpy_fuser", "transposed"]
+__all__ = ["FusedLoop", "numpy_fuser", "time_loops", "transposed"]
 
 
 def transposed(w: np.ndarray) -> np.ndarray:
@@ -40,19 +39,53 @@ def transposed(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T)
 
 
+def time_loops(forward_step, backward_step, gemm):
+    """``(forward_loop, backward_loop)`` over a fuser's step kernels, ``gemm(a, b, out)`` doing
+    out = a @ b. Plain Python closures: run as they are with np.matmul, or compiled as they are by
+    numba with a GEMM call inside (see :func:`gruxp._native.numba_kernels.fuser`)."""
+
+    def forward_loop(gi, b_in, whh_t, b_hn, h0, active, hs, r, z, n, ghn, gh, reverse, record):
+        # per step gh = h Wᵀ, then the step writes h' into hs[t] and, with record, the gates into
+        # r, z, n, ghn [t] (else into their row 0)
+        T = gi.shape[0]
+        h = h0
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            k = t if record else 0
+            gemm(h, whh_t, gh)
+            forward_step(gi[t], b_in, gh, b_hn, h, active[t], hs[t], r[k], z[k], n[k], ghn[k])
+            h = hs[t]
+
+    def backward_loop(gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_ghn, dgh, w_hh, reverse):
+        # per step (in reverse processing order) the step, which also finishes the previous step's
+        # dL/dh from gz + prod, then prod = dgh W_hh; d_out is (T, B, H), or (1, B, H) of zeros
+        T = h_prev.shape[0]
+        active_prev = first_active
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            backward_step(gz, prod, active_prev, carry, d_out[t if d_out.shape[0] == T else 0], active[t], h_prev[t], r[t],
+                          z[t], n[t], gh_n[t], d_i[t], d_ghn[t], dgh)
+            gemm(dgh, w_hh, prod)
+            active_prev = active[t]
+
+    return forward_loop, backward_loop
+
+
+def _numpy_gemm(a, b, out):
+    np.matmul(a, b, out=out)
+
+
 class Fuser(NamedTuple):
-    """How a step's element-wise part is applied; both take and write the same buffers."""
+    """How a step's element-wise part is applied, and the :func:`time_loops` that drive it: in
+    Python with np.matmul, or compiled (numba) with a GEMM call inside. All write the same buffers."""
 
     name: str
     forward_step: Any  # (gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_out, ghn_out)
     backward_step: Any  # (gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_ghn, dgh)
-    # optional: the whole loops compiled, the per-step GEMM inside (same steps, same order)
-    forward_loop: Any = None  # (gi, b_in, whh_t, b_hn, h0, active, hs, r, z, n, ghn, gh, reverse, record)
-    backward_loop: Any = None  # (gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_ghn, dgh, w_hh, reverse)
+    compiled_loops: Any = None  # time_loops compiled, or None: time_loops in Python with np.matmul
 
 
-def _numpy_sigmoid(x):
-    return _sigmoid(x, xp=np)
+_numpy_sigmoid, _ = activations(np)
 
 
 def _numpy_forward_step(gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_out, ghn_out):
@@ -85,6 +118,11 @@ def _numpy_backward_step(gz, prod, active_prev, carry, d_out, active, h_prev, r,
 numpy_fuser = Fuser("numpy", _numpy_forward_step, _numpy_backward_step)
 
 
+def _active(mask, T: int, B: int) -> np.ndarray:
+    """(T, B) bool: whether each sequence is still running at each step."""
+    return np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
+
+
 class FusedLoop:
     """The forward and backward time loops of one direction, driving one fuser's kernels.
 
@@ -95,6 +133,8 @@ class FusedLoop:
 
     def __init__(self, fuser: Fuser, blas_limit: Any = None):
         self.fuser = fuser
+        self.compiled = fuser.compiled_loops is not None  # compiled loops take C-contiguous GEMM operands
+        self.forward_loop, self.backward_loop = fuser.compiled_loops or time_loops(fuser.forward_step, fuser.backward_step, _numpy_gemm)
         self.blas_limit = blas_limit  # callable(steps, batch, hidden) -> context manager, or None
         self._local = threading.local()
 
@@ -149,57 +189,30 @@ class FusedLoop:
         # hands to gemv and where the copy would change the bits
         whh_t = transposed(w_hh) if B > 1 else w_hh.T
         b_hn = np.zeros((H,), dtype) if b_hn is None else np.ascontiguousarray(b_hn)
-        active = np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
+        active = _active(mask, T, B)
         gh = self._buffer("gh", (B, 3 * H), dtype)
         h = np.ascontiguousarray(h0)
-        step = self.fuser.forward_step
+        if self.compiled:
+            whh_t = np.ascontiguousarray(whh_t)
         with self._threads(T, B, H):
-            if self.fuser.forward_loop is not None:
-                self.fuser.forward_loop(gi, b_in, np.ascontiguousarray(whh_t), b_hn, h, active, hs, r, z, n, ghn, gh, reverse, record)
-                h = hs[0 if reverse else T - 1]
-            else:
-                for t in range(T - 1, -1, -1) if reverse else range(T):
-                    np.matmul(h, whh_t, out=gh)
-                    k = t if record else 0
-                    step(gi[t], b_in, gh, b_hn, h, active[t], hs[t], r[k], z[k], n[k], ghn[k])
-                    h = hs[t]
-        return hs, h, ((x, r, z, n, ghn) if record else None)
-
-    def previous_states(self, hs, h0, *, reverse):
-        """(T, B, H): the state each step started from, in time order (read by the caller before its
-        next backward call)."""
-        T, B, H = hs.shape
-        h_prev = self._buffer("h_prev", (T, B, H), hs.dtype)
-        first, rest = (T - 1, slice(0, T - 1)) if reverse else (0, slice(1, T))
-        h_prev[first] = h0
-        h_prev[rest] = hs[1:] if reverse else hs[:-1]
-        return h_prev
+            self.forward_loop(gi, b_in, whh_t, b_hn, h, active, hs, r, z, n, ghn, gh, reverse, record)
+        return hs, hs[0 if reverse else T - 1], ((x, r, z, n, ghn) if record else None)
 
     def backward(self, d_out, d_hT, h_prev, r, z, n, gh_n, w_hh, *, mask, reverse):
         """``(d_i, d_ghn, dh0)``: d_i (T, B, 3H) = [d_r, d_z, d_an] per step, d_ghn (T, B, H)."""
         T, B, H = h_prev.shape
         dtype = h_prev.dtype
-        step = self.fuser.backward_step
         w_hh = np.ascontiguousarray(w_hh)
         # d_i and d_ghn are read by the caller before its next backward call (per thread)
         d_i, d_ghn = self._buffer("d_i", (T, B, 3 * H), dtype), self._buffer("d_ghn", (T, B, H), dtype)
         dgh, prod, carry = self._buffer("dgh", (B, 3 * H), dtype), self._buffer("prod", (B, H), dtype, zero=True), self._buffer("carry", (B, H), dtype)
         gz = np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
-        no_output = np.zeros((B, H), dtype)
-        d_out = None if d_out is None else self._contiguous("d_out", d_out)
-        active = np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
-        active_prev = np.ones((B,), bool)
+        d_out = np.zeros((1, B, H), dtype) if d_out is None else self._contiguous("d_out", d_out)
+        active = _active(mask, T, B)
         with self._threads(T, B, H):
-            if self.fuser.backward_loop is not None:
-                self.fuser.backward_loop(gz, prod, active_prev, carry, no_output[None] if d_out is None else d_out, active, h_prev, r,
-                                         z, n, gh_n, d_i, d_ghn, dgh, w_hh, reverse)
-                active_prev = active[T - 1 if reverse else 0]
-            else:
-                for t in range(T) if reverse else range(T - 1, -1, -1):
-                    step(gz, prod, active_prev, carry, no_output if d_out is None else d_out[t], active[t], h_prev[t], r[t], z[t],
-                         n[t], gh_n[t], d_i[t], d_ghn[t], dgh)
-                    np.matmul(dgh, w_hh, out=prod)
-                    active_prev = active[t]
+            self.backward_loop(gz, prod, np.ones((B,), bool), carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_ghn, dgh, w_hh,
+                               reverse)
+        active_prev = active[T - 1 if reverse else 0]  # of the last step processed
         dh0 = gz + prod
         if not active_prev.all():
             dh0 = np.where(active_prev[:, None], dh0, carry)

@@ -135,10 +135,10 @@ def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
     return forward_step, backward_step
 
 
-def _loops(forward_step, backward_step, cblas_gemm):
-    """The whole time loops compiled, the per-step GEMM a call into NumPy's own BLAS (see
-    :mod:`gruxp._native.cblas`): no interpreter work between steps. Same steps, same order as
-    :class:`gruxp._native.cpu.FusedLoop`'s Python loops."""
+def _compiled_loops(forward_step, backward_step, cblas_gemm):
+    """:func:`gruxp._native.cpu.time_loops` compiled as they are, their GEMM a call into NumPy's own
+    BLAS (see :mod:`gruxp._native.cblas`): no interpreter work between steps."""
+    from .cpu import time_loops
 
     @numba.njit(inline="always", **_JIT)
     def gemm(a, b, c):  # c = a @ b, all C-contiguous
@@ -146,29 +146,7 @@ def _loops(forward_step, backward_step, cblas_gemm):
         N = b.shape[1]
         cblas_gemm(101, 111, 111, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
 
-    @numba.njit(**_JIT)
-    def forward_loop(gi, b_in, whh_t, b_hn, h0, active, hs, r, z, n, ghn, gh, reverse, record):
-        T = gi.shape[0]
-        h = h0
-        for s in range(T):
-            t = T - 1 - s if reverse else s
-            k = t if record else 0
-            gemm(h, whh_t, gh)
-            forward_step(gi[t], b_in, gh, b_hn, h, active[t], hs[t], r[k], z[k], n[k], ghn[k])
-            h = hs[t]
-
-    @numba.njit(**_JIT)
-    def backward_loop(gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_ghn, dgh, w_hh, reverse):
-        T = h_prev.shape[0]
-        active_prev = first_active
-        for s in range(T):
-            t = s if reverse else T - 1 - s
-            backward_step(gz, prod, active_prev, carry, d_out[t if d_out.shape[0] == T else 0], active[t], h_prev[t], r[t],
-                          z[t], n[t], gh_n[t], d_i[t], d_ghn[t], dgh)
-            gemm(dgh, w_hh, prod)
-            active_prev = active[t]
-
-    return forward_loop, backward_loop
+    return tuple(numba.njit(**_JIT)(loop) for loop in time_loops(forward_step, backward_step, gemm))
 
 
 _BY_DTYPE = {
@@ -185,5 +163,5 @@ def fuser(dtype, *, compiled_loops: bool = True):
 
     forward_step, backward_step = _BY_DTYPE[np.dtype(dtype)]
     cblas_gemm = gemm(dtype) if compiled_loops else None
-    loops = (None, None) if cblas_gemm is None else _loops(forward_step, backward_step, cblas_gemm)
-    return Fuser("numba", forward_step, backward_step, *loops)
+    loops = None if cblas_gemm is None else _compiled_loops(forward_step, backward_step, cblas_gemm)
+    return Fuser("numba", forward_step, backward_step, loops)

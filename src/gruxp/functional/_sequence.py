@@ -25,8 +25,8 @@ import numpy as np
 
 from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
 from .._namespace import device_of, namespace_of, resolve_xp
-from ._cell import StepCache, folded_bias, param_grads, step_backward, step_forward
 from .._native import differentiable_for, fused_loop_for, loop_for, route_for
+from ._cell import StepCache, folded_bias, param_grads, step_backward, step_forward
 from ._layers import dropout_mask
 from ._params import gru_param_shapes
 
@@ -159,7 +159,7 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
     H = h0.shape[-1]
     w_hh = p["weight_hh"]
     fused = fused_loop_for(xp, reset_after=reset_after, dtype=hs.dtype, work=T * B * H * H)
-    h_prev = _previous_states(tape, reverse=reverse, xp=xp) if fused is None else fused.previous_states(tape.hs, h0, reverse=reverse)
+    h_prev = _previous_states(tape, reverse=reverse, xp=xp)
     if fused is not None:
         d_i, d_ghn, dh = fused.backward(d_out, d_hT, h_prev, tape.r, tape.z, tape.n, tape.gh_n, w_hh, mask=mask, reverse=reverse)
         return _finish_backward(d_i, d_ghn, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
