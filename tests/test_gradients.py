@@ -157,3 +157,31 @@ def test_input_grad_false_skips_dx_only(backend):
     for k in full[0]:
         np.testing.assert_array_equal(to_numpy(lean[0][k]), to_numpy(full[0][k]))
     np.testing.assert_array_equal(to_numpy(lean[2]), to_numpy(full[2]))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_param_grads_takes_the_recurrent_gradient_whole_or_as_its_candidate_block(reset_after):
+    # d_h = [d_r, d_z, d_ghn] (one GEMM for W_hh), or d_ghn alone as before: the same gradients
+    from array_api_compat import numpy as xp
+
+    from gruxp.functional import param_grads
+
+    rng = np.random.default_rng(3)
+    rows, H, I = 11, 4, 5
+    d_i, d_ghn = rng.standard_normal((rows, 3 * H)), rng.standard_normal((rows, H))
+    x, h, r = rng.standard_normal((rows, I)), rng.standard_normal((rows, H)), rng.random((rows, H))
+    d_ghn = d_ghn if reset_after else d_i[:, 2 * H :]
+    whole = param_grads(d_i, np.concatenate([d_i[:, : 2 * H], d_ghn], axis=1), x, h, r, reset_after=reset_after, bias=True, xp=xp)
+    block = param_grads(d_i, d_ghn, x, h, r, reset_after=reset_after, bias=True, xp=xp)
+    h_n = h if reset_after else r * h
+    expected = {
+        "weight_ih": d_i.T @ x,
+        "weight_hh": np.concatenate([d_i[:, : 2 * H].T @ h, d_ghn.T @ h_n]),
+        "bias_ih": d_i.sum(0),
+        "bias_hh": np.concatenate([d_i[:, : 2 * H].sum(0), d_ghn.sum(0)]),
+    }
+    for name, value in expected.items():
+        np.testing.assert_allclose(whole[name], value, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(block[name], value, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="d_h must have the shape of d_i"):
+        param_grads(d_i, d_ghn[:, :2], x, h, r, reset_after=reset_after, bias=True, xp=xp)

@@ -205,28 +205,33 @@ def step_backward(g: Any, h: Any, cache: StepCache, w_hh: Any, *, reset_after: b
 
 
 def param_grads(
-    d_i: Any, d_ghn: Any, x: Any, h: Any, r: Any, *, reset_after: bool, bias: bool, xp: ModuleType
+    d_i: Any, d_h: Any, x: Any, h: Any, r: Any, *, reset_after: bool, bias: bool, xp: ModuleType
 ) -> dict[str, Any]:
     """Weight and bias gradients from the stacked pre-activation gradients and the matching inputs.
 
     All arguments are 2-D with one row per (time step, sequence), so each weight takes one GEMM
-    (W_hh two: its n block multiplies h (reset_after) or r ⊙ h (reset_before)).
-    ``d_i`` (rows, 3H) = [d_r, d_z, d_an]; ``d_ghn`` (rows, H); ``x`` (rows, I); ``h`` (rows, H)
-    the states the steps started from; ``r`` (rows, H) the reset gate (reset_before only; else None).
+    (reset_before's W_hh two: its n block multiplies r ⊙ h). ``d_i`` (rows, 3H) = [d_r, d_z, d_an],
+    the input side's; ``d_h`` (rows, 3H) = [d_r, d_z, d_ghn], the recurrent side's (the left operand
+    of the backward step's GEMM; reset_before: d_i itself); ``x`` (rows, I); ``h`` (rows, H) the states
+    the steps started from; ``r`` (rows, H) the reset gate (reset_before only; else None).
+    ``d_h`` may also be d_ghn alone, (rows, H), as before: its r and z blocks are then d_i's.
     """
     H = h.shape[-1]
-    d_rz = d_i[:, : 2 * H]
-    h_n_block = h if reset_after else r * h
+    if d_h.ndim == 2 and d_i.ndim == 2 and d_h.shape[0] == d_i.shape[0] and d_h.shape[1] == H:
+        d_h = xp.concat([d_i[:, : 2 * H], d_h], axis=1)
+    if tuple(d_h.shape) != tuple(d_i.shape):
+        raise ValueError(f"d_h must have the shape of d_i, (rows, 3H) = {tuple(d_i.shape)}, or (rows, H); got {tuple(d_h.shape)}")
+    d_hh = xp.matrix_transpose(d_h)
     grads = {
         "weight_ih": xp.matrix_transpose(d_i) @ x,
-        "weight_hh": xp.concat([xp.matrix_transpose(d_rz) @ h, xp.matrix_transpose(d_ghn) @ h_n_block], axis=0),
+        "weight_hh": d_hh @ h if reset_after else xp.concat([d_hh[: 2 * H, :] @ h, d_hh[2 * H :, :] @ (r * h)], axis=0),
     }
     if bias:
         # Column sums as a GEMV with a ones vector: BLAS is several times faster than a reduction
         # over the long axis 0 (T·B rows), and the result is as exact.
         ones = xp.ones((d_i.shape[0],), dtype=d_i.dtype, device=device_of(d_i))
         grads["bias_ih"] = ones @ d_i
-        grads["bias_hh"] = xp.concat([grads["bias_ih"][: 2 * H], ones @ d_ghn], axis=0)
+        grads["bias_hh"] = ones @ d_h if reset_after else grads["bias_ih"]
     return grads
 
 
@@ -312,8 +317,9 @@ def gru_cell_backward(tape: CellTape, dh: Any, *, xp: Any = None) -> tuple[dict[
     g = xp.expand_dims(dh, axis=0) if tape.unbatched else dh
     step = step_backward(g, h, tape.cache, params["weight_hh"], reset_after=tape.reset_after, xp=xp)
     d_i = xp.concat([step.d_r, step.d_z, step.d_an], axis=1)
+    d_h = xp.concat([step.d_r, step.d_z, step.d_ghn], axis=1) if tape.reset_after else d_i
     bias = "bias_ih" in params
-    grads = param_grads(d_i, step.d_ghn, x, h, tape.cache.r, reset_after=tape.reset_after, bias=bias, xp=xp)
+    grads = param_grads(d_i, d_h, x, h, tape.cache.r, reset_after=tape.reset_after, bias=bias, xp=xp)
     dx, dh_prev = d_i @ params["weight_ih"], step.dh
     if tape.unbatched:
         dx, dh_prev = dx[0, ...], dh_prev[0, ...]

@@ -161,8 +161,8 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
     fused = fused_loop_for(xp, reset_after=reset_after, dtype=hs.dtype, work=T * B * H * H)
     h_prev = _previous_states(tape, reverse=reverse, xp=xp)
     if fused is not None:
-        d_i, d_ghn, dh = fused.backward(d_out, d_hT, h_prev, tape.r, tape.z, tape.n, tape.gh_n, w_hh, mask=mask, reverse=reverse)
-        return _finish_backward(d_i, d_ghn, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
+        d_i, d_h, dh = fused.backward(d_out, d_hT, h_prev, tape.r, tape.z, tape.n, tape.gh_n, w_hh, mask=mask, reverse=reverse)
+        return _finish_backward(d_i, d_h, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
     zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
     dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
 
@@ -177,13 +177,12 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
 
     xs = (d_out, mask, h_prev, tape.r, tape.z, tape.n, tape.gh_n)
     dh, (d_r, d_z, d_an, d_ghn) = loop_for(xp, python_loop)(step, dh, xs, length=T, reverse=not reverse, xp=xp)
-    d_i = xp.concat([d_r, d_z, d_an], axis=-1)  # [d_r, d_z, d_an]
-    if not reset_after:
-        d_ghn = d_i[..., 2 * H :]
-    return _finish_backward(d_i, d_ghn, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
+    d_i = xp.concat([d_r, d_z, d_an], axis=-1)
+    d_h = xp.concat([d_r, d_z, d_ghn], axis=-1) if reset_after else d_i
+    return _finish_backward(d_i, d_h, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
 
 
-def _finish_backward(d_i, d_ghn, tape, h_prev, p, *, reset_after, bias, need_dx, xp):
+def _finish_backward(d_i, d_h, tape, h_prev, p, *, reset_after, bias, need_dx, xp):
     """The GEMMs after the time loop: weight gradients and dx (None unless ``need_dx``)."""
     T, B, I = tape.x.shape
     H = tape.h0.shape[-1]
@@ -191,7 +190,7 @@ def _finish_backward(d_i, d_ghn, tape, h_prev, p, *, reset_after, bias, need_dx,
     d_i2 = xp.reshape(d_i, (rows, 3 * H))
     grads = param_grads(
         d_i2,
-        xp.reshape(d_ghn, (rows, H)),
+        xp.reshape(d_h, (rows, 3 * H)),
         xp.reshape(tape.x, (rows, I)),
         xp.reshape(h_prev, (rows, H)),
         None if reset_after else xp.reshape(tape.r, (rows, H)),  # only reset_before needs r
