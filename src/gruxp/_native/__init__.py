@@ -59,10 +59,8 @@ def fuser_name() -> str | None:
     """Which fuser the CPU's fused loop uses now: ``"numba"``, ``"numpy"``, or None (routes off)."""
     if not _enabled:
         return None
-    if _fuser == "numpy":
-        return "numpy"
-    if _fuser == "numba":
-        return "numba"  # an ImportError says why it cannot be
+    if _fuser != "auto":
+        return _fuser  # numba by name: an ImportError says why it cannot be
     return "numba" if _numba_available() else "numpy"
 
 
@@ -84,11 +82,12 @@ def _fused_loop(name: str, dtype: str):
         from .threads import blas_limit
 
         if name == "numpy":
-            _loops[name, dtype] = FusedLoop(numpy_fuser, blas_limit)
+            fuser = numpy_fuser
         else:
-            from .numba_kernels import fuser
+            from .numba_kernels import fuser as numba_fuser
 
-            _loops[name, dtype] = FusedLoop(fuser(dtype), blas_limit)
+            fuser = numba_fuser(dtype)
+        _loops[name, dtype] = FusedLoop(fuser, blas_limit)
     return _loops[name, dtype]
 
 

@@ -176,8 +176,9 @@ class FusedLoop:
         dtype = x.dtype
         if record:
             # The states, the tape and x's copy (batch_first, or a bidirectional layer's input) in one
-            # block: one allocation, which glibc keeps and reuses; six separate ones were given back to
-            # the OS and faulted in again on every call (half the forward's time at B=32, H=128).
+            # block: one allocation, which glibc keeps and reuses below its 32 MiB mmap threshold; six
+            # separate ones were given back to the OS and faulted in again on every call (half the
+            # forward's time at B=32, H=128).
             x_size = 0 if x.flags.c_contiguous else T * B * I
             block = np.empty(5 * T * B * H + x_size, dtype)
             hs, r, z, n, ghn = np.reshape(block[: 5 * T * B * H], (5, T, B, H))
@@ -192,15 +193,14 @@ class FusedLoop:
         # by the transposed view, as the generic code does: as fast for T·B rows as a copy of W_ihᵀ
         np.matmul(np.reshape(x, (T * B, I)), w_ih.T, out=np.reshape(gi, (T * B, 3 * H)))
         b_in = np.zeros((3 * H,), dtype) if b_in is None else np.ascontiguousarray(b_in)  # added in the kernel: a pass less
-        # (B, H) @ Wᵀ by a C-contiguous copy of Wᵀ, except for a single row (B = 1), which NumPy
-        # hands to gemv and where the copy would change the bits
-        whh_t = transposed(w_hh) if B > 1 else w_hh.T
+        # (B, H) @ Wᵀ by a C-contiguous copy of Wᵀ. NumPy hands a single row (B = 1) to gemv, where
+        # the copy would change the bits, so its loop keeps the view there; the compiled loop's
+        # cblas call needs the copy always.
+        whh_t = transposed(w_hh) if B > 1 or self.compiled else w_hh.T
         b_hn = np.zeros((H,), dtype) if b_hn is None else np.ascontiguousarray(b_hn)
         active = _active(mask, T, B)
         gh = self._buffer("gh", (B, 3 * H), dtype)
         h = np.ascontiguousarray(h0)
-        if self.compiled and B == 1:
-            whh_t = transposed(w_hh)
         with self._threads(T, B, H):
             self.forward_loop(gi, b_in, whh_t, b_hn, h, active, hs, r, z, n, ghn, gh, reverse, record)
         return hs, hs[0 if reverse else T - 1], ((x, r, z, n, ghn) if record else None)

@@ -217,7 +217,7 @@ def param_grads(
     ``d_h`` may also be d_ghn alone, (rows, H), as before: its r and z blocks are then d_i's.
     """
     H = h.shape[-1]
-    if d_h.ndim == 2 and d_i.ndim == 2 and d_h.shape[0] == d_i.shape[0] and d_h.shape[1] == H:
+    if tuple(d_h.shape) == (d_i.shape[0], H):
         d_h = xp.concat([d_i[:, : 2 * H], d_h], axis=1)
     if tuple(d_h.shape) != tuple(d_i.shape):
         raise ValueError(f"d_h must have the shape of d_i, (rows, 3H) = {tuple(d_i.shape)}, or (rows, H); got {tuple(d_h.shape)}")
