@@ -250,3 +250,69 @@ def test_buffers_are_reused_and_can_be_freed():
         out3, h3 = model(x)
     np.testing.assert_array_equal(out1, out3)
     np.testing.assert_array_equal(h2, h3)
+
+
+def test_a_tape_block_is_taken_again_only_when_nothing_refers_to_it():
+    from gruxp._native.cpu import TapePool
+
+    pool = TapePool()
+    a = pool.take(100, np.float64)
+    a[:] = 1.0
+    held = a[10:20]  # a view keeps the block in use
+    del a
+    b = pool.take(100, np.float64)
+    assert not np.shares_memory(b, held)
+    np.testing.assert_array_equal(held, 1.0)
+    address = held.ctypes.data - 10 * 8
+    del held
+    assert pool.take(100, np.float64).ctypes.data == address  # free again: reused
+    assert pool.take(60, np.float64).ctypes.data == address  # a free block up to twice the request fits
+    assert pool.take(40, np.float64).ctypes.data != address  # more than twice: a new one
+    assert pool.take(100, np.float32).dtype == np.float32
+    del b
+    for _ in range(TapePool.IDLE_TAKES + 1):
+        pool.take(7, np.float64)  # one small block, taken and freed each time
+    assert [e[0].size for e in pool.entries] == [7]  # the idle ones were given back
+
+
+@pytest.mark.parametrize("fuser", ["numpy", "numba"])
+def test_a_later_call_never_writes_into_what_an_earlier_one_returned(fuser):
+    """Tape blocks are pooled: a second training step must leave the first's outputs, final state
+    and tape as they were (its gradients then equal a fresh computation's)."""
+    if fuser == "numba":
+        pytest.importorskip("numba")
+    model = gruxp.GRU(4, 8, 2, bidirectional=True, batch_first=True, xp=np, dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    x1, x2, d_out = rng.standard_normal((3, 6, 4)), rng.standard_normal((3, 6, 4)), rng.standard_normal((3, 6, 16))
+    with fast_routes(True, fuser=fuser):
+        out1, h1, tape1 = model.forward(x1)
+        saved = [a.copy() for a in (out1, h1)]
+        for _ in range(3):
+            out2, h2, tape2 = model.forward(x2)
+            model.backward(tape2, d_out)
+            del out2, h2, tape2
+        np.testing.assert_array_equal(out1, saved[0])
+        np.testing.assert_array_equal(h1, saved[1])
+        late = model.backward(tape1, d_out)
+        fresh = model.backward(model.forward(x1)[2], d_out)
+    for a, b in zip([*late[0].values(), *late[1:]], [*fresh[0].values(), *fresh[1:]], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_previous_states_are_a_view_of_the_tape_block(reverse):
+    """The CPU loop stores h0 beside the states, so the states each step started from need no copy;
+    arrays it did not lay out that way get None (the generic copy)."""
+    from gruxp.functional._sequence import _previous_states
+
+    model = gruxp.GRU(4, 8, 1, bidirectional=True, xp=np, dtype="float64", seed=0)
+    with fast_routes(True, fuser="numpy"):
+        _, _, tape = model.forward(np.random.default_rng(0).standard_normal((5, 3, 4)))
+        loop = fused_loop_for(_numpy_compat(), reset_after=True, dtype="float64")
+    direction = tape.layers[0][int(reverse)]
+    view = loop.previous_states(direction.hs, direction.h0, reverse=reverse)
+    assert view is not None and np.shares_memory(view, direction.hs)
+    np.testing.assert_array_equal(view, _previous_states(direction, reverse=reverse, xp=_numpy_compat()))
+    assert loop.previous_states(direction.hs.copy(), direction.h0, reverse=reverse) is None
+    assert loop.previous_states(direction.hs, direction.h0.copy(), reverse=reverse) is None
+    assert loop.previous_states(direction.hs, direction.h0, reverse=not reverse) is None

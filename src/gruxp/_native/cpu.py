@@ -24,6 +24,7 @@ pass per step.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import Any, NamedTuple
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from ..functional._cell import activations, gates_backward, gates_forward
 
-__all__ = ["FusedLoop", "numpy_fuser", "time_loops", "transposed"]
+__all__ = ["FusedLoop", "TapePool", "numpy_fuser", "time_loops", "transposed"]
 
 
 def transposed(w: np.ndarray) -> np.ndarray:
@@ -129,6 +130,42 @@ def _active(mask, T: int, B: int) -> np.ndarray:
     return np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
 
 
+class TapePool:
+    """One thread's tape blocks, each handed out again once nothing but this pool refers to it.
+
+    A block is in use while any array made from it lives (a tape, an output, a final state: NumPy
+    views keep their base alive). That is read from its reference count, compared with an array
+    held the same way, so the test does not depend on how the interpreter counts its own
+    temporaries. A request takes the smallest free block that fits and is at most twice its size
+    (else a new one); a free block unused for :attr:`IDLE_TAKES` requests goes back to the OS.
+    """
+
+    IDLE_TAKES = 16
+
+    def __init__(self) -> None:
+        self.entries: list[list] = []  # [block, the request that last took it]
+        self.takes = 0
+        self._probe = [np.empty(0)]  # held like each block: by one list
+
+    def _free(self, entry: list) -> bool:
+        return sys.getrefcount(entry[0]) == sys.getrefcount(self._probe[0])
+
+    def take(self, size: int, dtype) -> np.ndarray:
+        """A 1-D array of ``size`` elements of ``dtype`` (contents undefined), no one else's."""
+        self.takes += 1
+        dtype = np.dtype(dtype)
+        free = [e for e in self.entries if self._free(e)]
+        fitting = [e for e in free if e[0].dtype == dtype and size <= e[0].size <= 2 * size]
+        chosen = min(fitting, key=lambda e: e[0].size, default=None)
+        stale = {id(e) for e in free if e is not chosen and self.takes - e[1] > self.IDLE_TAKES}
+        self.entries = [e for e in self.entries if id(e) not in stale]
+        if chosen is None:
+            chosen = [np.empty(size, dtype), 0]
+            self.entries.append(chosen)
+        chosen[1] = self.takes
+        return chosen[0][:size]
+
+
 class FusedLoop:
     """The forward and backward time loops of one direction, driving one fuser's kernels.
 
@@ -145,8 +182,12 @@ class FusedLoop:
         self._local = threading.local()
 
     def clear_buffers(self) -> None:
-        """Let go of this thread's buffers (they are rebuilt on the next call)."""
+        """Let go of this thread's buffers and free tape blocks (they are rebuilt on the next call)."""
         self._local.__dict__.pop("buffers", None)
+        self._local.__dict__.pop("tapes", None)
+
+    def _pool(self) -> TapePool:
+        return self._local.__dict__.setdefault("tapes", TapePool())
 
     def _contiguous(self, name: str, a: np.ndarray) -> np.ndarray:
         """``a`` itself if C-contiguous, else its copy in this thread's buffer ``name``."""
@@ -169,21 +210,26 @@ class FusedLoop:
         return contextlib.nullcontext() if self.blas_limit is None else self.blas_limit(T, B, H)
 
     def forward(self, x, h0, w_ih, b_in, w_hh, b_hn, *, mask, reverse, record):
-        """``(hs, h_T, (x, r, z, n, gh_n) or None)`` of one direction over x (T, B, I); x returned is
-        C-contiguous, for the tape."""
+        """``(hs, h_T, (x, h0, r, z, n, gh_n) or None)`` of one direction over x (T, B, I); x and h0
+        returned are C-contiguous copies where needed, for the tape (h0 stored beside hs, so that
+        :meth:`previous_states` is a view)."""
         T, B, I = x.shape
         H = w_hh.shape[1]
         dtype = x.dtype
         if record:
-            # The states, the tape and x's copy (batch_first, or a bidirectional layer's input) in one
-            # block: one allocation, which glibc keeps and reuses below its 32 MiB mmap threshold; six
-            # separate ones were given back to the OS and faulted in again on every call (half the
-            # forward's time at B=32, H=128).
+            # The tape in one block from this thread's pool: h0 and the states (h0 first, or last
+            # when reverse: the states each step started from are then a view), r, z, n, gh_n, and
+            # x's copy (batch_first, or a bidirectional layer's input). A fresh block is page
+            # faults and zeroing on first touch (3-5% of a training step at B=64, T=100, H=256).
             x_size = 0 if x.flags.c_contiguous else T * B * I
-            block = np.empty(5 * T * B * H + x_size, dtype)
-            hs, r, z, n, ghn = np.reshape(block[: 5 * T * B * H], (5, T, B, H))
+            block = self._pool().take((5 * T + 1) * B * H + x_size, dtype)
+            states = np.reshape(block[: (T + 1) * B * H], (T + 1, B, H))
+            hs, h0_copy = (states[:T], states[T]) if reverse else (states[1:], states[0])
+            np.copyto(h0_copy, h0)
+            h0 = h0_copy
+            r, z, n, ghn = np.reshape(block[(T + 1) * B * H : (5 * T + 1) * B * H], (4, T, B, H))
             if x_size:
-                x_copy = np.reshape(block[5 * T * B * H :], (T, B, I))
+                x_copy = np.reshape(block[(5 * T + 1) * B * H :], (T, B, I))
                 np.copyto(x_copy, x)
                 x = x_copy
         else:
@@ -203,7 +249,22 @@ class FusedLoop:
         h = np.ascontiguousarray(h0)
         with self._threads(T, B, H):
             self.forward_loop(gi, b_in, whh_t, b_hn, h, active, hs, r, z, n, ghn, gh, reverse, record)
-        return hs, hs[0 if reverse else T - 1], ((x, r, z, n, ghn) if record else None)
+        return hs, hs[0 if reverse else T - 1], ((x, h0, r, z, n, ghn) if record else None)
+
+    def previous_states(self, hs, h0, *, reverse: bool):
+        """(T, B, H): the state each step started from, as a view where :meth:`forward` stored
+        ``h0`` beside ``hs`` in one of this loop's tape blocks; else None (the caller copies)."""
+        T, B, H = hs.shape
+        block = hs.base
+        if not (isinstance(block, np.ndarray) and h0.base is block and block.ndim == 1 and hs.flags.c_contiguous
+                and h0.flags.c_contiguous and h0.shape == (B, H) and h0.dtype == hs.dtype):
+            return None
+        row = B * H * hs.itemsize
+        if h0.ctypes.data != hs.ctypes.data + (T * row if reverse else -row):
+            return None
+        first = hs.ctypes.data + row if reverse else h0.ctypes.data  # where h_prev[0] lies
+        start = (first - block.ctypes.data) // hs.itemsize
+        return np.reshape(block[start : start + T * B * H], (T, B, H))
 
     def backward(self, d_out, d_hT, h_prev, r, z, n, gh_n, w_hh, *, mask, reverse):
         """``(d_i, d_h, dh0)``: the gradients of the input and recurrent pre-activations per step,

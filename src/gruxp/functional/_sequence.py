@@ -114,8 +114,9 @@ def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp):
     fused = fused_loop_for(xp, reset_after=reset_after, dtype=x.dtype, work=T * B * w_hh.shape[1] ** 2)
     if fused is not None:
         hs, h, cache = fused.forward(x, h0, w_ih, b_in, w_hh, b_hn, mask=mask, reverse=reverse, record=record)
-        ys = (hs, *cache[1:]) if record else (hs,)
-        x = cache[0] if record else x  # x, C-contiguous: the backward's GEMMs read it as (T·B, I)
+        ys = (hs, *cache[2:]) if record else (hs,)
+        if record:  # x C-contiguous (the backward's GEMMs read it as (T·B, I)), h0 stored beside hs
+            x, h0 = cache[:2]
     else:
         gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, three_h))
         if b_in is not None:
@@ -159,7 +160,9 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
     H = h0.shape[-1]
     w_hh = p["weight_hh"]
     fused = fused_loop_for(xp, reset_after=reset_after, dtype=hs.dtype, work=T * B * H * H)
-    h_prev = _previous_states(tape, reverse=reverse, xp=xp)
+    h_prev = None if fused is None else fused.previous_states(hs, h0, reverse=reverse)
+    if h_prev is None:
+        h_prev = _previous_states(tape, reverse=reverse, xp=xp)
     if fused is not None:
         d_i, d_h, dh = fused.backward(d_out, d_hT, h_prev, tape.r, tape.z, tape.n, tape.gh_n, w_hh, mask=mask, reverse=reverse)
         return _finish_backward(d_i, d_h, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
@@ -250,6 +253,7 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
         dropout, (config.num_layers - 1, T, B, D * config.hidden_size), rng, xp=xp, dtype=x.dtype, device=device_of(x)
     )
     layer_in, h_n, layers = x, [], []
+    in_blocks = fused_loop_for(xp, reset_after=config.reset_after, dtype=x.dtype, work=T * B * H * H) is not None
     for layer in range(config.num_layers):
         outs, tapes = [], []
         for direction in range(D):
@@ -268,8 +272,9 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
             tapes.append(tape)
             h_n.append(h_T)
         layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
-        if record and D == 2 and mask is None:
+        if record and D == 2 and mask is None and not in_blocks:
             # each direction's states are now a slice of the concatenated output: keep only that
+            # (not from the CPU loop, whose states share one block with the gates and h0)
             tapes = [t._replace(hs=layer_in[..., d * H : (d + 1) * H]) for d, t in enumerate(tapes)]
         if drop is not None and layer < config.num_layers - 1:
             layer_in = layer_in * drop[layer, ...]
