@@ -316,3 +316,39 @@ def test_previous_states_are_a_view_of_the_tape_block(reverse):
     assert loop.previous_states(direction.hs.copy(), direction.h0, reverse=reverse) is None
     assert loop.previous_states(direction.hs, direction.h0.copy(), reverse=reverse) is None
     assert loop.previous_states(direction.hs, direction.h0, reverse=not reverse) is None
+
+
+@pytest.mark.parametrize("case", [Case(num_layers=2, bidirectional=True, ragged=True), Case(bidirectional=True, batch_first=True)],
+                         ids=lambda c: c.id)
+def test_a_bidirectional_layer_may_run_its_directions_at_once_with_the_same_results(case, monkeypatch):
+    """Where two cores are free, the compiled loop runs a layer's two directions on two threads;
+    forced here at a small size: the second direction runs on gruxp's thread, results equal the
+    one-after-the-other run's bit for bit (BLAS on one thread in both), and clear_buffers reaches
+    that thread's buffers too."""
+    pytest.importorskip("numba")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threading
+
+    import gruxp._native as native
+    from gruxp._native import threads
+    from gruxp._native.cpu import FusedLoop
+
+    with fast_routes(True, fuser="numba"):
+        if not fused_loop_for(_numpy_compat(), reset_after=True, dtype="float64").compiled:
+            pytest.skip("NumPy's BLAS is not an OpenBLAS that gruxp can call from numba here")
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            one_after_the_other = _run(case, "float64", seed=5)
+        ran_on = []
+        forward = FusedLoop.forward
+        monkeypatch.setattr(FusedLoop, "forward", lambda self, *a, **k: (ran_on.append(threading.current_thread().name), forward(self, *a, **k))[1])
+        monkeypatch.setattr(native, "NUMBA_MIN_WORK", 0)
+        monkeypatch.setattr(threads, "one_thread_each", lambda: threadpoolctl.threadpool_limits(1, user_api="blas"))
+        at_once = _run(case, "float64", seed=5)
+        assert any(name.startswith("gruxp-direction") for name in ran_on)
+        loop = fused_loop_for(_numpy_compat(), reset_after=True, dtype="float64")
+        worker_buffers = lambda: bool(getattr(loop._local, "buffers", None))  # noqa: E731
+        assert native._second.submit(worker_buffers).result()
+        native.clear_buffers()
+        assert not native._second.submit(worker_buffers).result()
+    for a, b in zip(at_once, one_after_the_other, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))

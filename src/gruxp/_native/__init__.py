@@ -32,7 +32,8 @@ from typing import Any
 
 from .._namespace import is_jax_namespace, is_numpy_namespace
 
-__all__ = ["clear_buffers", "fast_routes", "fuser_name", "fused_loop_for", "route_for", "loop_for", "differentiable_for", "compiler_for"]
+__all__ = ["clear_buffers", "fast_routes", "fuser_name", "fused_loop_for", "route_for", "loop_for", "differentiable_for", "compiler_for",
+           "run_directions"]
 
 _FUSERS = ("auto", "numba", "numpy")
 _enabled = os.environ.get("GRUXP_FAST_ROUTES", "1") != "0"
@@ -92,10 +93,13 @@ def _fused_loop(name: str, dtype: str):
 
 
 def clear_buffers() -> None:
-    """Free the calling thread's scratch buffers of the CPU loop (input projections, per-step
-    gradients: a few times the tape's size, kept between calls to avoid re-faulting fresh pages)."""
+    """Free the CPU loop's scratch buffers and idle tape blocks (input projections, per-step
+    gradients: a few times the tape's size, kept between calls to avoid re-faulting fresh pages),
+    the calling thread's and those of the thread that runs a second direction."""
     for loop in _loops.values():
         loop.clear_buffers()
+    if _second is not None:
+        _second.submit(lambda: [loop.clear_buffers() for loop in _loops.values()]).result()
 
 
 # numba compiles its kernels once per process (~5-10 s here); below this much work per direction
@@ -119,6 +123,41 @@ def fused_loop_for(xp: ModuleType, *, reset_after: bool, dtype, work: int | None
     if fuser == "numba" and _fuser == "auto" and work is not None and work < NUMBA_MIN_WORK:
         fuser = "numpy"
     return _fused_loop(fuser, name)
+
+
+_second = None  # the thread that runs a bidirectional layer's second direction, started on first use
+
+
+def run_directions(calls: list[Callable[[], Any]], *, xp: ModuleType, reset_after: bool, dtype, work: int) -> list:
+    """``[call() for call in calls]``: a layer's directions, each a call of the whole direction.
+
+    A bidirectional layer's two directions are independent; where the CPU's compiled loop runs
+    them (its numba code releases the GIL) and :func:`gruxp._native.threads.one_thread_each` says
+    two cores are free, they run at once, each on its own core with BLAS on one thread: each
+    step's small GEMM loses less on one thread than the element-wise pass, run alone, leaves idle.
+    Same functions, same buffers (per thread), same results: the order of operations within a
+    direction does not change.
+    """
+    global _second
+    if len(calls) == 2 and work >= NUMBA_MIN_WORK:
+        loop = fused_loop_for(xp, reset_after=reset_after, dtype=dtype, work=work)
+        if loop is not None and loop.compiled:
+            from .threads import one_thread_each
+
+            limit = one_thread_each()
+            if limit is not None:
+                if _second is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    _second = ThreadPoolExecutor(1, thread_name_prefix="gruxp-direction")
+                with limit:
+                    other = _second.submit(calls[1])
+                    try:
+                        first = calls[0]()
+                    finally:
+                        second = other.result()
+                return [first, second]
+    return [call() for call in calls]
 
 
 def route_for(xp: ModuleType, *, reset_after: bool) -> ModuleType | None:

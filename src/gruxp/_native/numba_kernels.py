@@ -140,7 +140,8 @@ def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
 
 def _compiled_loops(forward_step, backward_step, cblas_gemm):
     """:func:`gruxp._native.cpu.time_loops` compiled as they are, their GEMM a call into NumPy's own
-    BLAS (see :mod:`gruxp._native.cblas`): no interpreter work between steps."""
+    BLAS (see :mod:`gruxp._native.cblas`): no interpreter work between steps, and the GIL released
+    (a bidirectional layer's two directions may run at once)."""
     from .cpu import time_loops
 
     @numba.njit(inline="always", **_JIT)
@@ -149,7 +150,7 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm):
         N = b.shape[1]
         cblas_gemm(101, 111, 111, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
 
-    return tuple(numba.njit(**_JIT)(loop) for loop in time_loops(forward_step, backward_step, gemm))
+    return tuple(numba.njit(nogil=True, **_JIT)(loop) for loop in time_loops(forward_step, backward_step, gemm))
 
 
 _BY_DTYPE = {

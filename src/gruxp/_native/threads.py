@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any
 
-__all__ = ["blas_limit", "idle_cores"]
+__all__ = ["blas_limit", "idle_cores", "one_thread_each"]
 
 
 @functools.cache
@@ -77,3 +77,14 @@ def blas_limit(steps: int, batch: int, hidden: int) -> contextlib.AbstractContex
     if idle is None or idle >= current:
         return contextlib.nullcontext()
     return blas.limit(limits=idle)
+
+
+def one_thread_each() -> contextlib.AbstractContextManager | None:
+    """A context running BLAS on one thread, for two loops at once (a bidirectional layer's
+    directions, one per core), or None where that was not measured to pay: BLAS not on exactly 2
+    threads, fewer than 2 idle cores, or no threadpoolctl to set it."""
+    blas = _controller()
+    if blas is None or max((lib.num_threads for lib in blas.lib_controllers), default=1) != 2:
+        return None
+    idle = idle_cores()
+    return None if idle is None or idle < 2 else blas.limit(limits=1)

@@ -18,6 +18,7 @@ Nothing is mutated: per-step results are collected in lists and stacked.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
 from .._namespace import device_of, namespace_of, resolve_xp
-from .._native import differentiable_for, fused_loop_for, loop_for, route_for
+from .._native import differentiable_for, fused_loop_for, loop_for, route_for, run_directions
 from ._cell import StepCache, folded_bias, param_grads, step_backward, step_forward
 from ._layers import dropout_mask
 from ._params import gru_param_shapes
@@ -255,22 +256,16 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
     layer_in, h_n, layers = x, [], []
     in_blocks = fused_loop_for(xp, reset_after=config.reset_after, dtype=x.dtype, work=T * B * H * H) is not None
     for layer in range(config.num_layers):
-        outs, tapes = [], []
-        for direction in range(D):
+
+        def call(direction, layer=layer, layer_in=layer_in):
             p = {short: params[full] for short, full in _names(layer, direction).items() if full in params}
-            out, h_T, tape = _direction_forward(
-                layer_in,
-                h0[layer * D + direction, ...],
-                p,
-                mask=mask,
-                reverse=bool(direction),
-                reset_after=config.reset_after,
-                record=record,
-                xp=xp,
-            )
-            outs.append(out)
-            tapes.append(tape)
-            h_n.append(h_T)
+            return _direction_forward(layer_in, h0[layer * D + direction, ...], p, mask=mask, reverse=bool(direction),
+                                      reset_after=config.reset_after, record=record, xp=xp)
+
+        outs, h_Ts, tapes = zip(*run_directions([partial(call, d) for d in range(D)], xp=xp, reset_after=config.reset_after,
+                                                dtype=x.dtype, work=T * B * H * H), strict=True)
+        h_n += h_Ts
+        tapes = list(tapes)
         layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
         if record and D == 2 and mask is None and not in_blocks:
             # each direction's states are now a slice of the concatenated output: keep only that
@@ -400,26 +395,24 @@ def gru_backward(
     grads: dict[str, Any] = {}
     dh0s: list[Any] = [None] * (config.num_layers * D)
     d_layer = d_out
+    T, B = tape.layers[0][0].hs.shape[:2]
     for layer in range(config.num_layers - 1, -1, -1):
-        d_in = None
-        for direction in range(D):
-            names = _names(layer, direction)
-            p = {short: params[full] for short, full in names.items() if full in params}
-            index = layer * D + direction
+
+        def call(direction, layer=layer, d_layer=d_layer):
+            p = {short: params[full] for short, full in _names(layer, direction).items() if full in params}
             d_dir = None if d_layer is None else (d_layer if D == 1 else d_layer[..., direction * H : (direction + 1) * H])
-            (g, dx), dh0s[index] = _direction_backward(
-                tape.layers[layer][direction],
-                d_dir,
-                None if d_hn is None else d_hn[index, ...],
-                p,
-                mask=tape.mask,
-                reverse=bool(direction),
-                reset_after=config.reset_after,
-                bias=config.bias,
-                need_dx=layer > 0 or input_grad,
-                xp=xp,
-            )
+            index = layer * D + direction
+            return _direction_backward(tape.layers[layer][direction], d_dir, None if d_hn is None else d_hn[index, ...], p,
+                                       mask=tape.mask, reverse=bool(direction), reset_after=config.reset_after, bias=config.bias,
+                                       need_dx=layer > 0 or input_grad, xp=xp)
+
+        d_in = None
+        results = run_directions([partial(call, d) for d in range(D)], xp=xp, reset_after=config.reset_after, dtype=dtype,
+                                 work=T * B * H * H)
+        for direction, ((g, dx), dh0) in enumerate(results):
+            names = _names(layer, direction)
             grads.update({names[short]: value for short, value in g.items()})
+            dh0s[layer * D + direction] = dh0
             d_in = dx if d_in is None else d_in + dx
         d_layer = d_in if tape.dropout_masks is None or layer == 0 else d_in * tape.dropout_masks[layer - 1, ...]
     dx, dh0 = d_layer, xp.stack(dh0s, axis=0)
