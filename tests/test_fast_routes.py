@@ -352,3 +352,33 @@ def test_a_bidirectional_layer_may_run_its_directions_at_once_with_the_same_resu
         assert not native._second.submit(worker_buffers).result()
     for a, b in zip(at_once, one_after_the_other, strict=True):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_runs_both_directions_at_once_too(monkeypatch):
+    """The second direction's thread does not survive fork(): a child starts its own, not waiting on
+    the parent's forever."""
+    pytest.importorskip("numba")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import multiprocessing
+
+    import gruxp._native as native
+    from gruxp._native import threads
+
+    case = Case(bidirectional=True)
+    with fast_routes(True, fuser="numba"):
+        if not fused_loop_for(_numpy_compat(), reset_after=True, dtype="float64").compiled:
+            pytest.skip("NumPy's BLAS is not an OpenBLAS that gruxp can call from numba here")
+        monkeypatch.setattr(native, "NUMBA_MIN_WORK", 0)
+        monkeypatch.setattr(threads, "one_thread_each", lambda: threadpoolctl.threadpool_limits(1, user_api="blas"))
+        expected = _run(case, "float64", seed=2)
+        assert native._second is not None
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=lambda: results.put([to_numpy(a) for a in _run(case, "float64", seed=2)]))
+        child.start()
+        got = results.get(timeout=120)
+        child.join(timeout=30)
+    assert child.exitcode == 0
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, to_numpy(b))

@@ -128,6 +128,15 @@ def fused_loop_for(xp: ModuleType, *, reset_after: bool, dtype, work: int | None
 _second = None  # the thread that runs a bidirectional layer's second direction, started on first use
 
 
+def _forget_second() -> None:
+    global _second
+    _second = None  # a forked child inherits the executor but not its thread: it would wait forever
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_second)
+
+
 def run_directions(calls: list[Callable[[], Any]], *, xp: ModuleType, reset_after: bool, dtype, work: int) -> list:
     """``[call() for call in calls]``: a layer's directions, each a call of the whole direction.
 
