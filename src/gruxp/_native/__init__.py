@@ -96,10 +96,14 @@ def clear_buffers() -> None:
     """Free the CPU loop's scratch buffers and idle tape blocks (input projections, per-step
     gradients: a few times the tape's size, kept between calls to avoid re-faulting fresh pages),
     the calling thread's and those of the thread that runs a second direction."""
+    _clear_this_thread()
+    if _second is not None:
+        _second.submit(_clear_this_thread).result()
+
+
+def _clear_this_thread() -> None:
     for loop in _loops.values():
         loop.clear_buffers()
-    if _second is not None:
-        _second.submit(lambda: [loop.clear_buffers() for loop in _loops.values()]).result()
 
 
 # numba compiles its kernels once per process (~5-10 s here); below this much work per direction

@@ -30,6 +30,11 @@ def _controller() -> Any:
     return blas if blas.lib_controllers else None
 
 
+def _threads(blas: Any) -> int:
+    """The BLAS's thread count now (the largest, if NumPy loaded several BLAS libraries)."""
+    return max((lib.num_threads for lib in blas.lib_controllers), default=1)
+
+
 def _cpu_seconds() -> tuple[float, float, float]:
     """(wall clock, CPU time of every process on this machine, CPU time of this process), seconds."""
     with open("/proc/stat", "rb") as f:
@@ -73,8 +78,7 @@ def blas_limit(steps: int, batch: int, hidden: int) -> contextlib.AbstractContex
     if blas is None:
         return contextlib.nullcontext()
     idle = idle_cores()
-    current = max((lib.num_threads for lib in blas.lib_controllers), default=1)
-    if idle is None or idle >= current:
+    if idle is None or idle >= _threads(blas):
         return contextlib.nullcontext()
     return blas.limit(limits=idle)
 
@@ -84,7 +88,7 @@ def one_thread_each() -> contextlib.AbstractContextManager | None:
     directions, one per core), or None where that was not measured to pay: BLAS not on exactly 2
     threads, fewer than 2 idle cores, or no threadpoolctl to set it."""
     blas = _controller()
-    if blas is None or max((lib.num_threads for lib in blas.lib_controllers), default=1) != 2:
+    if blas is None or _threads(blas) != 2:
         return None
     idle = idle_cores()
     return None if idle is None or idle < 2 else blas.limit(limits=1)

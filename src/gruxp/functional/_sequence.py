@@ -254,7 +254,8 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
         dropout, (config.num_layers - 1, T, B, D * config.hidden_size), rng, xp=xp, dtype=x.dtype, device=device_of(x)
     )
     layer_in, h_n, layers = x, [], []
-    in_blocks = fused_loop_for(xp, reset_after=config.reset_after, dtype=x.dtype, work=T * B * H * H) is not None
+    work = T * B * H * H  # of each direction: what decides how the CPU loop runs it
+    in_blocks = fused_loop_for(xp, reset_after=config.reset_after, dtype=x.dtype, work=work) is not None
     for layer in range(config.num_layers):
 
         def call(direction, layer=layer, layer_in=layer_in):
@@ -263,9 +264,8 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
                                       reset_after=config.reset_after, record=record, xp=xp)
 
         outs, h_Ts, tapes = zip(*run_directions([partial(call, d) for d in range(D)], xp=xp, reset_after=config.reset_after,
-                                                dtype=x.dtype, work=T * B * H * H), strict=True)
+                                                dtype=x.dtype, work=work), strict=True)
         h_n += h_Ts
-        tapes = list(tapes)
         layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
         if record and D == 2 and mask is None and not in_blocks:
             # each direction's states are now a slice of the concatenated output: keep only that
