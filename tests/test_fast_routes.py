@@ -51,23 +51,30 @@ def test_numpy_fuser_is_bit_identical_to_the_generic_code(case, dtype):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
-@pytest.mark.parametrize("loops", ["compiled", "per-step"])
+@pytest.mark.parametrize("loops", ["compiled", "compiled, in chunks", "per-step"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES + [Case(T=7, B=4, I=5, H=33, ragged=True, num_layers=2)], ids=lambda c: c.id)
 def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, loops, monkeypatch):
     """numba compiles the same gate functions with its own tanh (a few ulp from NumPy's): float64
     within 1e-12 of each array's largest value, float32 within the cross-backend tolerances. Both
     ways of driving the steps: the compiled loops (GEMM through NumPy's BLAS inside) and a Python
-    loop calling np.matmul and the step kernels (where that BLAS cannot be reached)."""
+    loop calling np.matmul and the step kernels (where that BLAS cannot be reached). The compiled
+    loops also with the input pre-activations computed a few steps at a time, as they are for
+    long sequences (here forced: two steps per chunk, and one last)."""
     pytest.importorskip("numba")
     import gruxp._native as native
     from gruxp._native.cpu import FusedLoop
     from gruxp._native.numba_kernels import fuser
 
-    loop = FusedLoop(fuser(dtype, compiled_loops=loops == "compiled"))
-    if loops == "compiled" and not loop.compiled:
+    compiled = loops.startswith("compiled")
+    loop = FusedLoop(fuser(dtype, compiled_loops=compiled))
+    if compiled and not loop.compiled:
         pytest.skip("NumPy's BLAS is not an OpenBLAS that gruxp can call from numba here")
-    assert loop.compiled == (loops == "compiled")
+    assert loop.compiled == compiled
+    if loops == "compiled, in chunks":
+        B = 1 if case.unbatched else case.B
+        loop.CHUNK_BYTES, loop.MIN_CHUNK_ROWS_PER_INPUT = 2 * B * 3 * case.H * np.dtype(dtype).itemsize, 0
+        assert loop._chunk_steps(case.T, B, case.I, case.H, dtype) == 2 and case.T % 2
     monkeypatch.setattr(native, "_fused_loop", lambda name, dtype: loop)
     with fast_routes(True, fuser="numba"):
         assert fused_loop_for(_numpy_compat(), reset_after=True, dtype=dtype) is loop
