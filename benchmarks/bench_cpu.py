@@ -10,8 +10,10 @@ round times gruxp and torch.nn.GRU back to back (A B A B …), each after a 0.25
 warm-up call, so that neither inherits the other's spinning BLAS/OpenMP threads on a small machine.
 It reports medians over rounds: milliseconds, GFLOP/s (forward = Σ T·2·B·3H·(I_k+H) over
 layer-directions; training = 3× that), the per-round ratio to torch, and the fraction of the
-"matmul floor": the same GEMMs, alone, timed in the same rounds (floor / gruxp; 1.0 = nothing but
-GEMMs). torch gets as many threads as NumPy's BLAS.
+"matmul floor": the same GEMMs, alone, timed in the same rounds (floor / gruxp per round; 1.0 =
+nothing but GEMMs). Both fractions are paired within a round, so that a slow spell of this shared
+machine, which lasts seconds, falls on both sides of a ratio rather than on one side's median.
+torch gets as many threads as NumPy's BLAS.
 
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which this workplace may set to work around old OpenBLAS
 builds, slow a current NumPy down; this script unsets both for its own process (it re-executes
@@ -139,7 +141,7 @@ def bench(config, backends, rounds):
     for mode, index, flops in (("forward", 0, fwd_flops), ("train", 1, 3 * fwd_flops)):
         for name, fns in ours.items():
             a, b, floor = fns[index], theirs[index], floors[index]
-            ta, tb, tf, ratios = [], [], [], []
+            ta, tb, tf, ratios, floor_ratios = [], [], [], [], []
             for _ in range(rounds):
                 settle(a)
                 ta.append(per_call(a))
@@ -148,11 +150,12 @@ def bench(config, backends, rounds):
                 settle(floor)
                 tf.append(per_call(floor))
                 ratios.append(ta[-1] / tb[-1])
+                floor_ratios.append(tf[-1] / ta[-1])
             med = statistics.median
             rows.append(dict(
                 B=B, T=T, H=H, I=H, layers=L, bidirectional=bi, mode=mode, backend=name,
                 gruxp_ms=med(ta) * 1e3, torch_ms=med(tb) * 1e3, floor_ms=med(tf) * 1e3,
-                ratio=med(ratios), floor_fraction=med(tf) / med(ta),
+                ratio=med(ratios), floor_fraction=med(floor_ratios),
                 gruxp_gflops=flops / med(ta) / 1e9, torch_gflops=flops / med(tb) / 1e9,
             ))
             print(format_row(rows[-1]), flush=True)
@@ -160,7 +163,7 @@ def bench(config, backends, rounds):
 
 
 HEADER = ("| B | T | I=H | layers | mode | backend | gruxp ms | torch ms | ratio (median/round) | gruxp GFLOP/s | "
-          "torch GFLOP/s | matmul floor ms | floor / gruxp |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "torch GFLOP/s | matmul floor ms | floor / gruxp (median/round) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r: dict) -> str:

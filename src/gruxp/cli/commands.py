@@ -457,9 +457,10 @@ def _cpu_step() -> str:
         return "NumPy buffers, not fused (pip install numba, or the fast extra, for the fused step)"
     import numba
 
-    from gruxp._native.cblas import gemm
+    from gruxp._native.cblas import gemm, gemv
 
-    loop = "the whole loop compiled" if gemm("float32") is not None else "a Python loop over compiled steps"
+    compiled = gemm("float32") is not None and gemv("float32") is not None
+    loop = "the whole loop compiled" if compiled else "a Python loop over compiled steps"
     return f"fused by numba {numba.__version__}, {loop} (for T·B·H² ≥ {NUMBA_MIN_WORK:,})"
 
 
