@@ -247,14 +247,16 @@ class FusedLoop:
         h = np.ascontiguousarray(h0)
         steps = self._chunk_steps(T, B, I, H, dtype)
         gi = self._buffer("gi", (steps, B, 3 * H), dtype)
-        x_in = x if x.flags.c_contiguous else self._buffer("x", (steps, B, I), dtype)
+        x_buffer = None if x.flags.c_contiguous else self._buffer("x", (steps, B, I), dtype)  # a chunk's copy
         with self._threads(T, B, H):
             for start in range(0, T, steps):
                 # the chunk [t0, t1) in processing order: from the end when reverse
                 t0, t1 = (max(0, T - start - steps), T - start) if reverse else (start, min(T, start + steps))
                 k = t1 - t0
-                x_chunk = x[t0:t1] if x_in is x else x_in[:k]
-                if x_in is not x:
+                if x_buffer is None:
+                    x_chunk = x[t0:t1]
+                else:
+                    x_chunk = x_buffer[:k]
                     np.copyto(x_chunk, x[t0:t1])
                 # by the transposed view, as the generic code does: as fast for many rows as a copy of W_ihᵀ
                 np.matmul(np.reshape(x_chunk, (k * B, I)), w_ih.T, out=np.reshape(gi[:k], (k * B, 3 * H)))
