@@ -51,7 +51,7 @@ def test_numpy_fuser_is_bit_identical_to_the_generic_code(case, dtype):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
-@pytest.mark.parametrize("loops", ["compiled", "compiled, in chunks", "per-step"])
+@pytest.mark.parametrize("loops", ["compiled", "compiled, in chunks", "compiled, halves at once", "per-step"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES + [Case(T=7, B=4, I=5, H=33, ragged=True, num_layers=2)], ids=lambda c: c.id)
 def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, loops, monkeypatch):
@@ -60,9 +60,15 @@ def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, lo
     ways of driving the steps: the compiled loops (GEMM through NumPy's BLAS inside) and a Python
     loop calling np.matmul and the step kernels (where that BLAS cannot be reached). The compiled
     loops also with the input pre-activations computed a few steps at a time, as they are for
-    long sequences (here forced: two steps per chunk, and one last)."""
+    long sequences (here forced: two steps per chunk, and one last), and with each half of the
+    batch run at once on two threads, the GEMMs after the backward loop over each half of the
+    steps (forced at this size)."""
     pytest.importorskip("numba")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threading
+
     import gruxp._native as native
+    from gruxp._native import threads
     from gruxp._native.cpu import FusedLoop
     from gruxp._native.numba_kernels import fuser
 
@@ -75,10 +81,21 @@ def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, lo
         B = 1 if case.unbatched else case.B
         loop.CHUNK_BYTES, loop.MIN_CHUNK_ROWS_PER_INPUT = 2 * B * 3 * case.H * np.dtype(dtype).itemsize, 0
         assert loop._chunk_steps(case.T, B, case.I, case.H, dtype) == 2 and case.T % 2
+    paired, ran_on = [], set()
+    if loops == "compiled, halves at once":
+        loop.MIN_SPLIT_ROWS, loop.MIN_SPLIT_WORK = 1, 0
+        monkeypatch.setattr(threads, "one_thread_each", lambda *own: threadpoolctl.threadpool_limits(1, user_api="blas"))
+        loop.pair = lambda first, second: paired.append(native.run_pair(first, second)) or paired[-1]
+        compiled_forward = loop.forward_loop
+        loop.forward_loop = lambda *a: (ran_on.add(threading.current_thread().name[:12]), compiled_forward(*a))[1]
     monkeypatch.setattr(native, "_fused_loop", lambda name, dtype: loop)
     with fast_routes(True, fuser="numba"):
         assert fused_loop_for(_numpy_compat(), reset_after=True, dtype=dtype) is loop
         fused = _run(case, dtype, seed=3)
+    if loops == "compiled, halves at once":
+        split = not case.unbatched and case.B >= 2
+        assert paired == ([True] * len(paired) if split else []) and (len(paired) > 0) == split
+        assert ran_on == ({"MainThread", "gruxp-second"} if split else {"MainThread"})
     with fast_routes(False):
         generic = _run(case, dtype, seed=3)
     for a, b in zip(fused, generic, strict=True):
@@ -174,6 +191,61 @@ def test_blas_threads_are_limited_inside_gruxp_only():
     assert threads() == before
     if max(before) > 1:
         assert max(inside) < max(before)
+
+
+def test_two_loops_at_once_only_while_no_other_thread_of_the_process_runs(monkeypatch):
+    """A thread of this process that is running (OpenBLAS's spinning workers, most often) is
+    counted, a sleeping one is not; while one runs, no pair starts and neither call runs."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import os
+    import threading
+    import time
+
+    import gruxp._native as native
+    from gruxp._native import threads
+
+    if threads.others_running({threading.get_native_id()}) is None:
+        pytest.skip("no /proc/self/task here: the check does not apply")
+    monkeypatch.setattr(threads, "idle_cores", lambda: 2)  # whatever other processes do meanwhile
+    monkeypatch.setattr(threads, "_threads", lambda blas: 2)
+    monkeypatch.setattr(threads, "_controller", lambda: threadpoolctl.ThreadpoolController().select(user_api="blas"))
+    if not threads._controller().lib_controllers:
+        pytest.skip("no BLAS that threadpoolctl knows here")
+    stop, started = threading.Event(), threading.Event()
+
+    def spin():
+        started.set()
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        started.wait()
+        time.sleep(0.05)
+        own = {threading.get_native_id(), native._second_id}
+        assert threads.others_running(own) >= 1
+        assert threads.one_thread_each(frozenset({native._second_id})) is None
+        calls = []
+        assert native.run_pair(lambda: calls.append(1), lambda: calls.append(2)) is False and calls == []
+    finally:
+        stop.set()
+        spinner.join()
+    waiting = threading.Event()
+    sleeper = threading.Thread(target=waiting.wait)
+    sleeper.start()
+    try:
+        deadline = time.monotonic() + 2  # a BLAS worker that an earlier call woke spins ~0.1 s
+        while threads.others_running({threading.get_native_id(), native._second_id}) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        calls = []
+        assert native.run_pair(lambda: calls.append(1), lambda: calls.append(2)) is True and sorted(calls) == [1, 2]
+        cores = threads.cores_but_this_one()
+        assert cores is None or (cores and cores <= os.sched_getaffinity(0))
+    finally:
+        waiting.set()
+        sleeper.join()
+    assert threads.l2_bytes() >= 2**14
 
 
 # -- JAX: the loop is lax.scan over the same step functions ------------------------------------------
@@ -349,9 +421,9 @@ def test_a_bidirectional_layer_may_run_its_directions_at_once_with_the_same_resu
         forward = FusedLoop.forward
         monkeypatch.setattr(FusedLoop, "forward", lambda self, *a, **k: (ran_on.append(threading.current_thread().name), forward(self, *a, **k))[1])
         monkeypatch.setattr(native, "NUMBA_MIN_WORK", 0)
-        monkeypatch.setattr(threads, "one_thread_each", lambda: threadpoolctl.threadpool_limits(1, user_api="blas"))
+        monkeypatch.setattr(threads, "one_thread_each", lambda *own: threadpoolctl.threadpool_limits(1, user_api="blas"))
         at_once = _run(case, "float64", seed=5)
-        assert any(name.startswith("gruxp-direction") for name in ran_on)
+        assert any(name.startswith("gruxp-second") for name in ran_on)
         loop = fused_loop_for(_numpy_compat(), reset_after=True, dtype="float64")
         worker_buffers = lambda: bool(getattr(loop._local, "buffers", None))  # noqa: E731
         assert native._second.submit(worker_buffers).result()
@@ -378,7 +450,7 @@ def test_a_forked_child_runs_both_directions_at_once_too(monkeypatch):
         if not fused_loop_for(_numpy_compat(), reset_after=True, dtype="float64").compiled:
             pytest.skip("NumPy's BLAS is not an OpenBLAS that gruxp can call from numba here")
         monkeypatch.setattr(native, "NUMBA_MIN_WORK", 0)
-        monkeypatch.setattr(threads, "one_thread_each", lambda: threadpoolctl.threadpool_limits(1, user_api="blas"))
+        monkeypatch.setattr(threads, "one_thread_each", lambda *own: threadpoolctl.threadpool_limits(1, user_api="blas"))
         expected = _run(case, "float64", seed=2)
         assert native._second is not None
         context = multiprocessing.get_context("fork")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 from .._namespace import is_jax_namespace, is_numpy_namespace
 
 __all__ = ["clear_buffers", "fast_routes", "fuser_name", "fused_loop_for", "route_for", "loop_for", "differentiable_for", "compiler_for",
-           "run_directions"]
+           "run_directions", "run_pair"]
 
 _FUSERS = ("auto", "numba", "numpy")
 _enabled = os.environ.get("GRUXP_FAST_ROUTES", "1") != "0"
@@ -88,7 +89,7 @@ def _fused_loop(name: str, dtype: str):
             from .numba_kernels import fuser as numba_fuser
 
             fuser = numba_fuser(dtype)
-        _loops[name, dtype] = FusedLoop(fuser, blas_limit)
+        _loops[name, dtype] = FusedLoop(fuser, blas_limit, run_pair)
     return _loops[name, dtype]
 
 
@@ -129,47 +130,79 @@ def fused_loop_for(xp: ModuleType, *, reset_after: bool, dtype, work: int | None
     return _fused_loop(fuser, name)
 
 
-_second = None  # the thread that runs a bidirectional layer's second direction, started on first use
+_second = None  # gruxp's second thread: a layer's second direction, or a batch's second half; started on first use
+_second_id = -1  # its native thread id
+_pair_running = threading.Lock()
 
 
 def _forget_second() -> None:
-    global _second
-    _second = None  # a forked child inherits the executor but not its thread: it would wait forever
+    global _second, _second_id, _pair_running
+    _second, _second_id = None, -1  # a forked child inherits the executor but not its thread: it would wait forever
+    _pair_running = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_second)
 
 
+def _on_cores(cores, call: Callable[[], Any]) -> Any:
+    if cores is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cores)  # this thread only (Linux)
+    return call()
+
+
+def run_pair(first: Callable[[], Any], second: Callable[[], Any]) -> bool:
+    """Run two independent calls at once, each on its own core with BLAS on one thread (the second
+    on gruxp's own thread), and return True; or call neither and return False, where
+    :func:`gruxp._native.threads.one_thread_each` says two cores are not free, or a pair is
+    running already (a direction of a pair does not split again). Only for calls that release the
+    GIL (numba's compiled loops)."""
+    global _second, _second_id
+    if not _pair_running.acquire(blocking=False):
+        return False
+    try:
+        from .threads import cores_but_this_one, one_thread_each
+
+        limit = one_thread_each(frozenset({_second_id}))
+        if limit is None:
+            return False
+        if _second is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _second = ThreadPoolExecutor(1, thread_name_prefix="gruxp-second")
+            _second_id = _second.submit(threading.get_native_id).result()
+        cores = cores_but_this_one()
+        with limit:
+            other = _second.submit(_on_cores, cores, second)
+            try:
+                first()
+            finally:
+                other.result()
+        return True
+    finally:
+        _pair_running.release()
+
+
 def run_directions(calls: list[Callable[[], Any]], *, xp: ModuleType, reset_after: bool, dtype, work: int) -> list:
     """``[call() for call in calls]``: a layer's directions, each a call of the whole direction.
 
     A bidirectional layer's two directions are independent; where the CPU's compiled loop runs
-    them (its numba code releases the GIL) and :func:`gruxp._native.threads.one_thread_each` says
-    two cores are free, they run at once, each on its own core with BLAS on one thread: each
-    step's small GEMM loses less on one thread than the element-wise pass, run alone, leaves idle.
-    Same functions, same buffers (per thread), same results: the order of operations within a
-    direction does not change.
+    them (its numba code releases the GIL) and two cores are free (:func:`run_pair`), they run at
+    once, each on its own core with BLAS on one thread: each step's small GEMM loses less on one
+    thread than the element-wise pass, run alone, leaves idle. Same functions, same buffers (per
+    thread), same results: the order of operations within a direction does not change.
     """
-    global _second
     if len(calls) == 2 and work >= NUMBA_MIN_WORK:
         loop = fused_loop_for(xp, reset_after=reset_after, dtype=dtype, work=work)
         if loop is not None and loop.compiled:
-            from .threads import one_thread_each
+            results = [None, None]
 
-            limit = one_thread_each()
-            if limit is not None:
-                if _second is None:
-                    from concurrent.futures import ThreadPoolExecutor
+            def call(i: int) -> None:
+                results[i] = calls[i]()
 
-                    _second = ThreadPoolExecutor(1, thread_name_prefix="gruxp-direction")
-                with limit:
-                    other = _second.submit(calls[1])
-                    try:
-                        first = calls[0]()
-                    finally:
-                        second = other.result()
-                return [first, second]
+            if run_pair(lambda: call(0), lambda: call(1)):
+                return results
     return [call() for call in calls]
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 import time
 from typing import Any
 
-__all__ = ["blas_limit", "idle_cores", "one_thread_each"]
+__all__ = ["blas_limit", "cores_but_this_one", "idle_cores", "l2_bytes", "one_thread_each", "others_running"]
 
 
 @functools.cache
@@ -83,12 +84,85 @@ def blas_limit(steps: int, batch: int, hidden: int) -> contextlib.AbstractContex
     return blas.limit(limits=idle)
 
 
-def one_thread_each() -> contextlib.AbstractContextManager | None:
-    """A context running BLAS on one thread, for two loops at once (a bidirectional layer's
-    directions, one per core), or None where that was not measured to pay: BLAS not on exactly 2
-    threads, fewer than 2 idle cores, or no threadpoolctl to set it."""
+def one_thread_each(own: frozenset = frozenset()) -> contextlib.AbstractContextManager | None:
+    """A context running BLAS on one thread, for two loops at once (one per core), or None where
+    that was not measured to pay: BLAS not on exactly 2 threads, fewer than 2 idle cores, another
+    thread of this process running (besides the caller and the native thread ids ``own``), or no
+    threadpoolctl to set it.
+
+    The other thread is, most often, one of OpenBLAS's own: after each call it ran on several
+    threads, its workers spin for ~0.1 s (2²⁸ clock ticks, sched_yield in a loop) before they
+    sleep. Two loops started meanwhile share their cores with it: a forward at B=32, T=200, H=128
+    took 14.7 ms in halves at once against 7.5 ms with the workers asleep (10.2 ms in one piece).
+    """
     blas = _controller()
     if blas is None or _threads(blas) != 2:
         return None
     idle = idle_cores()
-    return None if idle is None or idle < 2 else blas.limit(limits=1)
+    if idle is None or idle < 2 or others_running(own | {threading.get_native_id()}) != 0:
+        return None
+    return blas.limit(limits=1)
+
+
+def others_running(own) -> int | None:
+    """How many threads of this process, other than the native thread ids ``own``, are running
+    or ready to run now (state R in /proc; a sleeping or waiting thread is S); None where unknown."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    running = 0
+    for tid in tids:
+        if int(tid) in own:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                running += f.read().rsplit(b")", 1)[1].split(None, 1)[0] == b"R"
+        except OSError:  # it ended meanwhile
+            continue
+    return running
+
+
+@functools.cache
+def _sched_getcpu() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).sched_getcpu
+    except (OSError, AttributeError):
+        return None
+
+
+def cores_but_this_one() -> set | None:
+    """The cores this thread may run on, less the one it runs on now; None where unknown or empty.
+
+    For the second of two loops at once: a thread woken after a pause is placed beside the thread
+    that woke it, and the kernel moves it to the idle core only a few milliseconds later (a
+    forward at B=32, T=200, H=128 in halves took 14.8 ms after a 0.3 s pause, 8.7 ms with the
+    second thread placed here).
+    """
+    getcpu = _sched_getcpu()
+    try:
+        cores = os.sched_getaffinity(0)
+    except (OSError, AttributeError):
+        return None
+    here = -1 if getcpu is None else getcpu()
+    return (cores - {here}) or None if here >= 0 else None
+
+
+@functools.cache
+def l2_bytes() -> int:
+    """The size of one core's L2 cache (Linux sysfs), or 1 MiB where it cannot be read."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(root)):
+            with open(f"{root}/{index}/level") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(f"{root}/{index}/size") as f:
+                size = f.read().strip().upper()
+            scale = {"K": 2**10, "M": 2**20}.get(size[-1:], 1)
+            return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 2**20

@@ -166,7 +166,8 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
         h_prev = _previous_states(tape, reverse=reverse, xp=xp)
     if fused is not None:
         d_i, d_h, dh = fused.backward(d_out, d_hT, h_prev, tape.r, tape.z, tape.n, tape.gh_n, w_hh, mask=mask, reverse=reverse)
-        return _finish_backward(d_i, d_h, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
+        finish = partial(_finish_backward, r=None, p=p, reset_after=reset_after, bias=bias, xp=xp)
+        return fused.finish(finish, d_i, d_h, x, h_prev, need_dx=need_dx), dh
     zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
     dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
 
@@ -183,21 +184,22 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
     dh, (d_r, d_z, d_an, d_ghn) = loop_for(xp, python_loop)(step, dh, xs, length=T, reverse=not reverse, xp=xp)
     d_i = xp.concat([d_r, d_z, d_an], axis=-1)
     d_h = xp.concat([d_r, d_z, d_ghn], axis=-1) if reset_after else d_i
-    return _finish_backward(d_i, d_h, tape, h_prev, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
+    return _finish_backward(d_i, d_h, x, h_prev, tape.r, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
 
 
-def _finish_backward(d_i, d_h, tape, h_prev, p, *, reset_after, bias, need_dx, xp):
-    """The GEMMs after the time loop: weight gradients and dx (None unless ``need_dx``)."""
-    T, B, I = tape.x.shape
-    H = tape.h0.shape[-1]
+def _finish_backward(d_i, d_h, x, h_prev, r, p, *, reset_after, bias, need_dx, xp):
+    """The GEMMs after the time loop: weight gradients and dx (None unless ``need_dx``), from the
+    per-step gradients and inputs of any run of steps: (T, B, ·) arrays, ``r`` only for reset_before."""
+    T, B, I = x.shape
+    H = h_prev.shape[-1]
     rows = T * B
     d_i2 = xp.reshape(d_i, (rows, 3 * H))
     grads = param_grads(
         d_i2,
         xp.reshape(d_h, (rows, 3 * H)),
-        xp.reshape(tape.x, (rows, I)),
+        xp.reshape(x, (rows, I)),
         xp.reshape(h_prev, (rows, H)),
-        None if reset_after else xp.reshape(tape.r, (rows, H)),  # only reset_before needs r
+        None if reset_after else xp.reshape(r, (rows, H)),
         reset_after=reset_after,
         bias=bias,
         xp=xp,
