@@ -108,6 +108,35 @@ def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, lo
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_halves_at_once_give_the_bits_of_one_piece(dtype, monkeypatch):
+    """At a size where OpenBLAS rounds a GEMM of half the rows as it rounds all of them (every
+    size measured that large), the two halves of the batch at once, with the GEMMs after the loop
+    split by gate columns and dx rows, give the one-piece numba run's bits: no sum changes order."""
+    pytest.importorskip("numba")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import gruxp._native as native
+    from gruxp._native import threads
+    from gruxp._native.cpu import FusedLoop
+    from gruxp._native.numba_kernels import fuser
+
+    loop = FusedLoop(fuser(dtype))
+    if not loop.compiled:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS that gruxp can call from numba here")
+    monkeypatch.setattr(native, "_fused_loop", lambda name, dtype: loop)
+    case = Case(T=12, B=16, I=64, H=128, ragged=True, batch_first=True, num_layers=2)
+    with fast_routes(True, fuser="numba"), threadpoolctl.threadpool_limits(1, user_api="blas"):
+        one_piece = _run(case, dtype, seed=4)
+    paired = []
+    monkeypatch.setattr(threads, "one_thread_each", lambda *own: threadpoolctl.threadpool_limits(1, user_api="blas"))
+    loop.MIN_SPLIT_WORK, loop.pair = 0, lambda first, second: paired.append(native.run_pair(first, second)) or paired[-1]
+    with fast_routes(True, fuser="numba"):
+        halves = _run(case, dtype, seed=4)
+    assert paired == [True] * 4 * case.num_layers  # per layer: inference, taped forward, backward loop, the GEMMs after it
+    for a, b in zip(halves, one_piece, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
 def test_numba_activations_are_within_a_few_ulp():
     numba_kernels = pytest.importorskip("gruxp._native.numba_kernels")
     import numba

@@ -19,6 +19,10 @@ Fusers, each applying the same shared functions:
 The backward kernel also finishes the previous step: dL/dh = gz + [d_r, d_z, d_ghn] W_hh is
 formed at the start of the next kernel call (or frozen, past a sequence's end), which saves a
 pass per step.
+
+The loops run over a range of the batch's rows, so that the two halves of a batch, independent
+of each other, can run at once on two cores (numba's compiled loops, which release the GIL; see
+:meth:`FusedLoop._split`), and the GEMMs after the backward loop in two halves, too.
 """
 
 from __future__ import annotations
@@ -284,24 +288,30 @@ class FusedLoop:
             self.forward_loop(gi[:k], b_in, whh_t, b_hn, h, active[t0:t1], hs[t0:t1], *rec, gh, reverse, record, b0, b1)
             h = hs[t0 if reverse else t1 - 1, b0:b1]
 
-    def finish(self, finish, d_i, d_h, x, h_prev, *, need_dx: bool):
+    def finish(self, finish, d_i, d_h, x, h_prev, w_ih, *, need_dx: bool):
         """``finish(d_i, d_h, x, h_prev, need_dx=…)`` -> (grads, dx), the GEMMs after the backward
-        loop, over all steps; or, where the loops run in halves (:meth:`_split`), over the first and
-        the second half of the steps at once, the two halves' weight gradients summed. Then no
-        GEMM of the training step runs on OpenBLAS's own threads, which would spin for ~0.1 s
-        afterwards, taking the cores from the next call's halves (see
+        loop, as they are; or, where the loops run in halves (:meth:`_split`), in two halves at
+        once: each thread the weight gradients' rows of half the gate columns (``finish`` on those
+        columns) and half of dx's rows (dx = d_i W_ih, here). Each element is the same sum in the
+        same order as in one GEMM: OpenBLAS gave the same bits at every size measured here. Then
+        no GEMM of a training step runs on OpenBLAS's own threads, which would spin for ~0.1 s
+        afterwards and take the cores from the next call's halves (see
         :func:`gruxp._native.threads.one_thread_each`)."""
         T, B, H = h_prev.shape
-        half = T // 2
+        rows, cut = T * B, 3 * H // 2  # H > 1: a block of 3H/2 columns is not mistaken for d_ghn alone
+        dx = np.empty((rows, x.shape[-1]), x.dtype) if need_dx else None
         parts = [None, None]
 
-        def run(i: int, steps: slice) -> None:
-            parts[i] = finish(d_i[steps], d_h[steps], x[steps], h_prev[steps], need_dx=need_dx)
+        def run(i: int, columns: slice, dx_rows: slice) -> None:
+            parts[i], _ = finish(d_i[..., columns], d_h[..., columns], x, h_prev, need_dx=False)
+            if dx is not None:
+                np.matmul(np.reshape(d_i, (rows, 3 * H))[dx_rows], w_ih, out=dx[dx_rows])
 
-        if not (half and self._split(T, B, H, h_prev.dtype) and self.pair(lambda: run(0, slice(0, half)), lambda: run(1, slice(half, T)))):
+        if not (H > 1 and self._split(T, B, H, h_prev.dtype)
+                and self.pair(lambda: run(0, slice(0, cut), slice(0, rows // 2)), lambda: run(1, slice(cut, None), slice(rows // 2, None)))):
             return finish(d_i, d_h, x, h_prev, need_dx=need_dx)
-        (grads, dx), (more, dx_more) = parts
-        return {k: g + more[k] for k, g in grads.items()}, (None if dx is None else np.concatenate([dx, dx_more]))
+        grads = {k: np.concatenate([g, parts[1][k]]) for k, g in parts[0].items()}
+        return grads, (None if dx is None else np.reshape(dx, x.shape))
 
     def _by_rows(self, T: int, B: int, H: int, dtype, run) -> None:
         """``run(0, B)``, or ``run`` on each half of the batch at once (see :meth:`_split`)."""

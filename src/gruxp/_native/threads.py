@@ -98,10 +98,10 @@ def one_thread_each(own: frozenset = frozenset()) -> contextlib.AbstractContextM
     blas = _controller()
     if blas is None or _threads(blas) != 2:
         return None
-    idle = idle_cores()
-    if idle is None or idle < 2 or others_running(own | {threading.get_native_id()}) != 0:
+    if others_running(own | {threading.get_native_id()}) != 0:  # the most frequent "no": checked first
         return None
-    return blas.limit(limits=1)
+    idle = idle_cores()
+    return None if idle is None or idle < 2 else blas.limit(limits=1)
 
 
 def others_running(own) -> int | None:

@@ -215,6 +215,8 @@ def param_grads(
     of the backward step's GEMM; reset_before: d_i itself); ``x`` (rows, I); ``h`` (rows, H) the states
     the steps started from; ``r`` (rows, H) the reset gate (reset_before only; else None).
     ``d_h`` may also be d_ghn alone, (rows, H), as before: its r and z blocks are then d_i's.
+    reset_after: the same block of columns of d_i and d_h (of a width other than H) gives the
+    gradients' matching rows (the CPU loop splits these GEMMs over two cores so).
     """
     H = h.shape[-1]
     if tuple(d_h.shape) == (d_i.shape[0], H):

@@ -167,7 +167,7 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
     if fused is not None:
         d_i, d_h, dh = fused.backward(d_out, d_hT, h_prev, tape.r, tape.z, tape.n, tape.gh_n, w_hh, mask=mask, reverse=reverse)
         finish = partial(_finish_backward, r=None, p=p, reset_after=reset_after, bias=bias, xp=xp)
-        return fused.finish(finish, d_i, d_h, x, h_prev, need_dx=need_dx), dh
+        return fused.finish(finish, d_i, d_h, x, h_prev, p["weight_ih"], need_dx=need_dx), dh
     zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
     dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
 
@@ -189,14 +189,15 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
 
 def _finish_backward(d_i, d_h, x, h_prev, r, p, *, reset_after, bias, need_dx, xp):
     """The GEMMs after the time loop: weight gradients and dx (None unless ``need_dx``), from the
-    per-step gradients and inputs of any run of steps: (T, B, ·) arrays, ``r`` only for reset_before."""
+    per-step gradients (T, B, 3H) and inputs; ``r`` only for reset_before. ``d_i`` and ``d_h`` may be
+    the same block of columns of each (reset_after): the gradients' matching rows (no dx then)."""
     T, B, I = x.shape
     H = h_prev.shape[-1]
     rows = T * B
-    d_i2 = xp.reshape(d_i, (rows, 3 * H))
+    d_i2 = xp.reshape(d_i, (rows, d_i.shape[-1]))
     grads = param_grads(
         d_i2,
-        xp.reshape(d_h, (rows, 3 * H)),
+        xp.reshape(d_h, (rows, d_h.shape[-1])),
         xp.reshape(x, (rows, I)),
         xp.reshape(h_prev, (rows, H)),
         None if reset_after else xp.reshape(r, (rows, H)),
