@@ -21,14 +21,23 @@ import sys
 import numpy as np
 
 CHILD = r"""
-import json, resource, sys
+import json, resource, sys, time
 import numpy as np, gruxp
+from gruxp import _native
+import gruxp._native.threads
 B, T, H, L, bi, phase = json.loads(sys.argv[1])
 model = gruxp.GRU(H, H, L, batch_first=True, bidirectional=bi, seed=0)
 x = np.random.default_rng(0).standard_normal((B, T, H), dtype=np.float32)
 d_out = np.random.default_rng(1).standard_normal((B, T, (2 if bi else 1) * H), dtype=np.float32)
 model(x[:, :2]); out, _, tape = model.forward(x[:, :2]); model.backward(tape, d_out[:, :2])  # warm imports/BLAS
 del out, tape
+_native.threads.idle_cores()  # starts a quiet interval of load measurement (the warm-up compiled numba's kernels)
+time.sleep(0.3)  # and OpenBLAS's workers, woken by the warm-up, sleep again: calls may run two at once (README)
+pairs = []
+run_pair = _native.run_pair
+_native.run_pair = lambda first, second: pairs.append(run_pair(first, second)) or pairs[-1]
+for loop in _native._loops.values():
+    loop.pair = loop.pair and _native.run_pair
 def rss_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -39,7 +48,7 @@ else:
     out, h_n, tape = model.forward(x)
     model.backward(tape, d_out)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_kib": base, "peak_kib": peak}))
+print(json.dumps({"base_kib": base, "peak_kib": peak, "halves_at_once": sum(pairs), "in_one_piece": len(pairs) - sum(pairs)}))
 """
 
 
@@ -86,7 +95,8 @@ def main() -> None:
         res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec + [phase])], capture_output=True, text=True, check=True)
         r = json.loads(res.stdout)
         print(f"peak RSS, {phase:9s}: {r['peak_kib'] / 1024:.1f} MiB (+{(r['peak_kib'] - r['base_kib']) / 1024:.1f} MiB over "
-              f"the resident size just before the call; x itself is {x_bytes * mib:.1f} MiB)")
+              f"the resident size just before the call; x itself is {x_bytes * mib:.1f} MiB; calls run two at once (halves or directions): "
+              f"{r['halves_at_once']}, not: {r['in_one_piece']})")
 
 
 if __name__ == "__main__":

@@ -156,8 +156,9 @@ def run_pair(first: Callable[[], Any], second: Callable[[], Any]) -> bool:
     """Run two independent calls at once, each on its own core with BLAS on one thread (the second
     on gruxp's own thread), and return True; or call neither and return False, where
     :func:`gruxp._native.threads.one_thread_each` says two cores are not free, or a pair is
-    running already (a direction of a pair does not split again). Only for calls that release the
-    GIL (numba's compiled loops)."""
+    running already (a direction of a pair does not split again). The second thread is put on a
+    core other than the caller's (see :func:`gruxp._native.threads.cores_but_this_one`). Only for
+    calls that release the GIL (numba's compiled loops)."""
     global _second, _second_id
     if not _pair_running.acquire(blocking=False):
         return False

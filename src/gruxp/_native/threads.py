@@ -7,6 +7,10 @@ than 1 on a loaded 2-core machine, while 1.3-1.8× faster on an idle one: see
 processes used lately (``/proc/stat`` less this process's own) and, inside gruxp's own loop only,
 limits BLAS to the cores they left idle (at least 1, at most what it had).
 Without threadpoolctl, or off Linux, nothing is changed.
+
+Two loops may also run at once, one per core with BLAS on one thread each (:func:`one_thread_each`:
+both cores idle, and no other thread of this process running, such as OpenBLAS's spinning workers),
+the second thread placed on a core other than the caller's (:func:`cores_but_this_one`).
 """
 
 from __future__ import annotations
@@ -155,7 +159,7 @@ def l2_bytes() -> int:
     """The size of one core's L2 cache (Linux sysfs), or 1 MiB where it cannot be read."""
     root = "/sys/devices/system/cpu/cpu0/cache"
     try:
-        for index in sorted(os.listdir(root)):
+        for index in sorted(i for i in os.listdir(root) if i.startswith("index")):
             with open(f"{root}/{index}/level") as f:
                 if f.read().strip() != "2":
                     continue
