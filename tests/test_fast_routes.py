@@ -226,6 +226,7 @@ def test_two_loops_at_once_only_while_no_other_thread_of_the_process_runs(monkey
     """A thread of this process that is running (OpenBLAS's spinning workers, most often) is
     counted, a sleeping one is not; while one runs, no pair starts and neither call runs."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    import hashlib
     import os
     import threading
     import time
@@ -241,11 +242,12 @@ def test_two_loops_at_once_only_while_no_other_thread_of_the_process_runs(monkey
     if not threads._controller().lib_controllers:
         pytest.skip("no BLAS that threadpoolctl knows here")
     stop, started = threading.Event(), threading.Event()
+    data = bytes(2**25)
 
-    def spin():
+    def spin():  # hashlib lets go of the GIL over large data: this thread runs, it does not wait for the GIL
         started.set()
         while not stop.is_set():
-            sum(range(1000))
+            hashlib.sha256(data).digest()
 
     spinner = threading.Thread(target=spin)
     spinner.start()
