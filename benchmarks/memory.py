@@ -48,7 +48,7 @@ else:
     out, h_n, tape = model.forward(x)
     model.backward(tape, d_out)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_kib": base, "peak_kib": peak, "halves_at_once": sum(pairs), "in_one_piece": len(pairs) - sum(pairs)}))
+print(json.dumps({"base_kib": base, "peak_kib": peak, "at_once": sum(pairs), "not_at_once": len(pairs) - sum(pairs)}))
 """
 
 
@@ -96,7 +96,7 @@ def main() -> None:
         r = json.loads(res.stdout)
         print(f"peak RSS, {phase:9s}: {r['peak_kib'] / 1024:.1f} MiB (+{(r['peak_kib'] - r['base_kib']) / 1024:.1f} MiB over "
               f"the resident size just before the call; x itself is {x_bytes * mib:.1f} MiB; calls run two at once (halves or directions): "
-              f"{r['halves_at_once']}, not: {r['in_one_piece']})")
+              f"{r['at_once']}, not: {r['not_at_once']})")
 
 
 if __name__ == "__main__":

@@ -299,13 +299,14 @@ class FusedLoop:
         :func:`gruxp._native.threads.one_thread_each`)."""
         T, B, H = h_prev.shape
         rows, cut = T * B, 3 * H // 2  # H > 1: a block of 3H/2 columns is not mistaken for d_ghn alone
+        d_i2 = np.reshape(d_i, (rows, 3 * H))
         dx = np.empty((rows, x.shape[-1]), x.dtype) if need_dx else None
         parts = [None, None]
 
         def run(i: int, columns: slice, dx_rows: slice) -> None:
             parts[i], _ = finish(d_i[..., columns], d_h[..., columns], x, h_prev, need_dx=False)
             if dx is not None:
-                np.matmul(np.reshape(d_i, (rows, 3 * H))[dx_rows], w_ih, out=dx[dx_rows])
+                np.matmul(d_i2[dx_rows], w_ih, out=dx[dx_rows])
 
         if not (H > 1 and self._split(T, B, H, h_prev.dtype)
                 and self.pair(lambda: run(0, slice(0, cut), slice(0, rows // 2)), lambda: run(1, slice(cut, None), slice(rows // 2, None)))):

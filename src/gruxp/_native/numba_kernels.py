@@ -144,6 +144,7 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
     (a bidirectional layer's two directions may run at once). A single row (B = 1) goes to GEMV,
     as NumPy sends it: OpenBLAS's GEMM with one row took as long as its GEMV, or up to 4.8× longer, here
     (10.7 against 8.1 µs for (1, 256) @ (256, 768) float32; 208 against 49 µs at H = 512 float64)."""
+    from .cblas import NO_TRANS, ROW_MAJOR, TRANS
     from .cpu import time_loops
 
     @numba.njit(inline="always", **_JIT)
@@ -151,9 +152,9 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
         M, K = a.shape
         N = b.shape[1]
         if M == 1:  # c = bᵀ a
-            cblas_gemv(101, 112, K, N, 1.0, b.ctypes.data, N, a.ctypes.data, 1, 0.0, c.ctypes.data, 1)
+            cblas_gemv(ROW_MAJOR, TRANS, K, N, 1.0, b.ctypes.data, N, a.ctypes.data, 1, 0.0, c.ctypes.data, 1)
         else:
-            cblas_gemm(101, 111, 111, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
+            cblas_gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
 
     return tuple(numba.njit(nogil=True, **_JIT)(loop) for loop in time_loops(forward_step, backward_step, gemm))
 

@@ -151,7 +151,9 @@ def cores_but_this_one() -> set | None:
     except (OSError, AttributeError):
         return None
     here = -1 if getcpu is None else getcpu()
-    return (cores - {here}) or None if here >= 0 else None
+    if here < 0:
+        return None
+    return (cores - {here}) or None
 
 
 @functools.cache
