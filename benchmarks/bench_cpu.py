@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cpu.py                       # all configs, 9 rounds, numpy + torch namespaces
     python benchmarks/bench_cpu.py --quick               # 7 rounds, the first config only
+    python benchmarks/bench_cpu.py --configs 2,0         # the third and first configs only
     python benchmarks/bench_cpu.py --backends numpy,torch,jax --out benchmarks/results
 
 For each config and mode (inference forward; training step = forward with tape + backward,
@@ -177,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="first config only, 7 rounds")
+    parser.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS (0-4), in that order")
     parser.add_argument("--backends", default="numpy,torch", help="gruxp namespaces to time (numpy, torch, jax)")
     parser.add_argument("--out", default=None, help="folder for the Markdown table and JSON")
     args = parser.parse_args()
@@ -186,6 +188,8 @@ def main() -> None:
     threads = blas_threads(info)
     torch.set_num_threads(threads)
     configs = CONFIGS[:1] if args.quick else CONFIGS
+    if args.configs:
+        configs = [CONFIGS[int(i)] for i in args.configs.split(",")]
     rounds = 7 if args.quick else max(7, args.rounds)
     meta = dict(
         date=datetime.date.today().isoformat(), cpu=platform.processor() or platform.machine(),

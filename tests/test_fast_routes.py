@@ -51,7 +51,7 @@ def test_numpy_fuser_is_bit_identical_to_the_generic_code(case, dtype):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
-@pytest.mark.parametrize("loops", ["compiled", "compiled, in chunks", "compiled, halves at once", "per-step"])
+@pytest.mark.parametrize("loops", ["compiled", "compiled, in chunks", "compiled, halves at once", "compiled, transposed product", "per-step"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES + [Case(T=7, B=4, I=5, H=33, ragged=True, num_layers=2)], ids=lambda c: c.id)
 def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, loops, monkeypatch):
@@ -62,7 +62,7 @@ def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, lo
     loops also with the input pre-activations computed a few steps at a time, as they are for
     long sequences (here forced: two steps per chunk, and one last), and with each half of the
     batch run at once on two threads, the GEMMs after the backward loop over each half of the
-    steps (forced at this size)."""
+    steps (forced at this size), and with each step's GEMM formed transposed (W hᵀ, forced)."""
     pytest.importorskip("numba")
     threadpoolctl = pytest.importorskip("threadpoolctl")
     import threading
@@ -88,10 +88,14 @@ def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, lo
         loop.pair = lambda first, second: paired.append(native.run_pair(first, second)) or paired[-1]
         compiled_forward = loop.forward_loop
         loop.forward_loop = lambda *a: (ran_on.add(threading.current_thread().name[:12]), compiled_forward(*a))[1]
+    flipped = []
+    if loops == "compiled, transposed product":
+        _force_transposed(loop, dtype, flipped)
     monkeypatch.setattr(native, "_fused_loop", lambda name, dtype: loop)
     with fast_routes(True, fuser="numba"):
         assert fused_loop_for(_numpy_compat(), reset_after=True, dtype=dtype) is loop
         fused = _run(case, dtype, seed=3)
+    assert sorted(set(flipped)) == (["backward", "forward"] if loops == "compiled, transposed product" else [])
     if loops == "compiled, halves at once":
         split = not case.unbatched and case.B >= 2
         assert paired == ([True] * len(paired) if split else []) and (len(paired) > 0) == split
@@ -108,11 +112,22 @@ def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, lo
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
 
 
+def _force_transposed(loop, dtype, ran: list) -> None:
+    """Make ``loop`` form every step's product transposed (W hᵀ), noting in ``ran`` which loop ran so."""
+    loop.TRANSPOSED_DTYPES, loop.MIN_TRANSPOSED_HIDDEN, loop.MIN_TRANSPOSED_ROWS, loop.MAX_TRANSPOSED_ROWS = (np.dtype(dtype),), 0, 0, 10**9
+    forward, backward = loop.transposed_loops
+    loop.transposed_loops = (lambda *a: (ran.append("forward"), forward(*a))[1], lambda *a: (ran.append("backward"), backward(*a))[1])
+
+
+@pytest.mark.parametrize("product", ["h Wᵀ", "(W hᵀ)ᵀ where it applies"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_halves_at_once_give_the_bits_of_one_piece(dtype, monkeypatch):
+def test_halves_at_once_give_the_bits_of_one_piece(dtype, product, monkeypatch):
     """At a size where OpenBLAS rounds a GEMM of half the rows as it rounds all of them (every
     size measured that large), the two halves of the batch at once, with the GEMMs after the loop
-    split by gate columns and dx rows, give the one-piece numba run's bits: no sum changes order."""
+    split by gate columns and dx rows, give the one-piece numba run's bits: no sum changes order.
+    The transposed product (W hᵀ) would not (its GEMM rounds half the columns differently), so
+    where the batch may run in halves it is not formed, whether the halves then run or not (its
+    rule forced open here: the run in one piece, under load, and the halves agree)."""
     pytest.importorskip("numba")
     threadpoolctl = pytest.importorskip("threadpoolctl")
     import gruxp._native as native
@@ -123,16 +138,22 @@ def test_halves_at_once_give_the_bits_of_one_piece(dtype, monkeypatch):
     loop = FusedLoop(fuser(dtype))
     if not loop.compiled:
         pytest.skip("NumPy's BLAS is not an OpenBLAS that gruxp can call from numba here")
+    flipped = []
+    if product != "h Wᵀ":
+        _force_transposed(loop, dtype, flipped)
     monkeypatch.setattr(native, "_fused_loop", lambda name, dtype: loop)
     case = Case(T=12, B=16, I=64, H=128, ragged=True, batch_first=True, num_layers=2)
+    declined, paired = [], []
+    loop.MIN_SPLIT_WORK, loop.pair = 0, lambda first, second: declined.append(False) or False  # as under load
     with fast_routes(True, fuser="numba"), threadpoolctl.threadpool_limits(1, user_api="blas"):
         one_piece = _run(case, dtype, seed=4)
-    paired = []
     monkeypatch.setattr(threads, "one_thread_each", lambda *own: threadpoolctl.threadpool_limits(1, user_api="blas"))
-    loop.MIN_SPLIT_WORK, loop.pair = 0, lambda first, second: paired.append(native.run_pair(first, second)) or paired[-1]
+    loop.pair = lambda first, second: paired.append(native.run_pair(first, second)) or paired[-1]
     with fast_routes(True, fuser="numba"):
         halves = _run(case, dtype, seed=4)
-    assert paired == [True] * 4 * case.num_layers  # per layer: inference, taped forward, backward loop, the GEMMs after it
+    # per layer: inference, taped forward, backward loop, the GEMMs after it
+    assert paired == [True] * 4 * case.num_layers and len(declined) == 4 * case.num_layers
+    assert flipped == []
     for a, b in zip(halves, one_piece, strict=True):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 

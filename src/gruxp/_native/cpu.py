@@ -16,6 +16,10 @@ Fusers, each applying the same shared functions:
   them, results copied into the buffers: bit for bit the generic code (tested). The fallback
   without numba.
 
+Where OpenBLAS forms a product with few columns faster than with as few rows (float32, H ≥ 512,
+8 ≤ B ≤ 16; see :meth:`FusedLoop._transposed`), the compiled loops' GEMM forms it transposed and
+copies it into the rows the step reads: same kernels, same buffers.
+
 The backward kernel also finishes the previous step: dL/dh = gz + [d_r, d_z, d_ghn] W_hh is
 formed at the start of the next kernel call (or frozen, past a sequence's end), which saves a
 pass per step.
@@ -52,35 +56,37 @@ def transposed(w: np.ndarray) -> np.ndarray:
 
 
 def time_loops(forward_step, backward_step, gemm):
-    """``(forward_loop, backward_loop)`` over a fuser's step kernels, ``gemm(a, b, out)`` doing
-    out = a @ b. Plain Python closures: run as they are with np.matmul, or compiled as they are by
-    numba with a GEMM call inside (see :func:`gruxp._native.numba_kernels.fuser`)."""
+    """``(forward_loop, backward_loop)`` over a fuser's step kernels, ``gemm(a, w, out)`` doing
+    out = a @ w, or, given w's transpose, out = (wᵀ aᵀ)ᵀ (see :meth:`FusedLoop._transposed`).
+    Plain Python closures: run as they are with np.matmul, or compiled as they are by numba with a
+    GEMM call inside (see :func:`gruxp._native.numba_kernels.fuser`)."""
 
-    def forward_loop(gi, b_in, whh_t, b_hn, h0, active, hs, r, z, n, ghn, gh, reverse, record, b0, b1):
-        # rows b0:b1 of the batch: per step gh = h Wᵀ, then the step writes h' into hs[t] and, with
-        # record, the gates into r, z, n, ghn [t] (else into their row 0); gi, h0 and gh hold
-        # those rows only
+    def forward_loop(gi, b_in, w, b_hn, h0, active, hs, r, z, n, ghn, gh, reverse, record, b0, b1):
+        # rows b0:b1 of the batch: per step gh = h W_hhᵀ (w: W_hhᵀ, or W_hh for a transposed
+        # product), then the step writes h' into hs[t] and, with record, the gates into r, z, n,
+        # ghn [t] (else into their row 0); gi, h0 and gh hold those rows only
         T = gi.shape[0]
         h = h0
         for s in range(T):
             t = T - 1 - s if reverse else s
             k = t if record else 0
-            gemm(h, whh_t, gh)
+            gemm(h, w, gh)
             forward_step(gi[t], b_in, gh, b_hn, h, active[t, b0:b1], hs[t, b0:b1], r[k, b0:b1], z[k, b0:b1], n[k, b0:b1],
                          ghn[k, b0:b1])
             h = hs[t, b0:b1]
 
-    def backward_loop(gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w_hh, reverse, b0, b1):
+    def backward_loop(gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w, reverse, b0, b1):
         # rows b0:b1 of the batch: per step (in reverse processing order) the step, which also
-        # finishes the previous step's dL/dh from gz + prod, then prod = d_h[t] W_hh; gz, prod,
-        # first_active and carry hold those rows only; d_out is (T, B, H), or (1, B, H) of zeros
+        # finishes the previous step's dL/dh from gz + prod, then prod = d_h[t] W_hh (w: W_hh, or
+        # W_hhᵀ for a transposed product); gz, prod, first_active and carry hold those rows only;
+        # d_out is (T, B, H), or (1, B, H) of zeros
         T = h_prev.shape[0]
         active_prev = first_active
         for s in range(T):
             t = s if reverse else T - 1 - s
             backward_step(gz, prod, active_prev, carry, d_out[t if d_out.shape[0] == T else 0, b0:b1], active[t, b0:b1],
                           h_prev[t, b0:b1], r[t, b0:b1], z[t, b0:b1], n[t, b0:b1], gh_n[t, b0:b1], d_i[t, b0:b1], d_h[t, b0:b1])
-            gemm(d_h[t, b0:b1], w_hh, prod)
+            gemm(d_h[t, b0:b1], w, prod)
             active_prev = active[t, b0:b1]
 
     return forward_loop, backward_loop
@@ -98,6 +104,7 @@ class Fuser(NamedTuple):
     forward_step: Any  # (gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_out, ghn_out)
     backward_step: Any  # (gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h)
     compiled_loops: Any = None  # time_loops compiled, or None: time_loops in Python with np.matmul
+    transposed_loops: Any = None  # time_loops compiled with a GEMM that writes the product transposed, or None
 
 
 _numpy_sigmoid, _ = activations(np)
@@ -184,11 +191,13 @@ class FusedLoop:
 
     CHUNK_BYTES, MIN_CHUNK_ROWS_PER_INPUT = 2**21, 4  # see _chunk_steps
     MIN_SPLIT_ROWS, MIN_SPLIT_WORK = 4, 2**25  # see _split
+    TRANSPOSED_DTYPES, MIN_TRANSPOSED_HIDDEN, MIN_TRANSPOSED_ROWS, MAX_TRANSPOSED_ROWS = (np.dtype(np.float32),), 512, 8, 16  # see _transposed
 
     def __init__(self, fuser: Fuser, blas_limit: Any = None, pair: Any = None):
         self.fuser = fuser
         self.compiled = fuser.compiled_loops is not None  # compiled loops take C-contiguous GEMM operands
         self.forward_loop, self.backward_loop = fuser.compiled_loops or time_loops(fuser.forward_step, fuser.backward_step, _numpy_gemm)
+        self.transposed_loops = fuser.transposed_loops  # (forward, backward) or None
         self.blas_limit = blas_limit  # callable(steps, batch, hidden) -> context manager, or None
         self.pair = pair  # callable(first, second) -> True once both ran at once, False if it ran neither; or None
         self._local = threading.local()
@@ -249,22 +258,24 @@ class FusedLoop:
         b_in = np.zeros((3 * H,), dtype) if b_in is None else np.ascontiguousarray(b_in)  # added in the kernel: a pass less
         # (B, H) @ Wᵀ by a C-contiguous copy of Wᵀ. NumPy hands a single row (B = 1) to gemv, where
         # the copy would change the bits, so its loop keeps the view there; the compiled loop's
-        # cblas call needs the copy always.
-        whh_t = transposed(w_hh) if B > 1 or self.compiled else w_hh.T
+        # cblas call needs the copy always. The transposed product, W hᵀ, takes W itself.
+        flip = self._transposed(T, B, H, dtype)
+        w = np.ascontiguousarray(w_hh) if flip else transposed(w_hh) if B > 1 or self.compiled else w_hh.T
         b_hn = np.zeros((H,), dtype) if b_hn is None else np.ascontiguousarray(b_hn)
         active = _active(mask, T, B)
         h = np.ascontiguousarray(h0)
         tape = (hs, r, z, n, ghn)
         with self._threads(T, B, H):
             self._by_rows(T, B, H, dtype, lambda b0, b1: self._forward_rows(
-                x, h[b0:b1], w_ih, b_in, whh_t, b_hn, active, tape, b0, b1, reverse=reverse, record=record))
+                x, h[b0:b1], w_ih, b_in, w, b_hn, active, tape, b0, b1, reverse=reverse, record=record, flip=flip))
         return hs, hs[0 if reverse else T - 1], ((x, h0, r, z, n, ghn) if record else None)
 
-    def _forward_rows(self, x, h, w_ih, b_in, whh_t, b_hn, active, tape, b0, b1, *, reverse, record):
+    def _forward_rows(self, x, h, w_ih, b_in, w, b_hn, active, tape, b0, b1, *, reverse, record, flip):
         """Rows b0:b1 of :meth:`forward`, from their start state ``h``: the input pre-activations a
-        chunk of steps at a time (this thread's buffers), each chunk then through the loop."""
+        chunk of steps at a time (this thread's buffers), each chunk then through the loop (whose
+        GEMM forms the product transposed where ``flip``)."""
         T, _, I = x.shape
-        H = whh_t.shape[0]
+        H = b_hn.shape[0]
         rows = b1 - b0
         dtype = x.dtype
         hs, r, z, n, ghn = tape
@@ -272,6 +283,7 @@ class FusedLoop:
         steps = self._chunk_steps(T, rows, I, H, dtype)
         gi = self._buffer("gi", (steps, rows, 3 * H), dtype)
         gh = self._buffer("gh", (rows, 3 * H), dtype)
+        loop = self.transposed_loops[0] if flip else self.forward_loop
         x_buffer = None if x.flags.c_contiguous else self._buffer("x", (steps, rows, I), dtype)  # a chunk's copy
         for start in range(0, T, steps):
             # the chunk [t0, t1) in processing order: from the end when reverse
@@ -285,7 +297,7 @@ class FusedLoop:
             # by the transposed view, as the generic code does: as fast for many rows as a copy of W_ihᵀ
             np.matmul(np.reshape(x_chunk, (k * rows, I)), w_ih.T, out=np.reshape(gi[:k], (k * rows, 3 * H)))
             rec = (r[t0:t1], z[t0:t1], n[t0:t1], ghn[t0:t1]) if record else (r, z, n, ghn)
-            self.forward_loop(gi[:k], b_in, whh_t, b_hn, h, active[t0:t1], hs[t0:t1], *rec, gh, reverse, record, b0, b1)
+            loop(gi[:k], b_in, w, b_hn, h, active[t0:t1], hs[t0:t1], *rec, gh, reverse, record, b0, b1)
             h = hs[t0 if reverse else t1 - 1, b0:b1]
 
     def finish(self, finish, d_i, d_h, x, h_prev, w_ih, *, need_dx: bool):
@@ -337,6 +349,20 @@ class FusedLoop:
         return (self.compiled and self.pair is not None and B >= 2 * self.MIN_SPLIT_ROWS and T * B * H * H >= self.MIN_SPLIT_WORK
                 and 3 * H * H * np.dtype(dtype).itemsize <= 2 * l2_bytes())
 
+    def _transposed(self, T: int, B: int, H: int, dtype) -> bool:
+        """Whether the compiled loops form each step's product transposed: ghᵀ = W_hh hᵀ forward,
+        W_hhᵀ d_hᵀ backward, then copied into the (B, ·) rows the step reads. OpenBLAS (its SkylakeX
+        kernel, here) runs a GEMM with few columns faster than with as few rows: at B=16, H=512,
+        float32, 2 threads, 191 against 226 µs forward and 192 against 236 backward, of which the copy
+        takes back ~13 and ~3 µs. So only where it paid in whole runs, alternating in one process
+        (medians of 9-15): float32, H ≥ 512, 8 ≤ B ≤ 16 (B=16, T=50, H=512: forward 20.6 → 18.3 ms,
+        training 55.2 → 51.3; H=1024, T=30: 55.9 → 43.2 and 146.0 → 125.3; B=8, T=100, H=512: forward
+        −5%, training ±3%). At B = 24-32 training gained nothing (±3%); float64, and B ≤ 4, ran as fast
+        or up to 3× slower. Not where the batch may run in halves (:meth:`_split`): a transposed GEMM
+        rounds half the columns differently, and the halves must give one piece's bits."""
+        return (self.transposed_loops is not None and np.dtype(dtype) in self.TRANSPOSED_DTYPES and H >= self.MIN_TRANSPOSED_HIDDEN
+                and self.MIN_TRANSPOSED_ROWS <= B <= self.MAX_TRANSPOSED_ROWS and not self._split(T, B, H, dtype))
+
     def _chunk_steps(self, T: int, B: int, I: int, H: int, dtype) -> int:
         """How many steps' input pre-activations one GEMM computes, just before the loop runs them.
 
@@ -374,7 +400,8 @@ class FusedLoop:
         d_i (T, B, 3H) = [d_r, d_z, d_an] and d_h (T, B, 3H) = [d_r, d_z, d_ghn]."""
         T, B, H = h_prev.shape
         dtype = h_prev.dtype
-        w_hh = np.ascontiguousarray(w_hh)
+        flip = self._transposed(T, B, H, dtype)
+        w, loop = (transposed(w_hh), self.transposed_loops[1]) if flip else (np.ascontiguousarray(w_hh), self.backward_loop)
         # d_i and d_h are read by the caller before its next backward call (per thread)
         d_i, d_h = self._buffer("d_i", (T, B, 3 * H), dtype), self._buffer("d_h", (T, B, 3 * H), dtype)
         prod, carry = self._buffer("prod", (B, H), dtype, zero=True), self._buffer("carry", (B, H), dtype)
@@ -383,8 +410,8 @@ class FusedLoop:
         active = _active(mask, T, B)
         first_active = np.ones((B,), bool)
         with self._threads(T, B, H):
-            self._by_rows(T, B, H, dtype, lambda b0, b1: self.backward_loop(
-                gz[b0:b1], prod[b0:b1], first_active[b0:b1], carry[b0:b1], d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w_hh,
+            self._by_rows(T, B, H, dtype, lambda b0, b1: loop(
+                gz[b0:b1], prod[b0:b1], first_active[b0:b1], carry[b0:b1], d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w,
                 reverse, b0, b1))
         active_prev = active[T - 1 if reverse else 0]  # of the last step processed
         dh0 = gz + prod

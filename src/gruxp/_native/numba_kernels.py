@@ -24,6 +24,8 @@ would not notice a change to the shared functions, which live in another file.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba.extending import register_jitable
@@ -141,9 +143,11 @@ def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
 def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
     """:func:`gruxp._native.cpu.time_loops` compiled as they are, their GEMM a call into NumPy's own
     BLAS (see :mod:`gruxp._native.cblas`): no interpreter work between steps, and the GIL released
-    (a bidirectional layer's two directions may run at once). A single row (B = 1) goes to GEMV,
-    as NumPy sends it: OpenBLAS's GEMM with one row took as long as its GEMV, or up to 4.8× longer, here
-    (10.7 against 8.1 µs for (1, 256) @ (256, 768) float32; 208 against 49 µs at H = 512 float64)."""
+    (a bidirectional layer's two directions may run at once). Two pairs: the product written as
+    it is, and written transposed (see :meth:`gruxp._native.cpu.FusedLoop._transposed`). A single
+    row (B = 1) goes to GEMV, as NumPy sends it: OpenBLAS's GEMM with one row took as long as its
+    GEMV, or up to 4.8× longer, here (10.7 against 8.1 µs for (1, 256) @ (256, 768) float32; 208
+    against 49 µs at H = 512 float64)."""
     from .cblas import NO_TRANS, ROW_MAJOR, TRANS
     from .cpu import time_loops
 
@@ -156,7 +160,19 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
         else:
             cblas_gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
 
-    return tuple(numba.njit(nogil=True, **_JIT)(loop) for loop in time_loops(forward_step, backward_step, gemm))
+    @numba.njit(inline="always", **_JIT)
+    def gemm_transposed(a, bt, c):  # c = a @ b as (bᵀ aᵀ)ᵀ, given bᵀ; all C-contiguous
+        M, K = a.shape
+        N = bt.shape[0]
+        ct = np.empty((N, M), c.dtype)
+        cblas_gemm(ROW_MAJOR, NO_TRANS, TRANS, N, M, K, 1.0, bt.ctypes.data, K, a.ctypes.data, K, 0.0, ct.ctypes.data, M)
+        for i in range(M):
+            ci = c[i]
+            for j in range(N):
+                ci[j] = ct[j, i]
+
+    return tuple(tuple(numba.njit(nogil=True, **_JIT)(loop) for loop in time_loops(forward_step, backward_step, g))
+                 for g in (gemm, gemm_transposed))
 
 
 _BY_DTYPE = {
@@ -167,11 +183,17 @@ _BY_DTYPE = {
 
 def fuser(dtype, *, compiled_loops: bool = True):
     """The numba :class:`~gruxp._native.cpu.Fuser` for float32 or float64 arrays: its step kernels,
-    and its compiled time loops where NumPy's BLAS can be called from them."""
+    and its compiled time loops where NumPy's BLAS can be called from them (one per dtype and
+    process: each is compiled on first call)."""
+    return _fuser(np.dtype(dtype), compiled_loops)
+
+
+@functools.cache
+def _fuser(dtype: np.dtype, compiled_loops: bool):
     from .cblas import gemm, gemv
     from .cpu import Fuser
 
-    forward_step, backward_step = _BY_DTYPE[np.dtype(dtype)]
+    forward_step, backward_step = _BY_DTYPE[dtype]
     blas = (gemm(dtype), gemv(dtype)) if compiled_loops else (None,)
-    loops = None if None in blas else _compiled_loops(forward_step, backward_step, *blas)
-    return Fuser("numba", forward_step, backward_step, loops)
+    loops, transposed = (None, None) if None in blas else _compiled_loops(forward_step, backward_step, *blas)
+    return Fuser("numba", forward_step, backward_step, loops, transposed)
