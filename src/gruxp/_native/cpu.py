@@ -357,9 +357,10 @@ class FusedLoop:
         takes back ~13 and ~3 µs. So only where it paid in whole runs, alternating in one process
         (medians of 9-15): float32, H ≥ 512, 8 ≤ B ≤ 16 (B=16, T=50, H=512: forward 20.6 → 18.3 ms,
         training 55.2 → 51.3; H=1024, T=30: 55.9 → 43.2 and 146.0 → 125.3; B=8, T=100, H=512: forward
-        −5%, training ±3%). At B = 24-32 training gained nothing (±3%); float64, and B ≤ 4, ran as fast
-        or up to 3× slower. Not where the batch may run in halves (:meth:`_split`): a transposed GEMM
-        rounds half the columns differently, and the halves must give one piece's bits."""
+        −5%, training ±3%). At B = 24-32 training gained nothing (±3%); float64 at H ≥ 512 ran slower
+        at every size (up to 2×), and B ≤ 4 up to 3× slower. Not where the batch may run in halves
+        (:meth:`_split`): a transposed GEMM rounds half the columns differently, and the halves must
+        give one piece's bits."""
         return (self.transposed_loops is not None and np.dtype(dtype) in self.TRANSPOSED_DTYPES and H >= self.MIN_TRANSPOSED_HIDDEN
                 and self.MIN_TRANSPOSED_ROWS <= B <= self.MAX_TRANSPOSED_ROWS and not self._split(T, B, H, dtype))
 
