@@ -23,7 +23,7 @@ def _run(case, dtype, seed, *, xp=np, dropout=0.0):
     model = gruxp.GRU(case.I, case.H, case.num_layers, bias=case.bias, batch_first=case.batch_first, reset_after=case.reset_after,
                       bidirectional=case.bidirectional, dropout=dropout, xp=xp, dtype=dtype, seed=seed)
     host = host_case_inputs(case, seed=seed)
-    cast = lambda a: xp.asarray(np.asarray(a, dtype=dtype))  # noqa: E731
+    cast = lambda a: xp.asarray(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731  (batch_first: (B, T, I) in memory)
     x, h0 = cast(case.layout(host["x"], seq=True)), cast(case.layout(host["h0"], seq=False))
     inference = model(x, h0, lengths=host["lengths"])
     out, h_n, tape = model.forward(x, h0, lengths=host["lengths"])
@@ -53,7 +53,8 @@ def test_numpy_fuser_is_bit_identical_to_the_generic_code(case, dtype):
 
 @pytest.mark.parametrize("loops", ["compiled", "compiled, in chunks", "compiled, halves at once", "compiled, transposed product", "per-step"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", CASES + [Case(T=7, B=4, I=5, H=33, ragged=True, num_layers=2)], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", CASES + [Case(T=7, B=4, I=5, H=33, ragged=True, num_layers=2), Case(batch_first=True, T=7, B=6, I=5, H=7)],
+                         ids=lambda c: c.id)
 def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, loops, monkeypatch):
     """numba compiles the same gate functions with its own tanh (a few ulp from NumPy's): float64
     within 1e-12 of each array's largest value, float32 within the cross-backend tolerances. Both

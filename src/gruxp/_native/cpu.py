@@ -210,14 +210,6 @@ class FusedLoop:
     def _pool(self) -> TapePool:
         return self._local.__dict__.setdefault("tapes", TapePool())
 
-    def _contiguous(self, name: str, a: np.ndarray) -> np.ndarray:
-        """``a`` itself if C-contiguous, else its copy in this thread's buffer ``name``."""
-        if a.flags.c_contiguous:
-            return a
-        buffer = self._buffer(name, a.shape, a.dtype)
-        np.copyto(buffer, a)
-        return buffer
-
     def _buffer(self, name: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
         buffers = self._local.__dict__.setdefault("buffers", {})
         a = buffers.get(name)
@@ -240,8 +232,8 @@ class FusedLoop:
         if record:
             # The tape in one block from this thread's pool: h0 and the states (h0 first, or last
             # when reverse: the states each step started from are then a view), r, z, n, gh_n, and
-            # x's copy (batch_first, or a bidirectional layer's input). A fresh block is page
-            # faults and zeroing on first touch (3-5% of a training step at B=64, T=100, H=256).
+            # x's copy (batch_first, or a bidirectional layer's input; made by _forward_rows). A fresh
+            # block is page faults and zeroing on first touch (3-5% of a training step at B=64, T=100, H=256).
             x_size = 0 if x.flags.c_contiguous else T * B * I
             block = self._pool().take((5 * T + 1) * B * H + x_size, dtype)
             states = np.reshape(block[: (T + 1) * B * H], (T + 1, B, H))
@@ -249,11 +241,9 @@ class FusedLoop:
             np.copyto(h0_copy, h0)
             h0 = h0_copy
             r, z, n, ghn = np.reshape(block[(T + 1) * B * H : (5 * T + 1) * B * H], (4, T, B, H))
-            if x_size:
-                x_copy = np.reshape(block[(5 * T + 1) * B * H :], (T, B, I))
-                np.copyto(x_copy, x)
-                x = x_copy
+            x_tape = np.reshape(block[(5 * T + 1) * B * H :], (T, B, I)) if x_size else None
         else:
+            x_tape = None
             hs, (r, z, n, ghn) = np.empty((T, B, H), dtype), [self._buffer(k, (1, B, H), dtype) for k in "rzng"]
         b_in = np.zeros((3 * H,), dtype) if b_in is None else np.ascontiguousarray(b_in)  # added in the kernel: a pass less
         # (B, H) @ Wᵀ by a C-contiguous copy of Wᵀ. NumPy hands a single row (B = 1) to gemv, where
@@ -267,33 +257,37 @@ class FusedLoop:
         tape = (hs, r, z, n, ghn)
         with self._threads(T, B, H):
             self._by_rows(T, B, H, dtype, lambda b0, b1: self._forward_rows(
-                x, h[b0:b1], w_ih, b_in, w, b_hn, active, tape, b0, b1, reverse=reverse, record=record, flip=flip))
-        return hs, hs[0 if reverse else T - 1], ((x, h0, r, z, n, ghn) if record else None)
+                x, h[b0:b1], w_ih, b_in, w, b_hn, active, tape, b0, b1, reverse=reverse, record=record, flip=flip, x_tape=x_tape))
+        return hs, hs[0 if reverse else T - 1], ((x if x_tape is None else x_tape, h0, r, z, n, ghn) if record else None)
 
-    def _forward_rows(self, x, h, w_ih, b_in, w, b_hn, active, tape, b0, b1, *, reverse, record, flip):
+    def _forward_rows(self, x, h, w_ih, b_in, w, b_hn, active, tape, b0, b1, *, reverse, record, flip, x_tape=None):
         """Rows b0:b1 of :meth:`forward`, from their start state ``h``: the input pre-activations a
         chunk of steps at a time (this thread's buffers), each chunk then through the loop (whose
-        GEMM forms the product transposed where ``flip``)."""
+        GEMM forms the product transposed where ``flip``). With ``x_tape`` (T, B, I), x's rows are
+        copied there first, chunk by chunk: on this half's core, and in cache for the GEMM."""
         T, _, I = x.shape
         H = b_hn.shape[0]
         rows = b1 - b0
         dtype = x.dtype
         hs, r, z, n, ghn = tape
         x = x[:, b0:b1]
+        source = x if x_tape is None else x_tape[:, b0:b1]
         steps = self._chunk_steps(T, rows, I, H, dtype)
         gi = self._buffer("gi", (steps, rows, 3 * H), dtype)
         gh = self._buffer("gh", (rows, 3 * H), dtype)
         loop = self.transposed_loops[0] if flip else self.forward_loop
-        x_buffer = None if x.flags.c_contiguous else self._buffer("x", (steps, rows, I), dtype)  # a chunk's copy
+        x_buffer = None if source.flags.c_contiguous else self._buffer("x", (steps, rows, I), dtype)  # a chunk's copy
         for start in range(0, T, steps):
             # the chunk [t0, t1) in processing order: from the end when reverse
             t0, t1 = (max(0, T - start - steps), T - start) if reverse else (start, min(T, start + steps))
             k = t1 - t0
+            if source is not x:
+                np.copyto(source[t0:t1], x[t0:t1])
             if x_buffer is None:
-                x_chunk = x[t0:t1]
+                x_chunk = source[t0:t1]
             else:
                 x_chunk = x_buffer[:k]
-                np.copyto(x_chunk, x[t0:t1])
+                np.copyto(x_chunk, source[t0:t1])
             # by the transposed view, as the generic code does: as fast for many rows as a copy of W_ihᵀ
             np.matmul(np.reshape(x_chunk, (k * rows, I)), w_ih.T, out=np.reshape(gi[:k], (k * rows, 3 * H)))
             rec = (r[t0:t1], z[t0:t1], n[t0:t1], ghn[t0:t1]) if record else (r, z, n, ghn)
@@ -407,13 +401,19 @@ class FusedLoop:
         d_i, d_h = self._buffer("d_i", (T, B, 3 * H), dtype), self._buffer("d_h", (T, B, 3 * H), dtype)
         prod, carry = self._buffer("prod", (B, H), dtype, zero=True), self._buffer("carry", (B, H), dtype)
         gz = np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
-        d_out = np.zeros((1, B, H), dtype) if d_out is None else self._contiguous("d_out", d_out)
+        # a batch-first d_out is copied to (T, B, H) by each half, on its own core
+        d_source = None if d_out is None or d_out.flags.c_contiguous else d_out
+        d_out = np.zeros((1, B, H), dtype) if d_out is None else d_out if d_source is None else self._buffer("d_out", d_out.shape, dtype)
         active = _active(mask, T, B)
         first_active = np.ones((B,), bool)
         with self._threads(T, B, H):
-            self._by_rows(T, B, H, dtype, lambda b0, b1: loop(
-                gz[b0:b1], prod[b0:b1], first_active[b0:b1], carry[b0:b1], d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w,
-                reverse, b0, b1))
+            def rows(b0: int, b1: int) -> None:
+                if d_source is not None:
+                    np.copyto(d_out[:, b0:b1], d_source[:, b0:b1])
+                loop(gz[b0:b1], prod[b0:b1], first_active[b0:b1], carry[b0:b1], d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w,
+                     reverse, b0, b1)
+
+            self._by_rows(T, B, H, dtype, rows)
         active_prev = active[T - 1 if reverse else 0]  # of the last step processed
         dh0 = gz + prod
         if not active_prev.all():

@@ -61,13 +61,15 @@ def idle_cores() -> int | None:
     interval, every core counts as idle). A process that appears for an instant does not count.
     """
     try:
-        now = _cpu_seconds()
         cores = len(os.sched_getaffinity(0))
+        if _last and time.monotonic() - _last[0][0] < 0.25:  # within the interval: /proc/stat not read again
+            return max(1, cores - round(_last[1]))
+        now = _cpu_seconds()
     except (OSError, ValueError, AttributeError):
         return None
     if not _last:
         _last[:] = [now, 0.0]
-    elif now[0] - _last[0][0] >= 0.25:
+    else:
         (wall, machine, own), _ = _last
         _last[:] = [now, max(0.0, ((now[1] - machine) - (now[2] - own)) / (now[0] - wall))]
     return max(1, cores - round(_last[1]))
