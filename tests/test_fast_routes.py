@@ -51,7 +51,8 @@ def test_numpy_fuser_is_bit_identical_to_the_generic_code(case, dtype):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
-@pytest.mark.parametrize("loops", ["compiled", "compiled, in chunks", "compiled, halves at once", "compiled, transposed product", "per-step"])
+@pytest.mark.parametrize("loops", ["compiled", "compiled, in chunks", "compiled, halves at once", "compiled, transposed product",
+                                   "compiled, column panels", "per-step"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES + [Case(T=7, B=4, I=5, H=33, ragged=True, num_layers=2), Case(batch_first=True, T=7, B=6, I=5, H=7)],
                          ids=lambda c: c.id)
@@ -63,7 +64,8 @@ def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, lo
     loops also with the input pre-activations computed a few steps at a time, as they are for
     long sequences (here forced: two steps per chunk, and one last), and with each half of the
     batch run at once on two threads, the GEMMs after the backward loop over each half of the
-    steps (forced at this size), and with each step's GEMM formed transposed (W hᵀ, forced)."""
+    steps (forced at this size), with each step's GEMM formed transposed (W hᵀ, forced), and with the
+    forward step's GEMM called in column panels of 16 (forced, where 3H > 16)."""
     pytest.importorskip("numba")
     threadpoolctl = pytest.importorskip("threadpoolctl")
     import threading
@@ -89,14 +91,17 @@ def test_numba_fuser_equals_the_generic_code_at_the_stated_bound(case, dtype, lo
         loop.pair = lambda first, second: paired.append(native.run_pair(first, second)) or paired[-1]
         compiled_forward = loop.forward_loop
         loop.forward_loop = lambda *a: (ran_on.add(threading.current_thread().name[:12]), compiled_forward(*a))[1]
-    flipped = []
+    flipped, panels = [], []
     if loops == "compiled, transposed product":
         _force_transposed(loop, dtype, flipped)
+    if loops == "compiled, column panels":
+        loop._panel = lambda rows, H, dtype: panels.append(rows) or (16 if rows > 1 and 3 * H > 16 else 0)
     monkeypatch.setattr(native, "_fused_loop", lambda name, dtype: loop)
     with fast_routes(True, fuser="numba"):
         assert fused_loop_for(_numpy_compat(), reset_after=True, dtype=dtype) is loop
         fused = _run(case, dtype, seed=3)
     assert sorted(set(flipped)) == (["backward", "forward"] if loops == "compiled, transposed product" else [])
+    assert (len(panels) > 0) == (loops == "compiled, column panels")
     if loops == "compiled, halves at once":
         split = not case.unbatched and case.B >= 2
         assert paired == ([True] * len(paired) if split else []) and (len(paired) > 0) == split
@@ -157,6 +162,34 @@ def test_halves_at_once_give_the_bits_of_one_piece(dtype, product, monkeypatch):
     assert flipped == []
     for a, b in zip(halves, one_piece, strict=True):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_column_panels_multiply_like_one_call(dtype):
+    """The compiled loops' GEMM in column panels (the last one narrower) writes every column of a @ b;
+    and the forward step uses panels only where they gave one call's bits, on one BLAS thread."""
+    pytest.importorskip("numba")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from gruxp._native.cpu import FusedLoop
+    from gruxp._native.numba_kernels import fuser
+    from gruxp._native.threads import blas_threads
+
+    loop = FusedLoop(fuser(dtype))
+    if loop.fuser.product is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS that gruxp can call from numba here")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((7, 50)).astype(dtype)
+    for width in (0, 16, 32, 50, 64):
+        out = np.full((5, 50), np.nan, dtype)
+        loop.fuser.product(a, b, out, width)
+        np.testing.assert_allclose(out, a @ b, rtol=1e-5 if dtype == "float32" else 1e-13)
+    loop.SMALL_GEMM = 16 * 4 * 8  # forced: panels of 16 columns for (4, 8) @ (8, 24)
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        width = loop._panel(4, 8, dtype)
+    assert width == (16 if loop._exact_panels[4, 8, 16, np.dtype(dtype)] else 0)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        if blas_threads() == 2:
+            assert loop._panel(4, 8, dtype) == 0  # OpenBLAS's own two threads: one call
 
 
 def test_numba_activations_are_within_a_few_ulp():

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..functional._cell import activations, gates_backward, gates_forward
-from .threads import l2_bytes
+from .threads import blas_threads, l2_bytes
 
 __all__ = ["FusedLoop", "TapePool", "numpy_fuser", "time_loops", "transposed"]
 
@@ -56,12 +56,13 @@ def transposed(w: np.ndarray) -> np.ndarray:
 
 
 def time_loops(forward_step, backward_step, gemm):
-    """``(forward_loop, backward_loop)`` over a fuser's step kernels, ``gemm(a, w, out)`` doing
-    out = a @ w, or, given w's transpose, out = (wᵀ aᵀ)ᵀ (see :meth:`FusedLoop._transposed`).
+    """``(forward_loop, backward_loop)`` over a fuser's step kernels, ``gemm(a, w, out, panel)`` doing
+    out = a @ w (in column panels of that width where ``panel`` > 0, see :meth:`FusedLoop._panel`), or,
+    given w's transpose, out = (wᵀ aᵀ)ᵀ (see :meth:`FusedLoop._transposed`).
     Plain Python closures: run as they are with np.matmul, or compiled as they are by numba with a
     GEMM call inside (see :func:`gruxp._native.numba_kernels.fuser`)."""
 
-    def forward_loop(gi, b_in, w, b_hn, h0, active, hs, r, z, n, ghn, gh, reverse, record, b0, b1):
+    def forward_loop(gi, b_in, w, b_hn, h0, active, hs, r, z, n, ghn, gh, reverse, record, b0, b1, panel):
         # rows b0:b1 of the batch: per step gh = h W_hhᵀ (w: W_hhᵀ, or W_hh for a transposed
         # product), then the step writes h' into hs[t] and, with record, the gates into r, z, n,
         # ghn [t] (else into their row 0); gi, h0 and gh hold those rows only
@@ -70,7 +71,7 @@ def time_loops(forward_step, backward_step, gemm):
         for s in range(T):
             t = T - 1 - s if reverse else s
             k = t if record else 0
-            gemm(h, w, gh)
+            gemm(h, w, gh, panel)
             forward_step(gi[t], b_in, gh, b_hn, h, active[t, b0:b1], hs[t, b0:b1], r[k, b0:b1], z[k, b0:b1], n[k, b0:b1],
                          ghn[k, b0:b1])
             h = hs[t, b0:b1]
@@ -86,13 +87,13 @@ def time_loops(forward_step, backward_step, gemm):
             t = s if reverse else T - 1 - s
             backward_step(gz, prod, active_prev, carry, d_out[t if d_out.shape[0] == T else 0, b0:b1], active[t, b0:b1],
                           h_prev[t, b0:b1], r[t, b0:b1], z[t, b0:b1], n[t, b0:b1], gh_n[t, b0:b1], d_i[t, b0:b1], d_h[t, b0:b1])
-            gemm(d_h[t, b0:b1], w, prod)
+            gemm(d_h[t, b0:b1], w, prod, 0)
             active_prev = active[t, b0:b1]
 
     return forward_loop, backward_loop
 
 
-def _numpy_gemm(a, b, out):
+def _numpy_gemm(a, b, out, panel):
     np.matmul(a, b, out=out)
 
 
@@ -105,6 +106,7 @@ class Fuser(NamedTuple):
     backward_step: Any  # (gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h)
     compiled_loops: Any = None  # time_loops compiled, or None: time_loops in Python with np.matmul
     transposed_loops: Any = None  # time_loops compiled with a GEMM that writes the product transposed, or None
+    product: Any = None  # the compiled loops' GEMM, product(a, b, out, panel), or None
 
 
 _numpy_sigmoid, _ = activations(np)
@@ -191,6 +193,7 @@ class FusedLoop:
 
     CHUNK_BYTES, MIN_CHUNK_ROWS_PER_INPUT = 2**21, 4  # see _chunk_steps
     MIN_SPLIT_ROWS, MIN_SPLIT_WORK = 4, 2**25  # see _split
+    SMALL_GEMM = 10**6  # see _panel
     TRANSPOSED_DTYPES, MIN_TRANSPOSED_HIDDEN, MIN_TRANSPOSED_ROWS, MAX_TRANSPOSED_ROWS = (np.dtype(np.float32),), 512, 8, 16  # see _transposed
 
     def __init__(self, fuser: Fuser, blas_limit: Any = None, pair: Any = None):
@@ -201,6 +204,7 @@ class FusedLoop:
         self.blas_limit = blas_limit  # callable(steps, batch, hidden) -> context manager, or None
         self.pair = pair  # callable(first, second) -> True once both ran at once, False if it ran neither; or None
         self._local = threading.local()
+        self._exact_panels: dict = {}  # (rows, H, width, dtype) -> whether panels give one call's bits
 
     def clear_buffers(self) -> None:
         """Let go of this thread's buffers and free tape blocks (they are rebuilt on the next call)."""
@@ -276,6 +280,7 @@ class FusedLoop:
         gi = self._buffer("gi", (steps, rows, 3 * H), dtype)
         gh = self._buffer("gh", (rows, 3 * H), dtype)
         loop = self.transposed_loops[0] if flip else self.forward_loop
+        panel = 0 if flip else self._panel(rows, H, dtype)
         x_buffer = None if source.flags.c_contiguous else self._buffer("x", (steps, rows, I), dtype)  # a chunk's copy
         for start in range(0, T, steps):
             # the chunk [t0, t1) in processing order: from the end when reverse
@@ -291,7 +296,7 @@ class FusedLoop:
             # by the transposed view, as the generic code does: as fast for many rows as a copy of W_ihᵀ
             np.matmul(np.reshape(x_chunk, (k * rows, I)), w_ih.T, out=np.reshape(gi[:k], (k * rows, 3 * H)))
             rec = (r[t0:t1], z[t0:t1], n[t0:t1], ghn[t0:t1]) if record else (r, z, n, ghn)
-            loop(gi[:k], b_in, w, b_hn, h, active[t0:t1], hs[t0:t1], *rec, gh, reverse, record, b0, b1)
+            loop(gi[:k], b_in, w, b_hn, h, active[t0:t1], hs[t0:t1], *rec, gh, reverse, record, b0, b1, panel)
             h = hs[t0 if reverse else t1 - 1, b0:b1]
 
     def finish(self, finish, d_i, d_h, x, h_prev, w_ih, *, need_dx: bool):
@@ -342,6 +347,33 @@ class FusedLoop:
         """
         return (self.compiled and self.pair is not None and B >= 2 * self.MIN_SPLIT_ROWS and T * B * H * H >= self.MIN_SPLIT_WORK
                 and 3 * H * H * np.dtype(dtype).itemsize <= 2 * l2_bytes())
+
+    def _panel(self, rows: int, H: int, dtype) -> int:
+        """The width of the column panels in which the forward step's GEMM, (rows, H) @ (H, 3H), is
+        called, or 0 for one call. OpenBLAS's SkylakeX kernels multiply without packing W (their
+        small-matrix path) where M·N·K ≤ :attr:`SMALL_GEMM`; on one thread that ran a step's GEMM
+        faster in panels of that size: (32, 256) @ (256, 768) float32 143 → 110 µs, float64 265 → 224
+        (a half of B=64, H=256). Only where BLAS runs on one thread now (the halves, a pair, a busy
+        machine: the panels run on one thread, where OpenBLAS's own two threads ran B=64 in 176 against
+        222 µs), and only where the panels give the one call's bits, probed once per shape on random
+        operands (the same sums in the same order: equal at K = H = 256 here, not at K = 512), so the
+        choice, which depends on load, never changes a result."""
+        product = self.fuser.product
+        N = 3 * H
+        if product is None or rows < 2 or rows * N * H <= self.SMALL_GEMM:
+            return 0
+        width = self.SMALL_GEMM // (rows * H) // 16 * 16
+        if width < 16 or blas_threads() != 1:
+            return 0
+        key = (rows, H, width, np.dtype(dtype))
+        if key not in self._exact_panels:
+            rng = np.random.default_rng(0)
+            a, b = rng.standard_normal((rows, H)).astype(dtype), rng.standard_normal((H, N)).astype(dtype)
+            one, panels = np.empty((rows, N), dtype), np.empty((rows, N), dtype)
+            product(a, b, one, 0)
+            product(a, b, panels, width)
+            self._exact_panels[key] = bool(np.array_equal(one, panels))
+        return width if self._exact_panels[key] else 0
 
     def _transposed(self, T: int, B: int, H: int, dtype) -> bool:
         """Whether the compiled loops form each step's product transposed: ghᵀ = W_hh hᵀ forward,

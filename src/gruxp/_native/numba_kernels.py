@@ -152,16 +152,20 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
     from .cpu import time_loops
 
     @numba.njit(inline="always", **_JIT)
-    def gemm(a, b, c):  # c = a @ b, all C-contiguous
+    def gemm(a, b, c, panel):  # c = a @ b, all C-contiguous; in column panels of b and c where panel > 0
         M, K = a.shape
         N = b.shape[1]
         if M == 1:  # c = bᵀ a
             cblas_gemv(ROW_MAJOR, TRANS, K, N, 1.0, b.ctypes.data, N, a.ctypes.data, 1, 0.0, c.ctypes.data, 1)
+        elif panel > 0:
+            for j in range(0, N, panel):
+                cblas_gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, min(panel, N - j), K, 1.0, a.ctypes.data, K, b[:, j:].ctypes.data, N, 0.0,
+                           c[:, j:].ctypes.data, N)
         else:
             cblas_gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
 
     @numba.njit(inline="always", **_JIT)
-    def gemm_transposed(a, bt, c):  # c = a @ b as (bᵀ aᵀ)ᵀ, given bᵀ; all C-contiguous
+    def gemm_transposed(a, bt, c, panel):  # c = a @ b as (bᵀ aᵀ)ᵀ, given bᵀ; all C-contiguous
         M, K = a.shape
         N = bt.shape[0]
         ct = np.empty((N, M), c.dtype)
@@ -171,8 +175,13 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
             for j in range(N):
                 ci[j] = ct[j, i]
 
-    return tuple(tuple(numba.njit(nogil=True, **_JIT)(loop) for loop in time_loops(forward_step, backward_step, g))
-                 for g in (gemm, gemm_transposed))
+    @numba.njit(nogil=True, **_JIT)
+    def product(a, b, c, panel):  # the loops' GEMM, for FusedLoop._panel's probe
+        gemm(a, b, c, panel)
+
+    loops = tuple(tuple(numba.njit(nogil=True, **_JIT)(loop) for loop in time_loops(forward_step, backward_step, g))
+                  for g in (gemm, gemm_transposed))
+    return (*loops, product)
 
 
 _BY_DTYPE = {
@@ -195,5 +204,5 @@ def _fuser(dtype: np.dtype, compiled_loops: bool):
 
     forward_step, backward_step = _BY_DTYPE[dtype]
     blas = (gemm(dtype), gemv(dtype)) if compiled_loops else (None,)
-    loops, transposed = (None, None) if None in blas else _compiled_loops(forward_step, backward_step, *blas)
-    return Fuser("numba", forward_step, backward_step, loops, transposed)
+    loops, transposed, product = (None, None, None) if None in blas else _compiled_loops(forward_step, backward_step, *blas)
+    return Fuser("numba", forward_step, backward_step, loops, transposed, product)

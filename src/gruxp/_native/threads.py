@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["blas_limit", "cores_but_this_one", "idle_cores", "l2_bytes", "one_thread_each", "others_running"]
+__all__ = ["blas_limit", "blas_threads", "cores_but_this_one", "idle_cores", "l2_bytes", "one_thread_each", "others_running"]
 
 
 @functools.cache
@@ -33,6 +33,12 @@ def _controller() -> Any:
         return None
     blas = ThreadpoolController().select(user_api="blas")
     return blas if blas.lib_controllers else None
+
+
+def blas_threads() -> int | None:
+    """How many threads NumPy's BLAS would use for a call now (None without threadpoolctl)."""
+    blas = _controller()
+    return None if blas is None else _threads(blas)
 
 
 def _threads(blas: Any) -> int:
