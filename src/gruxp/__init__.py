@@ -4,7 +4,9 @@ The same forward and analytic backward-through-time run on NumPy, CuPy, PyTorch,
 array-api-strict. ``import gruxp`` imports none of the optional array libraries.
 """
 
+from . import _native  # registers the backends' routes with the core  # noqa: F401
 from . import checkpoint, distributed, functional, interop, losses, onnx, optim, training
+from ._config import config_context, get_config, set_config
 from .checkpoint import CheckpointError
 from .functional import CellTape, GRUConfig, GRUTape
 from .layers import Dropout, Embedding, LastStep, Linear, Sequential
@@ -36,5 +38,8 @@ __all__ = [
     "interop",
     "onnx",
     "distributed",
+    "config_context",
+    "get_config",
+    "set_config",
     "__version__",
 ]

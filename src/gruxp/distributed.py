@@ -17,9 +17,11 @@ CPU workers, CuPy blocks on GPU workers).
   task that Dask recomputes on the remaining workers, and the sum's order does not depend on which
   worker computed what.
 
-BLAS threads: several worker *threads* on one machine each running a multi-threaded BLAS fight for
-the cores. Dask's nanny pins BLAS to one thread for worker *processes*; the tasks here do the same
-for threads with ``threadpoolctl`` (``blas_threads=1`` by default; ``None`` leaves BLAS alone).
+Threads: several worker *threads* on one machine each running gruxp's pieces on every core fight
+for the cores. The tasks here run the GRU with at most ``blas_threads`` threads each (1 by default;
+``None``: as many as the worker's CPUs), through ``gruxp.config_context(max_workers=...)``, which
+holds for the task's own thread only: nothing process-wide changes (Dask's nanny pins NumPy's BLAS
+for worker *processes*; gruxp's own BLAS runs one thread a call anyway).
 
 Needs the ``dask`` extra: ``pip install "gruxp[dask]"``.
 """
@@ -46,11 +48,12 @@ __all__ = ["predict", "DataParallel"]
 
 
 def _blas_limit(threads: int | None):
+    """At most ``threads`` threads for this task's GRU calls (this thread only); None: no limit."""
     if threads is None:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+    from ._config import config_context
 
-    return threadpool_limits(limits=threads, user_api="blas")
+    return config_context(max_workers=threads)
 
 
 # -- batch inference --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from ._checks import check_positive_int
-from ._native import compiler_for
+from .functional._routes import route_for
 from .optim import OPTIMIZERS, clip_grad_norm
 
 __all__ = ["Batch", "Trainer", "NonFiniteLossError", "stream_windows"]
@@ -185,7 +185,7 @@ class Trainer:
         """One compiled function for forward, loss, backward, clipping and the update, where the
         namespace has a compiler (JAX) and no dropout is active: dropout masks are drawn on the host
         from each layer's Generator, which a compiled step would freeze into constants."""
-        compiler = compiler_for(self.model.xp)
+        compiler = route_for(self.model.xp).compiler(self.model.xp)
         dropping = any(getattr(layer, "training", False) and (getattr(layer, "p", 0.0) or getattr(layer, "dropout", 0.0))
                        for layer in self.model.layers.values())
         if compiler is None or dropping:

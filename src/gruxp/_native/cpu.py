@@ -1,112 +1,60 @@
-"""NumPy on the CPU: the time loop of one reset_after direction, with buffers and a fuser.
+"""NumPy on the CPU: the executor that runs a layer by its plan, and the route that asks for it.
 
-The loop holds only what is sequential. Forward, each step is one GEMM, ``gh = h Wᵀ`` (B, 3H),
+The loop holds only what is sequential. Forward, each step is one GEMM, ``gh = h Wᵀ`` (rows, 3H),
 then the step's element-wise part, :func:`gruxp.functional._cell.gates_forward`, applied by the
 *fuser*. Backward, each step is the element-wise part (:func:`~gruxp.functional._cell.gates_backward`)
-then one GEMM, ``[d_r, d_z, d_ghn] (B, 3H) @ W_hh (3H, H)``, its left operand kept for the weight
-gradient (one GEMM over all steps). Everything is written into arrays
-allocated here, once per call; nothing the caller can see is mutated.
+then one GEMM, ``[d_r, d_z, d_ghn] (rows, 3H) @ W_hh (3H, H)``, its left operand kept for the weight
+gradients (GEMMs over all steps, after the loop). Everything is written into arrays allocated
+here; nothing the caller can see is mutated, and past a sequence's end the loops apply the
+core's :func:`~gruxp.functional._cell.masked_state`.
 
 Fusers, each applying the same shared functions:
 
-* ``numba``: one compiled pass over the (B, H) elements per step, the shared functions inlined,
+* ``numba``: one compiled pass over the (rows, H) elements per step, the shared functions inlined,
   with vectorisable activations (see :mod:`gruxp._native.numba_kernels`); equal to the generic
-  code at a stated bound (float64 ≤ 1e-12 relative; tested).
-* ``numpy``: the shared functions called on whole (B, H) blocks, exactly as the generic code calls
-  them, results copied into the buffers: bit for bit the generic code (tested). The fallback
-  without numba.
+  code at a stated bound (float64 ≤ 1e-12 relative; tested). With gruxp's BLAS, the whole time
+  loop is compiled, its GEMM a call into that BLAS, the GIL released.
+* ``numpy``: the shared functions called on whole blocks, exactly as the generic code calls them,
+  results copied into the buffers (with NumPy's BLAS: bit for bit the generic code; tested).
 
-Where OpenBLAS forms a product with few columns faster than with as few rows (float32, H ≥ 512,
-8 ≤ B ≤ 16; see :meth:`FusedLoop._transposed`), the compiled loops' GEMM forms it transposed and
-copies it into the rows the step reads: same kernels, same buffers.
-
-The backward kernel also finishes the previous step: dL/dh = gz + [d_r, d_z, d_ghn] W_hh is
-formed at the start of the next kernel call (or frozen, past a sequence's end), which saves a
-pass per step.
-
-The loops run over a range of the batch's rows, so that the two halves of a batch, independent
-of each other, can run at once on two cores (numba's compiled loops, which release the GIL; see
-:meth:`FusedLoop._split`), and the GEMMs after the backward loop in two halves, too.
+The executor decides nothing: a :class:`gruxp._native.plan.Plan` says which fuser and BLAS, how
+the batch is cut into pieces (each piece a recurrence of its own over its rows, run on gruxp's
+threads by :mod:`gruxp._native.workers`), how many steps an input GEMM takes, which form a step's
+product takes, and how the GEMMs after the backward loop are cut. The backward kernel also
+finishes the previous step, dL/dh = gz + [d_r, d_z, d_ghn] W_hh, at the start of the next kernel
+call, which saves a pass per step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
-from typing import Any, NamedTuple
+import weakref
+from functools import partial
+from typing import Any
 
 import numpy as np
 
-from ..functional._cell import activations, gates_backward, gates_forward
-from .threads import blas_threads, l2_bytes
+from .._namespace import is_numpy_namespace
+from .._config import get_config
+from ..functional._cell import activations, folded_bias, gates_backward, gates_forward, input_grad, masked_state, param_grads
+from ..functional._routes import Route
+from ..functional._sequence import direction_result, previous_states
+from . import blas, workers
+from .loops import Fuser, time_loops, transposed
+from .machine import this_machine
+from .plan import Plan, Shape, cut
+from .plan import plan as make_plan
 
-__all__ = ["FusedLoop", "TapePool", "numpy_fuser", "time_loops", "transposed"]
-
-
-def transposed(w: np.ndarray) -> np.ndarray:
-    """Wᵀ as a C-contiguous copy: OpenBLAS multiplies a few rows by it 10-40% faster than by the
-    transposed view, with the same bits. Copied 16 rows of W at a time: NumPy's transposing copy of
-    the whole matrix is 4-6× slower from H = 512 on (2.2 ms against 0.45 ms for a (1536, 512)
-    float32 W here, 20 against 3.5 ms at H = 1024), more than a short sequence's GEMMs gain."""
-    out = np.empty(w.shape[::-1], w.dtype)
-    for i in range(0, w.shape[0], 16):
-        out[:, i : i + 16] = w[i : i + 16].T
-    return out
+__all__ = ["CpuRoute", "Executor", "TapePool", "clear_buffers", "numpy_fuser"]
 
 
-def time_loops(forward_step, backward_step, gemm):
-    """``(forward_loop, backward_loop)`` over a fuser's step kernels, ``gemm(a, w, out, panel)`` doing
-    out = a @ w (in column panels of that width where ``panel`` > 0, see :meth:`FusedLoop._panel`), or,
-    given w's transpose, out = (wᵀ aᵀ)ᵀ (see :meth:`FusedLoop._transposed`).
-    Plain Python closures: run as they are with np.matmul, or compiled as they are by numba with a
-    GEMM call inside (see :func:`gruxp._native.numba_kernels.fuser`)."""
-
-    def forward_loop(gi, b_in, w, b_hn, h0, active, hs, r, z, n, ghn, gh, reverse, record, b0, b1, panel):
-        # rows b0:b1 of the batch: per step gh = h W_hhᵀ (w: W_hhᵀ, or W_hh for a transposed
-        # product), then the step writes h' into hs[t] and, with record, the gates into r, z, n,
-        # ghn [t] (else into their row 0); gi, h0 and gh hold those rows only
-        T = gi.shape[0]
-        h = h0
-        for s in range(T):
-            t = T - 1 - s if reverse else s
-            k = t if record else 0
-            gemm(h, w, gh, panel)
-            forward_step(gi[t], b_in, gh, b_hn, h, active[t, b0:b1], hs[t, b0:b1], r[k, b0:b1], z[k, b0:b1], n[k, b0:b1],
-                         ghn[k, b0:b1])
-            h = hs[t, b0:b1]
-
-    def backward_loop(gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w, reverse, b0, b1):
-        # rows b0:b1 of the batch: per step (in reverse processing order) the step, which also
-        # finishes the previous step's dL/dh from gz + prod, then prod = d_h[t] W_hh (w: W_hh, or
-        # W_hhᵀ for a transposed product); gz, prod, first_active and carry hold those rows only;
-        # d_out is (T, B, H), or (1, B, H) of zeros
-        T = h_prev.shape[0]
-        active_prev = first_active
-        for s in range(T):
-            t = s if reverse else T - 1 - s
-            backward_step(gz, prod, active_prev, carry, d_out[t if d_out.shape[0] == T else 0, b0:b1], active[t, b0:b1],
-                          h_prev[t, b0:b1], r[t, b0:b1], z[t, b0:b1], n[t, b0:b1], gh_n[t, b0:b1], d_i[t, b0:b1], d_h[t, b0:b1])
-            gemm(d_h[t, b0:b1], w, prod, 0)
-            active_prev = active[t, b0:b1]
-
-    return forward_loop, backward_loop
-
-
-def _numpy_gemm(a, b, out, panel):
+def _numpy_matmul(a, b, out, panel=0):
     np.matmul(a, b, out=out)
 
 
-class Fuser(NamedTuple):
-    """How a step's element-wise part is applied, and the :func:`time_loops` that drive it: in
-    Python with np.matmul, or compiled (numba) with a GEMM call inside. All write the same buffers."""
-
-    name: str
-    forward_step: Any  # (gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_out, ghn_out)
-    backward_step: Any  # (gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h)
-    compiled_loops: Any = None  # time_loops compiled, or None: time_loops in Python with np.matmul
-    transposed_loops: Any = None  # time_loops compiled with a GEMM that writes the product transposed, or None
-    product: Any = None  # the compiled loops' GEMM, product(a, b, out, panel), or None
+def _gruxp_matmul(a, b, out, panel=0):
+    blas.matmul(a, b, out=out)
 
 
 _numpy_sigmoid, _ = activations(np)
@@ -118,21 +66,21 @@ def _numpy_forward_step(gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_ou
     np.add(gh[:, 2 * H :], b_hn, out=ghn_out)
     h_new, r, z, n = gates_forward(gi[:, :H], gi[:, H : 2 * H], gi[:, 2 * H :], gh[:, :H], gh[:, H : 2 * H], ghn_out, h,
                                    _numpy_sigmoid, np.tanh)
+    if not active.all():
+        h_new = masked_state(active[:, None], h_new, h, np.where)
     for buffer, value in ((r_out, r), (z_out, z), (n_out, n), (h_out, h_new)):
         np.copyto(buffer, value)
-    if not active.all():
-        np.copyto(h_out, h, where=~active[:, None])
 
 
 def _numpy_backward_step(gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h):
     H = carry.shape[1]
     dh = gz + prod
     if not active_prev.all():
-        dh = np.where(active_prev[:, None], dh, carry)
+        dh = masked_state(active_prev[:, None], dh, carry, np.where)
     np.copyto(carry, dh)
     g = dh + d_out
     if not active.all():
-        g = np.where(active[:, None], g, np.zeros((), g.dtype))
+        g = masked_state(active[:, None], g, np.zeros((), g.dtype), np.where)
     d_r, d_z, d_an, d_gn, gz_new = gates_backward(g, h_prev, r, z, n, gh_n)
     for buffer, value in ((d_i[:, :H], d_r), (d_i[:, H : 2 * H], d_z), (d_i[:, 2 * H :], d_an),
                           (d_h[:, :H], d_r), (d_h[:, H : 2 * H], d_z), (d_h[:, 2 * H :], d_gn), (gz, gz_new)):
@@ -151,13 +99,17 @@ class TapePool:
     """One thread's tape blocks, each handed out again once nothing but this pool refers to it.
 
     A block is in use while any array made from it lives (a tape, an output, a final state: NumPy
-    views keep their base alive). That is read from its reference count, compared with an array
-    held the same way, so the test does not depend on how the interpreter counts its own
-    temporaries. A request takes the smallest free block that fits and is at most twice its size
-    (else a new one); a free block unused for :attr:`IDLE_TAKES` requests goes back to the OS.
+    views keep their base alive, and so does every holder of its buffer: a memoryview,
+    ``np.frombuffer``, ctypes from ``np.ctypeslib``, ``torch.from_numpy``; tested). That is read
+    from its reference count, compared with an array held the same way, so the test does not
+    depend on how the interpreter counts its own temporaries; only where reference counts are
+    exact (CPython with the GIL) is a block reused at all. A request takes the smallest free block
+    that fits and is at most twice its size (else a new one); a free block unused for
+    :attr:`IDLE_TAKES` requests goes back to the OS.
     """
 
     IDLE_TAKES = 16
+    REUSE = sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
 
     def __init__(self) -> None:
         self.entries: list[list] = []  # [block, the request that last took it]
@@ -165,7 +117,7 @@ class TapePool:
         self._probe = [np.empty(0)]  # held like each block: by one list
 
     def _free(self, entry: list) -> bool:
-        return sys.getrefcount(entry[0]) == sys.getrefcount(self._probe[0])
+        return self.REUSE and sys.getrefcount(entry[0]) == sys.getrefcount(self._probe[0])
 
     def take(self, size: int, dtype) -> np.ndarray:
         """A 1-D array of ``size`` elements of ``dtype`` (contents undefined), no one else's."""
@@ -178,276 +130,280 @@ class TapePool:
         self.entries = [e for e in self.entries if id(e) not in stale]
         if chosen is None:
             chosen = [np.empty(size, dtype), 0]
-            self.entries.append(chosen)
+            if self.REUSE:
+                self.entries.append(chosen)
         chosen[1] = self.takes
         return chosen[0][:size]
 
 
-class FusedLoop:
-    """The forward and backward time loops of one direction, driving one fuser's kernels.
+class _Local:
+    """One thread's scratch buffers (never handed to a caller) and tape pool."""
 
-    Arrays that never leave a call (the input pre-activations, the per-step gradients, scratch)
-    are kept per thread and reused by the next call of the same shape: a fresh 20 MB array costs
-    a page fault per 4 KB on first touch, ~6% of a forward at B=64, T=100, H=256.
-    """
+    def __init__(self) -> None:
+        self.scratch: dict = {}
+        self.tapes = TapePool()
 
-    CHUNK_BYTES, MIN_CHUNK_ROWS_PER_INPUT = 2**21, 4  # see _chunk_steps
-    MIN_SPLIT_ROWS, MIN_SPLIT_WORK = 4, 2**25  # see _split
-    SMALL_GEMM = 10**6  # see _panel
-    TRANSPOSED_DTYPES, MIN_TRANSPOSED_HIDDEN, MIN_TRANSPOSED_ROWS, MAX_TRANSPOSED_ROWS = (np.dtype(np.float32),), 512, 8, 16  # see _transposed
 
-    def __init__(self, fuser: Fuser, blas_limit: Any = None, pair: Any = None):
+_locals: weakref.WeakSet = weakref.WeakSet()
+_thread = threading.local()
+
+
+def _here() -> _Local:
+    local = getattr(_thread, "local", None)
+    if local is None:
+        local = _thread.local = _Local()
+        _locals.add(local)
+    return local
+
+
+def _scratch(name, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
+    """This thread's buffer ``name`` as a C-contiguous array of ``shape``, reused by its next call
+    (a fresh array costs a page fault per 4 KB on first touch); it only grows."""
+    buffers = _here().scratch
+    size = int(np.prod(shape))
+    a = buffers.get(name)
+    if a is None or a.dtype != dtype or a.size < size:
+        a = buffers[name] = np.empty(size, dtype)
+    view = np.reshape(a[:size], shape)
+    if zero:
+        view.fill(0)
+    return view
+
+
+def clear_buffers() -> None:
+    """Let go of every thread's scratch buffers and free tape blocks (rebuilt on the next call).
+    Call it while no gruxp call runs."""
+    for local in list(_locals):
+        local.scratch.clear()
+        local.tapes = TapePool()
+
+
+def previous_states_view(hs, h0, *, reverse: bool):
+    """(T, B, H): the state each step started from, as a view where :meth:`Executor.forward` stored
+    ``h0`` beside ``hs`` in one tape block; else None (the caller copies)."""
+    T, B, H = hs.shape
+    block = hs.base
+    if not (isinstance(block, np.ndarray) and h0.base is block and block.ndim == 1 and hs.flags.c_contiguous
+            and h0.flags.c_contiguous and h0.shape == (B, H) and h0.dtype == hs.dtype):
+        return None
+    row = B * H * hs.itemsize
+    if h0.ctypes.data != hs.ctypes.data + (T * row if reverse else -row):
+        return None
+    first = hs.ctypes.data + row if reverse else h0.ctypes.data  # where h_prev[0] lies
+    start = (first - block.ctypes.data) // hs.itemsize
+    return np.reshape(block[start : start + T * B * H], (T, B, H))
+
+
+class Executor:
+    """Runs one fuser's loops over a layer's directions, exactly as a :class:`Plan` says."""
+
+    def __init__(self, fuser: Fuser):
         self.fuser = fuser
-        self.compiled = fuser.compiled_loops is not None  # compiled loops take C-contiguous GEMM operands
-        self.forward_loop, self.backward_loop = fuser.compiled_loops or time_loops(fuser.forward_step, fuser.backward_step, _numpy_gemm)
-        self.transposed_loops = fuser.transposed_loops  # (forward, backward) or None
-        self.blas_limit = blas_limit  # callable(steps, batch, hidden) -> context manager, or None
-        self.pair = pair  # callable(first, second) -> True once both ran at once, False if it ran neither; or None
-        self._local = threading.local()
-        self._exact_panels: dict = {}  # (rows, H, width, dtype) -> whether panels give one call's bits
+        self._python_loops = {name: time_loops(fuser.forward_step, fuser.backward_step, gemm)
+                              for name, gemm in (("numpy", _numpy_matmul), ("gruxp", _gruxp_matmul))}
 
-    def clear_buffers(self) -> None:
-        """Let go of this thread's buffers and free tape blocks (they are rebuilt on the next call)."""
-        self._local.__dict__.pop("buffers", None)
-        self._local.__dict__.pop("tapes", None)
+    def _loops(self, p: Plan) -> tuple:
+        if p.compiled:
+            return self.fuser.transposed_loops if p.transposed else self.fuser.compiled_loops
+        return self._python_loops[p.blas]
 
-    def _pool(self) -> TapePool:
-        return self._local.__dict__.setdefault("tapes", TapePool())
+    @staticmethod
+    def _matmul(plan: Plan):
+        return blas.matmul if plan.blas == "gruxp" else np.matmul
 
-    def _buffer(self, name: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
-        buffers = self._local.__dict__.setdefault("buffers", {})
-        a = buffers.get(name)
-        if a is None or a.shape != shape or a.dtype != dtype:
-            a = buffers[name] = np.empty(shape, dtype)
-        if zero:
-            a.fill(0)
-        return a
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, plan: Plan, calls: list[dict]) -> list:
+        """Each direction's ``(out, h_T, DirectionTape or None)``, as the core's direction function returns them."""
+        if plan.blas == "gruxp":
+            blas.library().one_thread()
+        jobs = [self._forward_job(plan, d, call) for d, call in enumerate(calls)]
+        workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
+        return [direction_result(*result, mask=call["mask"], record=call["record"], xp=call["xp"])
+                for (_, result), call in zip(jobs, calls, strict=True)]
 
-    def _threads(self, T: int, B: int, H: int):
-        return contextlib.nullcontext() if self.blas_limit is None else self.blas_limit(T, B, H)
-
-    def forward(self, x, h0, w_ih, b_in, w_hh, b_hn, *, mask, reverse, record):
-        """``(hs, h_T, (x, h0, r, z, n, gh_n) or None)`` of one direction over x (T, B, I); x and h0
-        returned are C-contiguous copies where needed, for the tape (h0 stored beside hs, so that
-        :meth:`previous_states` is a view)."""
+    def _forward_job(self, plan: Plan, d: int, call: dict) -> tuple[list, tuple]:
+        """One direction's forward: its buffers, and a task per piece of the batch."""
+        x, h0, params, record = call["x"], call["h0"], call["p"], call["record"]
         T, B, I = x.shape
+        w_ih, w_hh = params["weight_ih"], params["weight_hh"]
         H = w_hh.shape[1]
         dtype = x.dtype
         if record:
             # The tape in one block from this thread's pool: h0 and the states (h0 first, or last
-            # when reverse: the states each step started from are then a view), r, z, n, gh_n, and
-            # x's copy (batch_first, or a bidirectional layer's input; made by _forward_rows). A fresh
-            # block is page faults and zeroing on first touch (3-5% of a training step at B=64, T=100, H=256).
-            x_size = 0 if x.flags.c_contiguous else T * B * I
-            block = self._pool().take((5 * T + 1) * B * H + x_size, dtype)
+            # when reverse: the states each step started from are then a view), r, z, n, gh_n.
+            block = _here().tapes.take((5 * T + 1) * B * H, dtype)
             states = np.reshape(block[: (T + 1) * B * H], (T + 1, B, H))
-            hs, h0_copy = (states[:T], states[T]) if reverse else (states[1:], states[0])
-            np.copyto(h0_copy, h0)
-            h0 = h0_copy
-            r, z, n, ghn = np.reshape(block[(T + 1) * B * H : (5 * T + 1) * B * H], (4, T, B, H))
-            x_tape = np.reshape(block[(5 * T + 1) * B * H :], (T, B, I)) if x_size else None
+            hs, h0_kept = (states[:T], states[T]) if call["reverse"] else (states[1:], states[0])
+            np.copyto(h0_kept, h0)
+            h0 = h0_kept
+            r, z, n, ghn = np.reshape(block[(T + 1) * B * H :], (4, T, B, H))
         else:
-            x_tape = None
-            hs, (r, z, n, ghn) = np.empty((T, B, H), dtype), [self._buffer(k, (1, B, H), dtype) for k in "rzng"]
+            hs, (r, z, n, ghn) = np.empty((T, B, H), dtype), [_scratch((k, d), (1, B, H), dtype) for k in "rzng"]
+        b_in, b_hn = folded_bias(params.get("bias_ih"), params.get("bias_hh"), reset_after=True, xp=call["xp"])
         b_in = np.zeros((3 * H,), dtype) if b_in is None else np.ascontiguousarray(b_in)  # added in the kernel: a pass less
-        # (B, H) @ Wᵀ by a C-contiguous copy of Wᵀ. NumPy hands a single row (B = 1) to gemv, where
-        # the copy would change the bits, so its loop keeps the view there; the compiled loop's
-        # cblas call needs the copy always. The transposed product, W hᵀ, takes W itself.
-        flip = self._transposed(T, B, H, dtype)
-        w = np.ascontiguousarray(w_hh) if flip else transposed(w_hh) if B > 1 or self.compiled else w_hh.T
         b_hn = np.zeros((H,), dtype) if b_hn is None else np.ascontiguousarray(b_hn)
-        active = _active(mask, T, B)
+        # (rows, H) @ Wᵀ: on gruxp's BLAS by a C-contiguous copy of Wᵀ (faster for few rows than the
+        # transposed view; the compiled loop needs it); on NumPy's by the view, as the generic code
+        # multiplies (the copy would change the bits at some shapes). W hᵀ takes W itself.
+        w = np.ascontiguousarray(w_hh) if plan.transposed else transposed(w_hh) if plan.blas == "gruxp" else w_hh.T
+        active = _active(call["mask"], T, B)
         h = np.ascontiguousarray(h0)
         tape = (hs, r, z, n, ghn)
-        with self._threads(T, B, H):
-            self._by_rows(T, B, H, dtype, lambda b0, b1: self._forward_rows(
-                x, h[b0:b1], w_ih, b_in, w, b_hn, active, tape, b0, b1, reverse=reverse, record=record, flip=flip, x_tape=x_tape))
-        return hs, hs[0 if reverse else T - 1], ((x if x_tape is None else x_tape, h0, r, z, n, ghn) if record else None)
+        tasks = [partial(self._forward_rows, plan, x, h[b0:b1], w_ih, b_in, w, b_hn, active, tape, b0, b1, call["reverse"], record)
+                 for b0, b1 in plan.pieces]
+        states = tape if record else (hs,)
+        return tasks, (x, h0, hs[0 if call["reverse"] else T - 1], states)
 
-    def _forward_rows(self, x, h, w_ih, b_in, w, b_hn, active, tape, b0, b1, *, reverse, record, flip, x_tape=None):
-        """Rows b0:b1 of :meth:`forward`, from their start state ``h``: the input pre-activations a
-        chunk of steps at a time (this thread's buffers), each chunk then through the loop (whose
-        GEMM forms the product transposed where ``flip``). With ``x_tape`` (T, B, I), x's rows are
-        copied there first, chunk by chunk: on this half's core, and in cache for the GEMM."""
+    def _forward_rows(self, plan: Plan, x, h, w_ih, b_in, w, b_hn, active, tape, b0, b1, reverse, record) -> None:
+        """Rows b0:b1 of a direction from their start state ``h``: the input pre-activations a chunk
+        of steps at a time (this thread's buffers), each chunk then through the loop."""
         T, _, I = x.shape
         H = b_hn.shape[0]
-        rows = b1 - b0
-        dtype = x.dtype
+        rows, dtype = b1 - b0, x.dtype
         hs, r, z, n, ghn = tape
         x = x[:, b0:b1]
-        source = x if x_tape is None else x_tape[:, b0:b1]
-        steps = self._chunk_steps(T, rows, I, H, dtype)
-        gi = self._buffer("gi", (steps, rows, 3 * H), dtype)
-        gh = self._buffer("gh", (rows, 3 * H), dtype)
-        loop = self.transposed_loops[0] if flip else self.forward_loop
-        panel = 0 if flip else self._panel(rows, H, dtype)
-        x_buffer = None if source.flags.c_contiguous else self._buffer("x", (steps, rows, I), dtype)  # a chunk's copy
+        steps = plan.chunk
+        gi = _scratch("gi", (steps, rows, 3 * H), dtype)
+        gh = _scratch("gh", (rows, 3 * H), dtype)
+        loop = self._loops(plan)[0]
+        matmul = self._matmul(plan)
+        x_buffer = None if x.flags.c_contiguous else _scratch("x", (steps, rows, I), dtype)  # a chunk's copy
         for start in range(0, T, steps):
             # the chunk [t0, t1) in processing order: from the end when reverse
             t0, t1 = (max(0, T - start - steps), T - start) if reverse else (start, min(T, start + steps))
             k = t1 - t0
-            if source is not x:
-                np.copyto(source[t0:t1], x[t0:t1])
             if x_buffer is None:
-                x_chunk = source[t0:t1]
+                x_chunk = x[t0:t1]
             else:
                 x_chunk = x_buffer[:k]
-                np.copyto(x_chunk, source[t0:t1])
+                np.copyto(x_chunk, x[t0:t1])
             # by the transposed view, as the generic code does: as fast for many rows as a copy of W_ihᵀ
-            np.matmul(np.reshape(x_chunk, (k * rows, I)), w_ih.T, out=np.reshape(gi[:k], (k * rows, 3 * H)))
+            matmul(np.reshape(x_chunk, (k * rows, I)), w_ih.T, out=np.reshape(gi[:k], (k * rows, 3 * H)))
             rec = (r[t0:t1], z[t0:t1], n[t0:t1], ghn[t0:t1]) if record else (r, z, n, ghn)
-            loop(gi[:k], b_in, w, b_hn, h, active[t0:t1], hs[t0:t1], *rec, gh, reverse, record, b0, b1, panel)
+            loop(gi[:k], b_in, w, b_hn, h, active[t0:t1], hs[t0:t1], *rec, gh, reverse, record, b0, b1, plan.panel)
             h = hs[t0 if reverse else t1 - 1, b0:b1]
 
-    def finish(self, finish, d_i, d_h, x, h_prev, w_ih, *, need_dx: bool):
-        """``finish(d_i, d_h, x, h_prev, need_dx=…)`` -> (grads, dx), the GEMMs after the backward
-        loop, as they are; or, where the loops run in halves (:meth:`_split`), in two halves at
-        once: each thread the weight gradients' rows of half the gate columns (``finish`` on those
-        columns) and half of dx's rows (dx = d_i W_ih, here). Each element is the same sum in the
-        same order as in one GEMM: OpenBLAS gave the same bits at every size measured here. Then
-        no GEMM of a training step runs on OpenBLAS's own threads, which would spin for ~0.1 s
-        afterwards and take the cores from the next call's halves (see
-        :func:`gruxp._native.threads.one_thread_each`)."""
-        T, B, H = h_prev.shape
-        rows, cut = T * B, 3 * H // 2  # H > 1: a block of 3H/2 columns is not mistaken for d_ghn alone
-        d_i2 = np.reshape(d_i, (rows, 3 * H))
-        dx = np.empty((rows, x.shape[-1]), x.dtype) if need_dx else None
-        parts = [None, None]
+    # -- backward ------------------------------------------------------------------------------
+    def backward(self, plan: Plan, calls: list[dict]) -> list:
+        """Each direction's ``((grads, dx or None), dh0)``, as the core's direction function returns them:
+        the loops over every piece first, then the GEMMs after them, cut into blocks."""
+        if plan.blas == "gruxp":
+            blas.library().one_thread()
+        jobs = [self._backward_job(plan, d, call) for d, call in enumerate(calls)]
+        workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
+        finished = [self._finish_job(plan, call, *loop_result) for (_, loop_result), call in zip(jobs, calls, strict=True)]
+        workers.run([task for tasks, _ in finished for task in tasks], plan.workers)
+        return [result() for _, result in finished]
 
-        def run(i: int, columns: slice, dx_rows: slice) -> None:
-            parts[i], _ = finish(d_i[..., columns], d_h[..., columns], x, h_prev, need_dx=False)
-            if dx is not None:
-                np.matmul(d_i2[dx_rows], w_ih, out=dx[dx_rows])
-
-        if not (H > 1 and self._split(T, B, H, h_prev.dtype)
-                and self.pair(lambda: run(0, slice(0, cut), slice(0, rows // 2)), lambda: run(1, slice(cut, None), slice(rows // 2, None)))):
-            return finish(d_i, d_h, x, h_prev, need_dx=need_dx)
-        grads = {k: np.concatenate([g, parts[1][k]]) for k, g in parts[0].items()}
-        return grads, (None if dx is None else np.reshape(dx, x.shape))
-
-    def _by_rows(self, T: int, B: int, H: int, dtype, run) -> None:
-        """``run(0, B)``, or ``run`` on each half of the batch at once (see :meth:`_split`)."""
-        half = B // 2
-        if not (self._split(T, B, H, dtype) and self.pair(lambda: run(0, half), lambda: run(half, B))):
-            run(0, B)
-
-    def _split(self, T: int, B: int, H: int, dtype) -> bool:
-        """Whether to offer the two halves of the batch to :attr:`pair` (which runs them at once
-        where two cores are free). Rows are independent: each core runs its own half's recurrence,
-        one GEMM and one pass per step, with no exchange between the cores until the end, where
-        OpenBLAS's two threads meet at every step's GEMM and the element-wise pass runs on one
-        core. Measured here (2 cores, float32): B=32, T=200, H=128 forward 10.4 → 7.8 ms, training
-        31.7 → 26.9 ms; B=64, T=100, H=256 31.4 → 30.1 and 95.5 → 92.6 ms.
-
-        Only where each core can keep W_hh in cache, at most two L2s' worth (3H² elements): each
-        half's GEMM reads all of it every step, where OpenBLAS's threads read half each (B=16,
-        T=50, H=512 float32, 3 MiB with 1 MiB L2s: 19.3 → 20.5 ms); with at least
-        :attr:`MIN_SPLIT_ROWS` rows a half; and from :attr:`MIN_SPLIT_WORK` (T·B·H², about 10 ms
-        of training), below which checking for free cores costs more than halves gain.
-        """
-        return (self.compiled and self.pair is not None and B >= 2 * self.MIN_SPLIT_ROWS and T * B * H * H >= self.MIN_SPLIT_WORK
-                and 3 * H * H * np.dtype(dtype).itemsize <= 2 * l2_bytes())
-
-    def _panel(self, rows: int, H: int, dtype) -> int:
-        """The width of the column panels in which the forward step's GEMM, (rows, H) @ (H, 3H), is
-        called, or 0 for one call. OpenBLAS's SkylakeX kernels multiply without packing W (their
-        small-matrix path) where M·N·K ≤ :attr:`SMALL_GEMM`; on one thread that ran a step's GEMM
-        faster in panels of that size: (32, 256) @ (256, 768) float32 143 → 110 µs, float64 265 → 224
-        (a half of B=64, H=256). Only where BLAS runs on one thread now (the halves, a pair, a busy
-        machine: the panels run on one thread, where OpenBLAS's own two threads ran B=64 in 176 against
-        222 µs), and only where the panels give the one call's bits, probed once per shape on random
-        operands (the same sums in the same order: equal at K = H = 256 here, not at K = 512), so the
-        choice, which depends on load, never changes a result."""
-        product = self.fuser.product
-        N = 3 * H
-        if product is None or rows < 2 or rows * N * H <= self.SMALL_GEMM:
-            return 0
-        width = self.SMALL_GEMM // (rows * H) // 16 * 16
-        if width < 16 or blas_threads() != 1:
-            return 0
-        key = (rows, H, width, np.dtype(dtype))
-        if key not in self._exact_panels:
-            rng = np.random.default_rng(0)
-            a, b = rng.standard_normal((rows, H)).astype(dtype), rng.standard_normal((H, N)).astype(dtype)
-            one, panels = np.empty((rows, N), dtype), np.empty((rows, N), dtype)
-            product(a, b, one, 0)
-            product(a, b, panels, width)
-            self._exact_panels[key] = bool(np.array_equal(one, panels))
-        return width if self._exact_panels[key] else 0
-
-    def _transposed(self, T: int, B: int, H: int, dtype) -> bool:
-        """Whether the compiled loops form each step's product transposed: ghᵀ = W_hh hᵀ forward,
-        W_hhᵀ d_hᵀ backward, then copied into the (B, ·) rows the step reads. OpenBLAS (its SkylakeX
-        kernel, here) runs a GEMM with few columns faster than with as few rows: at B=16, H=512,
-        float32, 2 threads, 191 against 226 µs forward and 192 against 236 backward, of which the copy
-        takes back ~13 and ~3 µs. So only where it paid in whole runs, alternating in one process
-        (medians of 9-15): float32, H ≥ 512, 8 ≤ B ≤ 16 (B=16, T=50, H=512: forward 20.6 → 18.3 ms,
-        training 55.2 → 51.3; H=1024, T=30: 55.9 → 43.2 and 146.0 → 125.3; B=8, T=100, H=512: forward
-        −5%, training ±3%). At B = 24-32 training gained nothing (±3%); float64 at H ≥ 512 ran slower
-        at every size (up to 2×), and B ≤ 4 up to 3× slower. Not where the batch may run in halves
-        (:meth:`_split`): a transposed GEMM rounds half the columns differently, and the halves must
-        give one piece's bits."""
-        return (self.transposed_loops is not None and np.dtype(dtype) in self.TRANSPOSED_DTYPES and H >= self.MIN_TRANSPOSED_HIDDEN
-                and self.MIN_TRANSPOSED_ROWS <= B <= self.MAX_TRANSPOSED_ROWS and not self._split(T, B, H, dtype))
-
-    def _chunk_steps(self, T: int, B: int, I: int, H: int, dtype) -> int:
-        """How many steps' input pre-activations one GEMM computes, just before the loop runs them.
-
-        The compiled loop takes them in chunks of about :attr:`CHUNK_BYTES` (this machine's two 1 MiB L2 caches),
-        still in cache when its element-wise pass reads them: a forward at B=32, T=200, H=128 took
-        10.0-10.2 ms against 10.5-10.7 with all T at once (medians of 15, here). A chunk keeps at
-        least 4·I rows, or packing W_ih for each chunk costs more than it saves (B=16, H=512: +2%).
-        The NumPy fuser takes all T at once: OpenBLAS rounds a GEMM of fewer rows differently at
-        some shapes (174 of 696 shape and chunk combinations here), and that fuser promises the
-        generic code's bits.
-        """
-        if not self.compiled:
-            return T
-        chunks = -(-T * B * 3 * H * np.dtype(dtype).itemsize // self.CHUNK_BYTES)  # ceil
-        steps = -(-T // max(1, chunks))
-        return min(T, max(steps, -(-self.MIN_CHUNK_ROWS_PER_INPUT * I // B)))
-
-    def previous_states(self, hs, h0, *, reverse: bool):
-        """(T, B, H): the state each step started from, as a view where :meth:`forward` stored
-        ``h0`` beside ``hs`` in one of this loop's tape blocks; else None (the caller copies)."""
-        T, B, H = hs.shape
-        block = hs.base
-        if not (isinstance(block, np.ndarray) and h0.base is block and block.ndim == 1 and hs.flags.c_contiguous
-                and h0.flags.c_contiguous and h0.shape == (B, H) and h0.dtype == hs.dtype):
-            return None
-        row = B * H * hs.itemsize
-        if h0.ctypes.data != hs.ctypes.data + (T * row if reverse else -row):
-            return None
-        first = hs.ctypes.data + row if reverse else h0.ctypes.data  # where h_prev[0] lies
-        start = (first - block.ctypes.data) // hs.itemsize
-        return np.reshape(block[start : start + T * B * H], (T, B, H))
-
-    def backward(self, d_out, d_hT, h_prev, r, z, n, gh_n, w_hh, *, mask, reverse):
-        """``(d_i, d_h, dh0)``: the gradients of the input and recurrent pre-activations per step,
-        d_i (T, B, 3H) = [d_r, d_z, d_an] and d_h (T, B, 3H) = [d_r, d_z, d_ghn]."""
-        T, B, H = h_prev.shape
-        dtype = h_prev.dtype
-        flip = self._transposed(T, B, H, dtype)
-        w, loop = (transposed(w_hh), self.transposed_loops[1]) if flip else (np.ascontiguousarray(w_hh), self.backward_loop)
-        # d_i and d_h are read by the caller before its next backward call (per thread)
-        d_i, d_h = self._buffer("d_i", (T, B, 3 * H), dtype), self._buffer("d_h", (T, B, 3 * H), dtype)
-        prod, carry = self._buffer("prod", (B, H), dtype, zero=True), self._buffer("carry", (B, H), dtype)
+    def _backward_job(self, plan: Plan, d: int, call: dict) -> tuple[list, tuple]:
+        tape, d_out, d_hT = call["tape"], call["d_out"], call["d_hT"]
+        T, B, H = tape.hs.shape
+        dtype = tape.hs.dtype
+        h_prev = previous_states_view(tape.hs, tape.h0, reverse=call["reverse"])
+        if h_prev is None:
+            h_prev = previous_states(tape, reverse=call["reverse"], xp=call["xp"])
+        w_hh = call["p"]["weight_hh"]
+        w = transposed(w_hh) if plan.transposed else np.ascontiguousarray(w_hh)
+        # d_i and d_h are read by the GEMMs after the loop, before this thread's next backward call
+        d_i, d_h = _scratch(("d_i", d), (T, B, 3 * H), dtype), _scratch(("d_h", d), (T, B, 3 * H), dtype)
+        prod, carry = _scratch(("prod", d), (B, H), dtype, zero=True), _scratch(("carry", d), (B, H), dtype)
         gz = np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
-        # a batch-first d_out is copied to (T, B, H) by each half, on its own core
+        # a batch-first d_out, or one direction's columns of it, is copied to (T, B, H) piece by piece
         d_source = None if d_out is None or d_out.flags.c_contiguous else d_out
-        d_out = np.zeros((1, B, H), dtype) if d_out is None else d_out if d_source is None else self._buffer("d_out", d_out.shape, dtype)
-        active = _active(mask, T, B)
+        if d_out is None:
+            d_out = np.zeros((1, B, H), dtype)
+        elif d_source is not None:
+            d_out = _scratch(("d_out", d), d_out.shape, dtype)
+        active = _active(call["mask"], T, B)
         first_active = np.ones((B,), bool)
-        with self._threads(T, B, H):
-            def rows(b0: int, b1: int) -> None:
-                if d_source is not None:
-                    np.copyto(d_out[:, b0:b1], d_source[:, b0:b1])
-                loop(gz[b0:b1], prod[b0:b1], first_active[b0:b1], carry[b0:b1], d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w,
-                     reverse, b0, b1)
+        loop = self._loops(plan)[1]
+        r, z, n, gh_n = (np.ascontiguousarray(a) for a in (tape.r, tape.z, tape.n, tape.gh_n))
 
-            self._by_rows(T, B, H, dtype, rows)
-        active_prev = active[T - 1 if reverse else 0]  # of the last step processed
-        dh0 = gz + prod
-        if not active_prev.all():
-            dh0 = np.where(active_prev[:, None], dh0, carry)
-        return d_i, d_h, dh0
+        def rows(b0: int, b1: int) -> None:
+            if d_source is not None:
+                np.copyto(d_out[:, b0:b1], d_source[:, b0:b1])
+            loop(gz[b0:b1], prod[b0:b1], first_active[b0:b1], carry[b0:b1], d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w,
+                 call["reverse"], b0, b1)
+
+        last = active[T - 1 if call["reverse"] else 0]  # of the last step processed
+        return [partial(rows, b0, b1) for b0, b1 in plan.pieces], (d_i, d_h, h_prev, gz, prod, carry, last)
+
+    def _finish_job(self, plan: Plan, call: dict, d_i, d_h, h_prev, gz, prod, carry, last) -> tuple[list, Any]:
+        """The GEMMs after a direction's loop, as tasks: the weight gradients by blocks of gate
+        columns (each element the same sum, whatever the cut), dx by blocks of rows."""
+        x, params = call["tape"].x, call["p"]
+        T, B, I = x.shape
+        rows, H = T * B, h_prev.shape[-1]
+        d_i2, d_h2 = np.reshape(d_i, (rows, 3 * H)), np.reshape(d_h, (rows, 3 * H))
+        x2, h2 = np.reshape(x, (rows, I)), np.reshape(h_prev, (rows, H))
+        matmul = self._matmul(plan)
+        blocks: list = [None] * plan.grad_blocks
+        dx = np.empty((rows, I), x.dtype) if call["need_dx"] else None
+
+        def grads(k: int, c0: int, c1: int) -> None:
+            blocks[k] = param_grads(d_i2[:, c0:c1], d_h2[:, c0:c1], x2, h2, None, reset_after=True, bias=call["bias"], xp=call["xp"],
+                                    matmul=matmul)
+
+        def inputs(r0: int, r1: int) -> None:
+            input_grad(d_i2[r0:r1], params["weight_ih"], matmul=partial(matmul, out=dx[r0:r1]))
+
+        tasks = [partial(grads, k, c0, c1) for k, (c0, c1) in enumerate(cut(3 * H, plan.grad_blocks))]
+        if dx is not None:
+            tasks += [partial(inputs, r0, r1) for r0, r1 in cut(rows, plan.grad_blocks)]
+
+        def result():
+            g = blocks[0] if len(blocks) == 1 else {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+            dh0 = gz + prod
+            if not last.all():
+                dh0 = masked_state(last[:, None], dh0, carry, np.where)
+            return (g, None if dx is None else np.reshape(dx, (T, B, I))), dh0
+
+        return tasks, result
+
+
+_executors: dict = {}
+
+
+def _executor(fuser: str, dtype) -> Executor:
+    key = (fuser, np.dtype(dtype))
+    if key not in _executors:
+        if fuser == "numpy":
+            _executors[key] = Executor(numpy_fuser)
+        else:
+            from .numba_kernels import fuser as numba_fuser
+
+            _executors[key] = Executor(numba_fuser(dtype))
+    return _executors[key]
+
+
+class CpuRoute(Route):
+    """NumPy arrays on the CPU: a layer runs on :class:`Executor` by the plan for its shape, or, where
+    the plan says so (reset_before, float16), as the generic code."""
+
+    name = "numpy-cpu"
+    shares_states = False  # the tape keeps the states in its own block (beside h0: h_prev is a view)
+
+    def claims(self, xp) -> bool:
+        return is_numpy_namespace(xp)
+
+    @staticmethod
+    def plan_for(steps: int, batch: int, inputs: int, hidden: int, directions: int, dtype, *, reset_after: bool) -> Plan:
+        """The plan for one layer under the settings in effect here (see :func:`gruxp.config_context`)."""
+        config = get_config()
+        return make_plan(Shape(steps, batch, inputs, hidden, directions), dtype, this_machine(), reset_after=reset_after,
+                         fuser=config["fuser"], force=config["cpu_plan"], max_workers=config["max_workers"])
+
+    def layer_forward(self, forward, calls):
+        x, w_hh = calls[0]["x"], calls[0]["p"]["weight_hh"]
+        plan = self.plan_for(*x.shape, w_hh.shape[1], len(calls), x.dtype, reset_after=calls[0]["reset_after"])
+        if plan.route == "generic":
+            return super().layer_forward(forward, calls)
+        return _executor(plan.fuser, x.dtype).forward(plan, calls)
+
+    def layer_backward(self, backward, calls):
+        tape = calls[0]["tape"]
+        T, B, H = tape.hs.shape
+        plan = self.plan_for(T, B, tape.x.shape[-1], H, len(calls), tape.hs.dtype, reset_after=calls[0]["reset_after"])
+        if plan.route == "generic":
+            return super().layer_backward(backward, calls)
+        return _executor(plan.fuser, tape.hs.dtype).backward(plan, calls)

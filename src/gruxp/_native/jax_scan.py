@@ -1,50 +1,75 @@
 """JAX: the time loop is ``jax.lax.scan`` over the unchanged step functions, compiled once per shape.
 
 A Python ``for`` under ``jax.jit`` is unrolled: T copies of the step in the traced program, so
-compile time grows with T (53 s at T = 50 for ``jax.grad`` through a 2-layer GRU). ``lax.scan``
-traces the step once and compiles one loop for every T. Its contract is the generic loop's
-(:func:`gruxp.functional._sequence.python_loop`), which stays the oracle.
+compile time grows with T. ``lax.scan`` traces the step once and compiles one loop for every T.
+Its contract is the generic loop's (:func:`gruxp.functional._routes.python_loop`), which stays the
+oracle.
 
-The direction functions here are the generic ones (``direction_forward_loop`` and
-``direction_backward_loop``), wrapped in ``jax.jit`` with the structure static: an eager call
-compiles once per shape and then runs one program per direction, where the eager Python loop
-dispatched a dozen small operations per step. Inside a user's own ``jit`` they are simply inlined.
+:class:`JaxRoute` receives the core's direction functions and wraps each in ``jax.jit`` with the
+structure static: an eager call compiles once per shape and then runs one program per direction,
+where the eager Python loop dispatched a dozen small operations per step. Inside a user's own
+``jit`` they are simply inlined. JAX is imported on first use, never by ``import gruxp``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from types import ModuleType
 from typing import Any
 
-import jax
-from jax import lax
+from .._namespace import is_jax_namespace
+from ..functional._routes import Route
+
+__all__ = ["JaxRoute", "gru_with_analytic_vjp", "scan_loop"]
+
+_STATIC = ("reverse", "reset_after", "record", "bias", "need_dx", "xp", "loop")
 
 
 def scan_loop(body: Callable, carry: Any, xs: tuple, *, length: int, reverse: bool, xp: ModuleType) -> tuple[Any, tuple]:
     """``python_loop``'s contract through ``lax.scan`` (None entries of ``xs`` and of the outputs are
     empty pytrees to scan, exactly as they are "no array" to the generic loop)."""
+    from jax import lax
+
     return lax.scan(body, carry, xs, length=length, reverse=reverse)
 
 
-@lru_cache(maxsize=None)
-def _compiled(name: str) -> Callable:
-    from ..functional import _sequence
+@cache
+def _compiled(function: Callable) -> Callable:
+    """``function`` under ``jax.jit``, its structural keywords static (once per function)."""
+    import inspect
 
-    statics = {"direction_forward_loop": ("reverse", "reset_after", "record", "xp"),
-               "direction_backward_loop": ("reverse", "reset_after", "bias", "need_dx", "xp")}[name]
-    return jax.jit(getattr(_sequence, name), static_argnames=statics)
+    import jax
 
-
-def direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
-    return _compiled("direction_forward_loop")(x, h0, p, mask=mask, reverse=reverse, reset_after=reset_after,
-                                               record=record, xp=xp)
+    names = [name for name in _STATIC if name in inspect.signature(function).parameters]
+    return jax.jit(function, static_argnames=names)
 
 
-def direction_backward(tape, d_out, d_hT, p, *, mask, reverse, reset_after, bias, need_dx, xp):
-    return _compiled("direction_backward_loop")(tape, d_out, d_hT, p, mask=mask, reverse=reverse, reset_after=reset_after,
-                                                bias=bias, need_dx=need_dx, xp=xp)
+class JaxRoute(Route):
+    """JAX arrays: the core's direction functions under ``jax.jit``, their loop ``lax.scan``; gruxp's
+    backward as ``jax.grad``'s derivative; ``jax.jit`` for a whole training step."""
+
+    name = "jax"
+
+    def claims(self, xp: ModuleType) -> bool:
+        return is_jax_namespace(xp)
+
+    def loop(self, body: Callable, carry: Any, xs: tuple, *, length: int, reverse: bool, xp: ModuleType) -> tuple[Any, tuple]:
+        return scan_loop(body, carry, xs, length=length, reverse=reverse, xp=xp)
+
+    def layer_forward(self, forward: Callable, calls: Any) -> list:
+        return [_compiled(forward)(**call, loop=scan_loop) for call in calls]
+
+    def layer_backward(self, backward: Callable, calls: Any) -> list:
+        return [_compiled(backward)(**call, loop=scan_loop) for call in calls]
+
+    def differentiable(self, xp: ModuleType) -> Callable:
+        return gru_with_analytic_vjp
+
+    def compiler(self, xp: ModuleType) -> Callable:
+        import jax
+
+        return jax.jit
 
 
 def gru_with_analytic_vjp(params, x, h0, *, run: Callable, backward: Callable, run_options: dict) -> tuple[Any, Any]:
@@ -56,6 +81,8 @@ def gru_with_analytic_vjp(params, x, h0, *, run: Callable, backward: Callable, r
     structure (sizes, flags) is static and rebuilt around them. Forward-mode (``jax.jvp``) is not
     defined for a custom_vjp function; JAX says so when asked.
     """
+    import jax
+
     static: dict[str, Any] = {}
 
     @jax.custom_vjp

@@ -40,6 +40,12 @@ for _helper in (_cell.reset_update_gates, _cell.candidate_blend, _cell.candidate
     register_jitable(inline="always", **_JIT)(_helper)
 _gates_forward = numba.njit(inline="always", **_JIT)(_cell.gates_forward)
 _gates_backward = numba.njit(inline="always", **_JIT)(_cell.gates_backward)
+_masked_state = numba.njit(inline="always", **_JIT)(_cell.masked_state)
+
+
+@numba.njit(inline="always", **_JIT)
+def select(live, new, old):  # the scalar ``where`` that masked_state takes
+    return new if live else old
 
 # -- float32: Eigen's / XLA's rational tanh, clamped where it evaluates to ±1 (with FMA) ---------------
 _f = np.float32
@@ -114,11 +120,11 @@ def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
             gi_r, gi_z, gi_n = gi[b, :H], gi[b, H : 2 * H], gi[b, 2 * H :]
             gh_r, gh_z, gh_nb = gh[b, :H], gh[b, H : 2 * H], gh[b, 2 * H :]
             hb, ho, ro, zo, no, go = h[b], h_out[b], r_out[b], z_out[b], n_out[b], ghn_out[b]
-            keep = not active[b]
+            live = active[b]
             for j in range(H):
                 gh_n = gh_nb[j] + b_hn[j]
                 h_new, r, z, n = _gates_forward(gi_r[j] + b_r[j], gi_z[j] + b_z[j], gi_n[j] + b_n[j], gh_r[j], gh_z[j], gh_n, hb[j], sigmoid, tanh)
-                ho[j] = hb[j] if keep else h_new
+                ho[j] = _masked_state(live, h_new, hb[j], select)
                 ro[j], zo[j], no[j], go[j] = r, z, n, gh_n
 
     @numba.njit(**_JIT)
@@ -130,9 +136,9 @@ def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
             dh_r, dh_z, dh_n = d_h[b, :H], d_h[b, H : 2 * H], d_h[b, 2 * H :]
             finish, live = active_prev[b], active[b]
             for j in range(H):
-                dh = gzb[j] + pb[j] if finish else cb[j]
+                dh = _masked_state(finish, gzb[j] + pb[j], cb[j], select)
                 cb[j] = dh
-                g = dh + db[j] if live else zero  # zero past a sequence's end
+                g = _masked_state(live, dh + db[j], zero, select)
                 d_r, d_z, d_an, d_gn, gz_new = _gates_backward(g, hb[j], rb[j], zb[j], nb[j], ghb[j], dsigmoid, dtanh)
                 di_r[j], di_z[j], di_n[j] = d_r, d_z, d_an
                 dh_r[j], dh_z[j], dh_n[j], gzb[j] = d_r, d_z, d_gn, gz_new
@@ -141,15 +147,13 @@ def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
 
 
 def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
-    """:func:`gruxp._native.cpu.time_loops` compiled as they are, their GEMM a call into NumPy's own
-    BLAS (see :mod:`gruxp._native.cblas`): no interpreter work between steps, and the GIL released
-    (a bidirectional layer's two directions may run at once). Two pairs: the product written as
-    it is, and written transposed (see :meth:`gruxp._native.cpu.FusedLoop._transposed`). A single
-    row (B = 1) goes to GEMV, as NumPy sends it: OpenBLAS's GEMM with one row took as long as its
-    GEMV, or up to 4.8× longer, here (10.7 against 8.1 µs for (1, 256) @ (256, 768) float32; 208
-    against 49 µs at H = 512 float64)."""
-    from .cblas import NO_TRANS, ROW_MAJOR, TRANS
-    from .cpu import time_loops
+    """:func:`gruxp._native.loops.time_loops` compiled as they are, their GEMM a call into gruxp's
+    BLAS (see :mod:`gruxp._native.blas`): no interpreter work between steps, and the GIL released
+    (pieces of a batch, and a layer's two directions, run at once). Two pairs: the product
+    written as it is, and written transposed (the plan's ``transposed``). A single row goes to
+    GEMV, as NumPy sends it: OpenBLAS's GEMM with one row is slower (see benchmarks/README.md)."""
+    from .blas import NO_TRANS, ROW_MAJOR, TRANS
+    from .loops import time_loops
 
     @numba.njit(inline="always", **_JIT)
     def gemm(a, b, c, panel):  # c = a @ b, all C-contiguous; in column panels of b and c where panel > 0
@@ -176,7 +180,7 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
                 ci[j] = ct[j, i]
 
     @numba.njit(nogil=True, **_JIT)
-    def product(a, b, c, panel):  # the loops' GEMM, for FusedLoop._panel's probe
+    def product(a, b, c, panel):  # the loops' GEMM, alone (tests)
         gemm(a, b, c, panel)
 
     loops = tuple(tuple(numba.njit(nogil=True, **_JIT)(loop) for loop in time_loops(forward_step, backward_step, g))
@@ -191,18 +195,20 @@ _BY_DTYPE = {
 
 
 def fuser(dtype, *, compiled_loops: bool = True):
-    """The numba :class:`~gruxp._native.cpu.Fuser` for float32 or float64 arrays: its step kernels,
-    and its compiled time loops where NumPy's BLAS can be called from them (one per dtype and
+    """The numba :class:`~gruxp._native.loops.Fuser` for float32 or float64 arrays: its step kernels,
+    and its compiled time loops where gruxp's BLAS can be called from them (one per dtype and
     process: each is compiled on first call)."""
     return _fuser(np.dtype(dtype), compiled_loops)
 
 
 @functools.cache
 def _fuser(dtype: np.dtype, compiled_loops: bool):
-    from .cblas import gemm, gemv
-    from .cpu import Fuser
+    from .blas import library
+    from .loops import Fuser
 
     forward_step, backward_step = _BY_DTYPE[dtype]
-    blas = (gemm(dtype), gemv(dtype)) if compiled_loops else (None,)
-    loops, transposed, product = (None, None, None) if None in blas else _compiled_loops(forward_step, backward_step, *blas)
+    lib = library() if compiled_loops else None
+    if lib is None:
+        return Fuser("numba", forward_step, backward_step)
+    loops, transposed, product = _compiled_loops(forward_step, backward_step, lib.gemm[dtype], lib.gemv[dtype])
     return Fuser("numba", forward_step, backward_step, loops, transposed, product)

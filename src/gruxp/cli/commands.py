@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import signal
+import importlib.util
 import sys
 import threading
 import time
@@ -433,8 +434,18 @@ def _load_lm(path: str, backend: str, device: str | None):
 
 
 @cli.command()
-def info() -> None:
-    """Versions, the backends of the matrix and their devices, and NumPy's BLAS."""
+@click.option("--plan", "plan_shape", type=POSITIVE_INT, nargs=4, default=None, metavar="B T I H",
+              help="Print the CPU route's plan for a call of this shape (batch, steps, inputs, hidden) and why.")
+@click.option("--layers", type=POSITIVE_INT, default=1, show_default=True, help="With --plan: the number of layers.")
+@click.option("--bidirectional", is_flag=True, help="With --plan: a bidirectional GRU.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True, help="With --plan.")
+@click.option("--cpus", type=POSITIVE_INT, default=None, help="With --plan: plan for a machine of this many CPUs (all usable) instead of this one.")
+def info(plan_shape: tuple[int, int, int, int] | None, layers: int, bidirectional: bool, dtype: str, cpus: int | None) -> None:
+    """Versions, the backends of the matrix and their devices, NumPy's BLAS and gruxp's; or, with
+    --plan, what the CPU route will run for a call of that shape."""
+    if plan_shape is not None:
+        _print_plan(plan_shape, layers=layers, bidirectional=bidirectional, dtype=dtype, cpus=cpus)
+        return
     from gruxp.benchmarking import blas_info, describe_pool
 
     click.echo(f"gruxp {gruxp.__version__} (Python {sys.version.split()[0]}, NumPy {np.__version__})")
@@ -447,21 +458,39 @@ def info() -> None:
 
 
 def _cpu_step() -> str:
-    """Which fuser runs NumPy's GRU step here (see README, "Speed on the CPU")."""
-    from gruxp._native import NUMBA_MIN_WORK, fuser_name
+    """Which fuser and BLAS run NumPy's GRU step here (see README, "Speed on the CPU")."""
+    from gruxp._native.blas import library
+    from gruxp._native.plan import RULES
 
-    name = fuser_name()
-    if name is None:
-        return "generic code (GRUXP_FAST_ROUTES=0)"
-    if name == "numpy":
-        return "NumPy buffers, not fused (pip install numba, or the fast extra, for the fused step)"
+    config = gruxp.get_config()
+    if not config["fast_routes"]:
+        return "generic code (fast_routes=False, GRUXP_FAST_ROUTES=0)"
+    lib = library()
+    blas = (f"gruxp's own OpenBLAS {lib.version} ({lib.kernel} kernel, one thread a call)" if lib else
+            "NumPy's matmul (gruxp's OpenBLAS not installed: pip install scipy-openblas64, or gruxp's fast extra)")
+    if importlib.util.find_spec("numba") is None or config["fuser"] == "numpy":
+        return f"NumPy buffers, not fused (pip install numba, or the fast extra, for the fused step); {blas}"
     import numba
 
-    from gruxp._native.cblas import gemm, gemv
+    loop = "the whole loop compiled" if lib else "a Python loop over compiled steps"
+    return f"fused by numba {numba.__version__}, {loop} (for T·B·H² ≥ {RULES.numba_min_work:,}); {blas}"
 
-    compiled = gemm("float32") is not None and gemv("float32") is not None
-    loop = "the whole loop compiled" if compiled else "a Python loop over compiled steps"
-    return f"fused by numba {numba.__version__}, {loop} (for T·B·H² ≥ {NUMBA_MIN_WORK:,})"
+
+def _print_plan(shape: tuple[int, int, int, int], *, layers: int, bidirectional: bool, dtype: str, cpus: int | None) -> None:
+    from dataclasses import replace
+
+    from gruxp._native import cpu_plan
+    from gruxp._native.machine import this_machine
+    from gruxp._native.plan import describe
+
+    B, T, I, H = shape
+    machine = this_machine() if cpus is None else replace(this_machine(), cpus=cpus, usable=cpus)
+    where = f"this machine ({machine.cpus} CPUs, {machine.usable} usable now)" if cpus is None else f"a machine of {cpus} CPUs"
+    direction = "bidirectional" if bidirectional else "unidirectional"
+    click.echo(f"CPU plan for B={B}, T={T}, I={I}, H={H}, {layers} layer(s), {direction}, {dtype}, on {where}:")
+    for layer, plan in enumerate(cpu_plan(T, B, I, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype, machine=machine)):
+        click.echo(f"layer {layer}: {'fused loop' if plan.route == 'fused' else 'generic code'}")
+        click.echo(describe(plan))
 
 
 @cli.command()

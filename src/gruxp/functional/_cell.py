@@ -53,7 +53,9 @@ __all__ = [
     "folded_bias",
     "step_forward",
     "step_backward",
+    "masked_state",
     "param_grads",
+    "input_grad",
     "CellTape",
     "gru_cell",
     "gru_cell_forward",
@@ -204,8 +206,20 @@ def step_backward(g: Any, h: Any, cache: StepCache, w_hh: Any, *, reset_after: b
     return StepGrads(d_r, d_z, d_an, d_an, dh)
 
 
+def masked_state(live: Any, new: Any, old: Any, select: Callable) -> Any:
+    """What a step leaves in a quantity carried through time: ``new`` while the sequence runs,
+    ``old`` past its end. The state (forward) and dL/dh (backward) stay frozen so, and the gradient
+    reaching a step past the end is zero (``old`` = 0). ``select`` is the namespace's ``where``, or
+    a fuser's scalar ``new if live else old``: the one definition of what ``lengths`` means."""
+    return select(live, new, old)
+
+
+def _product(a: Any, b: Any) -> Any:
+    return a @ b
+
+
 def param_grads(
-    d_i: Any, d_h: Any, x: Any, h: Any, r: Any, *, reset_after: bool, bias: bool, xp: ModuleType
+    d_i: Any, d_h: Any, x: Any, h: Any, r: Any, *, reset_after: bool, bias: bool, xp: ModuleType, matmul: Callable | None = None
 ) -> dict[str, Any]:
     """Weight and bias gradients from the stacked pre-activation gradients and the matching inputs.
 
@@ -214,27 +228,33 @@ def param_grads(
     the input side's; ``d_h`` (rows, 3H) = [d_r, d_z, d_ghn], the recurrent side's (the left operand
     of the backward step's GEMM; reset_before: d_i itself); ``x`` (rows, I); ``h`` (rows, H) the states
     the steps started from; ``r`` (rows, H) the reset gate (reset_before only; else None).
-    ``d_h`` may also be d_ghn alone, (rows, H), as before: its r and z blocks are then d_i's.
-    reset_after: the same block of columns of d_i and d_h (of a width other than H) gives the
-    gradients' matching rows (the CPU loop splits these GEMMs over two cores so).
+    ``d_h`` may also be d_ghn alone, (rows, H): its r and z blocks are then d_i's.
+    reset_after: the same block of columns of d_i and d_h gives the gradients' matching rows (a
+    route may so cut these GEMMs into pieces). ``matmul(a, b)`` makes every product (default ``@``).
     """
+    matmul = matmul or _product
     H = h.shape[-1]
-    if tuple(d_h.shape) == (d_i.shape[0], H):
+    if tuple(d_h.shape) == (d_i.shape[0], H) and d_i.shape[1] == 3 * H:
         d_h = xp.concat([d_i[:, : 2 * H], d_h], axis=1)
     if tuple(d_h.shape) != tuple(d_i.shape):
         raise ValueError(f"d_h must have the shape of d_i, (rows, 3H) = {tuple(d_i.shape)}, or (rows, H); got {tuple(d_h.shape)}")
     d_hh = xp.matrix_transpose(d_h)
     grads = {
-        "weight_ih": xp.matrix_transpose(d_i) @ x,
-        "weight_hh": d_hh @ h if reset_after else xp.concat([d_hh[: 2 * H, :] @ h, d_hh[2 * H :, :] @ (r * h)], axis=0),
+        "weight_ih": matmul(xp.matrix_transpose(d_i), x),
+        "weight_hh": matmul(d_hh, h) if reset_after else xp.concat([matmul(d_hh[: 2 * H, :], h), matmul(d_hh[2 * H :, :], r * h)], axis=0),
     }
     if bias:
         # Column sums as a GEMV with a ones vector: BLAS is several times faster than a reduction
         # over the long axis 0 (T·B rows), and the result is as exact.
         ones = xp.ones((d_i.shape[0],), dtype=d_i.dtype, device=device_of(d_i))
-        grads["bias_ih"] = ones @ d_i
-        grads["bias_hh"] = ones @ d_h if reset_after else grads["bias_ih"]
+        grads["bias_ih"] = matmul(ones, d_i)
+        grads["bias_hh"] = matmul(ones, d_h) if reset_after else grads["bias_ih"]
     return grads
+
+
+def input_grad(d_i: Any, w_ih: Any, *, matmul: Callable | None = None) -> Any:
+    """dL/dx (rows, I) from the input side's pre-activation gradients ``d_i`` (rows, 3H)."""
+    return (matmul or _product)(d_i, w_ih)
 
 
 class CellTape(NamedTuple):
@@ -322,7 +342,7 @@ def gru_cell_backward(tape: CellTape, dh: Any, *, xp: Any = None) -> tuple[dict[
     d_h = xp.concat([step.d_r, step.d_z, step.d_ghn], axis=1) if tape.reset_after else d_i
     bias = "bias_ih" in params
     grads = param_grads(d_i, d_h, x, h, tape.cache.r, reset_after=tape.reset_after, bias=bias, xp=xp)
-    dx, dh_prev = d_i @ params["weight_ih"], step.dh
+    dx, dh_prev = input_grad(d_i, params["weight_ih"]), step.dh
     if tape.unbatched:
         dx, dh_prev = dx[0, ...], dh_prev[0, ...]
     return grads, dx, dh_prev

@@ -18,7 +18,6 @@ Nothing is mutated: per-step results are collected in lists and stacked.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import partial
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -26,10 +25,10 @@ import numpy as np
 
 from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
 from .._namespace import device_of, namespace_of, resolve_xp
-from .._native import differentiable_for, fused_loop_for, loop_for, route_for, run_directions
-from ._cell import StepCache, folded_bias, param_grads, step_backward, step_forward
+from ._cell import StepCache, folded_bias, input_grad, masked_state, param_grads, step_backward, step_forward
 from ._layers import dropout_mask
 from ._params import gru_param_shapes
+from ._routes import python_loop, route_for
 
 __all__ = ["GRUConfig", "DirectionTape", "GRUTape", "gru", "gru_forward", "gru_backward"]
 
@@ -86,88 +85,47 @@ def _names(layer: int, direction: int) -> dict[str, str]:
     return {k: k + s for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
 
 
-def python_loop(body: Callable, carry: Any, xs: tuple, *, length: int, reverse: bool, xp: ModuleType) -> tuple[Any, tuple]:
-    """The generic time loop, and the oracle of every other: ``carry, y_t = body(carry, x_t)`` for
-    t = 0..T−1 (T−1..0 with ``reverse``), with ``xs`` a tuple of (T, ...) arrays (or None) sliced at
-    t and the ``y_t`` stacked back in time order. ``jax.lax.scan`` has exactly this contract.
-    """
-    ys: list[Any] = [None] * length
-    for t in range(length - 1, -1, -1) if reverse else range(length):
-        carry, ys[t] = body(carry, tuple(None if a is None else a[t, ...] for a in xs))
-    stacked = tuple(None if ys[0][i] is None else xp.stack([y[i] for y in ys], axis=0) for i in range(len(ys[0])))
-    return carry, stacked
-
-
-def _direction_forward(x, h0, p, *, mask, reverse, reset_after, record, xp):
-    """Run one direction over x (T, B, I). Returns (out, h_T, DirectionTape | None)."""
-    route = route_for(xp, reset_after=reset_after)
-    if route is not None:
-        return route.direction_forward(x, h0, p, mask=mask, reverse=reverse, reset_after=reset_after, record=record, xp=xp)
-    return direction_forward_loop(x, h0, p, mask=mask, reverse=reverse, reset_after=reset_after, record=record, xp=xp)
-
-
-def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp):
-    """One direction's forward as the backend's loop over the shared step (no route)."""
+def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp, loop=python_loop):
+    """One direction's forward over x (T, B, I) from h0 (B, H), the shared step driven by ``loop``:
+    ``(out, h_T, DirectionTape or None)``. The generic code of every route (see :mod:`._routes`)."""
     T, B, I = x.shape
     w_ih, w_hh = p["weight_ih"], p["weight_hh"]
     b_in, b_hn = folded_bias(p.get("bias_ih"), p.get("bias_hh"), reset_after=reset_after, xp=xp)
-    three_h = w_ih.shape[0]
-    fused = fused_loop_for(xp, reset_after=reset_after, dtype=x.dtype, work=T * B * w_hh.shape[1] ** 2)
-    if fused is not None:
-        hs, h, cache = fused.forward(x, h0, w_ih, b_in, w_hh, b_hn, mask=mask, reverse=reverse, record=record)
-        ys = (hs, *cache[2:]) if record else (hs,)
-        if record:  # x C-contiguous (the backward's GEMMs read it as (T·B, I)), h0 stored beside hs
-            x, h0 = cache[:2]
-    else:
-        gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, three_h))
-        if b_in is not None:
-            gi = gi + b_in
+    gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, w_ih.shape[0]))
+    if b_in is not None:
+        gi = gi + b_in
 
-        def step(h, inputs):
-            gi_t, mask_t = inputs
-            h_new, cache = step_forward(gi_t, h, w_hh, b_hn, reset_after=reset_after, xp=xp)
-            h = h_new if mask_t is None else xp.where(mask_t, h_new, h)
-            return h, ((h, *cache) if record else (h,))
+    def step(h, inputs):
+        gi_t, mask_t = inputs
+        h_new, cache = step_forward(gi_t, h, w_hh, b_hn, reset_after=reset_after, xp=xp)
+        h = h_new if mask_t is None else masked_state(mask_t, h_new, h, xp.where)
+        return h, ((h, *cache) if record else (h,))
 
-        h, ys = loop_for(xp, python_loop)(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
-    hs = ys[0]
+    h, ys = loop(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
+    return direction_result(x, h0, h, ys, mask=mask, record=record, xp=xp)
+
+
+def direction_result(x, h0, h_T, states, *, mask, record, xp):
+    """``(out, h_T, DirectionTape or None)`` from a direction's states ``(hs, r, z, n, gh_n)`` (or
+    ``(hs,)`` without ``record``): out is zero past each sequence's end."""
+    hs = states[0]
     out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
-    if not record:
-        return out, h, None
-    return out, h, DirectionTape(x, h0, *ys)
+    return out, h_T, (DirectionTape(x, h0, *states) if record else None)
 
 
-def _previous_states(tape: DirectionTape, *, reverse: bool, xp: ModuleType) -> Any:
+def previous_states(tape: DirectionTape, *, reverse: bool, xp: ModuleType) -> Any:
     """(T, B, H): the state each step started from, in time order."""
     first = xp.expand_dims(tape.h0, axis=0)
     return xp.concat([tape.hs[1:, ...], first], axis=0) if reverse else xp.concat([first, tape.hs[:-1, ...]], axis=0)
 
 
-def _direction_backward(tape: DirectionTape, d_out, d_hT, p, *, mask, reverse, reset_after, bias, need_dx, xp):
-    """Backward of one direction. Returns ((grads with short names, dx (T, B, I)), dh0 (B, H))."""
-    route = route_for(xp, reset_after=reset_after)
-    if route is not None:
-        return route.direction_backward(
-            tape, d_out, d_hT, p, mask=mask, reverse=reverse, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp
-        )
-    return direction_backward_loop(tape, d_out, d_hT, p, mask=mask, reverse=reverse, reset_after=reset_after, bias=bias,
-                                   need_dx=need_dx, xp=xp)
-
-
-def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after, bias, need_dx, xp):
-    """One direction's backward as the backend's loop over the shared step (no route)."""
+def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after, bias, need_dx, xp, loop=python_loop):
+    """One direction's backward, the shared step driven by ``loop`` (in reverse processing order):
+    ``((grads with short names, dx (T, B, I) or None), dh0 (B, H))``."""
     x, h0, hs = tape.x, tape.h0, tape.hs
-    T, B, I = x.shape
-    H = h0.shape[-1]
+    B, H = h0.shape
     w_hh = p["weight_hh"]
-    fused = fused_loop_for(xp, reset_after=reset_after, dtype=hs.dtype, work=T * B * H * H)
-    h_prev = None if fused is None else fused.previous_states(hs, h0, reverse=reverse)
-    if h_prev is None:
-        h_prev = _previous_states(tape, reverse=reverse, xp=xp)
-    if fused is not None:
-        d_i, d_h, dh = fused.backward(d_out, d_hT, h_prev, tape.r, tape.z, tape.n, tape.gh_n, w_hh, mask=mask, reverse=reverse)
-        finish = partial(_finish_backward, r=None, p=p, reset_after=reset_after, bias=bias, xp=xp)
-        return fused.finish(finish, d_i, d_h, x, h_prev, p["weight_ih"], need_dx=need_dx), dh
+    h_prev = previous_states(tape, reverse=reverse, xp=xp)
     zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
     dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
 
@@ -175,37 +133,37 @@ def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after,
         d_out_t, mask_t, h_prev_t, r_t, z_t, n_t, gh_n_t = inputs
         g = dh if d_out_t is None else dh + d_out_t
         if mask_t is not None:
-            g = xp.where(mask_t, g, zero)
+            g = masked_state(mask_t, g, zero, xp.where)
         grads = step_backward(g, h_prev_t, StepCache(r_t, z_t, n_t, gh_n_t), w_hh, reset_after=reset_after, xp=xp)
-        dh = grads.dh if mask_t is None else xp.where(mask_t, grads.dh, dh)
+        dh = grads.dh if mask_t is None else masked_state(mask_t, grads.dh, dh, xp.where)
         return dh, (grads.d_r, grads.d_z, grads.d_an, grads.d_ghn if reset_after else None)
 
     xs = (d_out, mask, h_prev, tape.r, tape.z, tape.n, tape.gh_n)
-    dh, (d_r, d_z, d_an, d_ghn) = loop_for(xp, python_loop)(step, dh, xs, length=T, reverse=not reverse, xp=xp)
+    dh, (d_r, d_z, d_an, d_ghn) = loop(step, dh, xs, length=x.shape[0], reverse=not reverse, xp=xp)
     d_i = xp.concat([d_r, d_z, d_an], axis=-1)
     d_h = xp.concat([d_r, d_z, d_ghn], axis=-1) if reset_after else d_i
-    return _finish_backward(d_i, d_h, x, h_prev, tape.r, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
+    return finish_backward(d_i, d_h, x, h_prev, tape.r, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
 
 
-def _finish_backward(d_i, d_h, x, h_prev, r, p, *, reset_after, bias, need_dx, xp):
+def finish_backward(d_i, d_h, x, h_prev, r, p, *, reset_after, bias, need_dx, xp, matmul=None):
     """The GEMMs after the time loop: weight gradients and dx (None unless ``need_dx``), from the
-    per-step gradients (T, B, 3H) and inputs; ``r`` only for reset_before. ``d_i`` and ``d_h`` may be
-    the same block of columns of each (reset_after): the gradients' matching rows (no dx then)."""
+    per-step gradients d_i, d_h (T, B, 3H) and the inputs x (T, B, I), h_prev (T, B, H); ``r``
+    only for reset_before. ``matmul`` (default ``@``) is the product a route makes them with."""
     T, B, I = x.shape
-    H = h_prev.shape[-1]
     rows = T * B
     d_i2 = xp.reshape(d_i, (rows, d_i.shape[-1]))
     grads = param_grads(
         d_i2,
         xp.reshape(d_h, (rows, d_h.shape[-1])),
         xp.reshape(x, (rows, I)),
-        xp.reshape(h_prev, (rows, H)),
-        None if reset_after else xp.reshape(r, (rows, H)),
+        xp.reshape(h_prev, (rows, h_prev.shape[-1])),
+        None if reset_after else xp.reshape(r, (rows, r.shape[-1])),
         reset_after=reset_after,
         bias=bias,
         xp=xp,
+        matmul=matmul,
     )
-    dx = xp.reshape(d_i2 @ p["weight_ih"], (T, B, I)) if need_dx else None
+    dx = xp.reshape(input_grad(d_i2, p["weight_ih"], matmul=matmul), (T, B, I)) if need_dx else None
     return grads, dx
 
 
@@ -249,35 +207,37 @@ def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
     return xp, x, h0, mask, unbatched
 
 
+def _direction_params(params: Mapping[str, Any], layer: int, direction: int) -> dict[str, Any]:
+    return {short: params[full] for short, full in _names(layer, direction).items() if full in params}
+
+
 def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout=0.0, rng=None):
     xp, x, h0, mask, unbatched = _prepare(params, x, h0, lengths, config, xp)
-    D, H = config.num_directions, config.hidden_size
+    route = route_for(xp)
+    L, D, H = config.num_layers, config.num_directions, config.hidden_size
     T, B = x.shape[0], x.shape[1]
-    drop = dropout_mask(
-        dropout, (config.num_layers - 1, T, B, D * config.hidden_size), rng, xp=xp, dtype=x.dtype, device=device_of(x)
-    )
+    drop = dropout_mask(dropout, (L - 1, T, B, D * H), rng, xp=xp, dtype=x.dtype, device=device_of(x))
+    if record:
+        # The tape keeps its own x and h0: an edit of the caller's arrays between forward and
+        # backward cannot change the gradients (the copy also makes a batch-first x time-major).
+        x, h0 = xp.asarray(x, copy=True), xp.asarray(h0, copy=True)
     layer_in, h_n, layers = x, [], []
-    work = T * B * H * H  # of each direction: what decides how the CPU loop runs it
-    in_blocks = fused_loop_for(xp, reset_after=config.reset_after, dtype=x.dtype, work=work) is not None
-    for layer in range(config.num_layers):
-
-        def call(direction, layer=layer, layer_in=layer_in):
-            p = {short: params[full] for short, full in _names(layer, direction).items() if full in params}
-            return _direction_forward(layer_in, h0[layer * D + direction, ...], p, mask=mask, reverse=bool(direction),
-                                      reset_after=config.reset_after, record=record, xp=xp)
-
-        outs, h_Ts, tapes = zip(*run_directions([partial(call, d) for d in range(D)], xp=xp, reset_after=config.reset_after,
-                                                dtype=x.dtype, work=work), strict=True)
+    for layer in range(L):
+        calls = [dict(x=layer_in, h0=h0[layer * D + d, ...], p=_direction_params(params, layer, d), mask=mask, reverse=bool(d),
+                      reset_after=config.reset_after, record=record, xp=xp) for d in range(D)]
+        outs, h_Ts, tapes = zip(*route.layer_forward(direction_forward_loop, calls), strict=True)
         h_n += h_Ts
         layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
-        if record and D == 2 and mask is None and not in_blocks:
-            # each direction's states are now a slice of the concatenated output: keep only that
-            # (not from the CPU loop, whose states share one block with the gates and h0)
+        if record and D == 2 and mask is None and layer < L - 1 and route.shares_states:
+            # each direction's states are now a slice of the next layer's input, which the tape
+            # keeps anyway: keep only that (not the last layer's: the caller gets its output)
             tapes = [t._replace(hs=layer_in[..., d * H : (d + 1) * H]) for d, t in enumerate(tapes)]
-        if drop is not None and layer < config.num_layers - 1:
+        if drop is not None and layer < L - 1:
             layer_in = layer_in * drop[layer, ...]
         layers.append(tuple(tapes))
     out, h_n = layer_in, xp.stack(h_n, axis=0)
+    if record and out is layers[-1][0].hs:
+        out = xp.asarray(out, copy=True)  # the caller may edit what it gets; the tape's states stay
     if unbatched:
         out, h_n = out[:, 0, ...], h_n[:, 0, ...]
     elif config.batch_first:
@@ -336,7 +296,8 @@ def gru(
     ``nn.GRU(dropout=p)`` in training; masks come from ``rng`` (a seed or NumPy Generator).
     """
     config = _config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after)
-    differentiable = differentiable_for(namespace_of(params["weight_ih_l0"], what="params"))
+    namespace = namespace_of(params["weight_ih_l0"], what="params")
+    differentiable = route_for(namespace).differentiable(namespace)
     if differentiable is not None:  # JAX: jax.grad through this call uses gruxp's backward
         run = lambda p, x, h0, *, record: _run(p, x, h0, lengths, config, record=record, xp=xp, dropout=dropout, rng=rng)  # noqa: E731
         return differentiable(params, x, h0, run=run, backward=_backward_for_vjp, run_options={})
@@ -395,24 +356,17 @@ def gru_backward(
     if d_hn is not None and tape.unbatched:
         d_hn = xp.expand_dims(d_hn, axis=1)
     H, D = config.hidden_size, config.num_directions
+    route = route_for(xp)
     grads: dict[str, Any] = {}
     dh0s: list[Any] = [None] * (config.num_layers * D)
     d_layer = d_out
-    T, B = tape.layers[0][0].hs.shape[:2]
     for layer in range(config.num_layers - 1, -1, -1):
-
-        def call(direction, layer=layer, d_layer=d_layer):
-            p = {short: params[full] for short, full in _names(layer, direction).items() if full in params}
-            d_dir = None if d_layer is None else (d_layer if D == 1 else d_layer[..., direction * H : (direction + 1) * H])
-            index = layer * D + direction
-            return _direction_backward(tape.layers[layer][direction], d_dir, None if d_hn is None else d_hn[index, ...], p,
-                                       mask=tape.mask, reverse=bool(direction), reset_after=config.reset_after, bias=config.bias,
-                                       need_dx=layer > 0 or input_grad, xp=xp)
-
+        calls = [dict(tape=tape.layers[layer][d], d_out=None if d_layer is None else (d_layer if D == 1 else d_layer[..., d * H : (d + 1) * H]),
+                      d_hT=None if d_hn is None else d_hn[layer * D + d, ...], p=_direction_params(params, layer, d), mask=tape.mask,
+                      reverse=bool(d), reset_after=config.reset_after, bias=config.bias, need_dx=layer > 0 or input_grad, xp=xp)
+                 for d in range(D)]
         d_in = None
-        results = run_directions([partial(call, d) for d in range(D)], xp=xp, reset_after=config.reset_after, dtype=dtype,
-                                 work=T * B * H * H)
-        for direction, ((g, dx), dh0) in enumerate(results):
+        for direction, ((g, dx), dh0) in enumerate(route.layer_backward(direction_backward_loop, calls)):
             names = _names(layer, direction)
             grads.update({names[short]: value for short, value in g.items()})
             dh0s[layer * D + direction] = dh0

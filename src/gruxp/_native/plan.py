@@ -1,0 +1,212 @@
+"""The CPU route's plan: every choice it makes, as a pure function of shapes, dtype and machine.
+
+Two kinds of choice, kept apart:
+
+* **arithmetic**: the fuser, whose BLAS, how the batch is cut into pieces, how many steps one
+  input GEMM takes, whether a step's product is formed transposed or in column panels, how the
+  GEMMs after the backward loop are cut. They decide every bit of a result, so they read only
+  the shapes, the dtype, gruxp's BLAS kernel, numba's presence and the machine's CPU count
+  (:attr:`Machine.cpus`): never load, affinity, threads or what else runs.
+* **scheduling**: how many threads run the pieces at once (:attr:`Plan.workers`), from the CPUs
+  the process may use now. It never changes a result: each piece computes the same sums in the
+  same order whichever thread runs it, and whenever.
+
+Every threshold is in :class:`Rules`, with its reason; the measurements that chose them are in
+``benchmarks/README.md``. :func:`plan` is pure: the same arguments, the same plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .machine import Machine
+
+__all__ = ["RULES", "Plan", "Rules", "Shape", "cut", "describe", "plan"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One layer of a GRU call: T steps of B sequences, I inputs, H hidden units, D directions."""
+
+    steps: int
+    batch: int
+    inputs: int
+    hidden: int
+    directions: int = 1
+
+    @property
+    def work(self) -> int:
+        """T·B·H² of one direction: what a direction's time loop costs, in units of its GEMMs."""
+        return self.steps * self.batch * self.hidden**2
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The thresholds of :func:`plan`, one table."""
+
+    # T·B·H² below which fuser="auto" takes NumPy: numba compiles its loops once per process and
+    # dtype (seconds), more than such a call would save.
+    numba_min_work: int = 2**22
+    # A piece of the batch has at least this many rows: fewer, and its per-step GEMM runs far
+    # below the BLAS's speed.
+    piece_min_rows: int = 4
+    # T·B·H² of a direction from which the batch is cut into pieces, and the GEMMs after the
+    # backward loop into blocks: below it, handing a piece to another thread costs more than it gains.
+    piece_min_work: int = 2**23
+    # The compiled loop computes the input pre-activations a chunk of steps at a time, about this
+    # many bytes (two L2 caches), still in cache when the step reads them ...
+    chunk_bytes: int = 2**21
+    # ... but at least this many rows per input feature: else packing W_ih for every chunk costs
+    # more than it saves.
+    chunk_min_rows_per_input: int = 4
+    # OpenBLAS's kernels named here multiply without packing up to M·N·K of this size (their
+    # small-matrix path): there a step's GEMM runs faster in column panels of that size.
+    small_gemm: int = 10**6
+    small_gemm_kernels: frozenset = frozenset({"SkylakeX"})
+    # These kernels run a GEMM with few columns faster than with as few rows: a step's product is
+    # formed transposed (W hᵀ), for these dtypes and sizes, and copied into the rows the step reads.
+    transposed_kernels: frozenset = frozenset({"SkylakeX"})
+    transposed_dtypes: tuple = ("float32",)
+    transposed_min_hidden: int = 512
+    transposed_rows: tuple = (8, 16)
+    # A block of the weight-gradient GEMMs takes at least this many of the 3H gate columns.
+    grad_min_columns: int = 64
+
+
+RULES = Rules()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every choice of the CPU route for one layer; the executor runs it and decides nothing.
+
+    ``route`` is ``"fused"`` (this route's loop) or ``"generic"`` (the core's code, with why in
+    ``reasons``). Arithmetic: ``fuser`` (``"numba"`` or ``"numpy"``), ``compiled`` (the whole time
+    loop compiled, GEMMs called from it), ``blas`` (``"gruxp"``: gruxp's own OpenBLAS, one thread
+    a call; ``"numpy"``: NumPy's matmul), ``pieces`` (the batch's row ranges, each a recurrence of
+    its own), ``chunk`` (steps per input GEMM), ``panel`` (column width of a forward step's GEMM,
+    0 for one call), ``transposed`` (each step's product formed as W hᵀ), ``grad_blocks`` (column
+    blocks of the weight-gradient GEMMs, and row blocks of dx). Scheduling: ``workers``.
+    """
+
+    route: str
+    fuser: str = "numpy"
+    compiled: bool = False
+    blas: str = "numpy"
+    pieces: tuple = ((0, 1),)
+    chunk: int = 1
+    panel: int = 0
+    transposed: bool = False
+    grad_blocks: int = 1
+    workers: int = 1
+    reasons: tuple = field(default=(), compare=False)
+
+    @property
+    def arithmetic(self) -> tuple:
+        """The choices that decide a result's bits (all but ``workers``)."""
+        return (self.route, self.fuser, self.compiled, self.blas, self.pieces, self.chunk, self.panel, self.transposed,
+                self.grad_blocks)
+
+
+def cut(n: int, parts: int) -> tuple:
+    """``parts`` consecutive ranges covering 0..n, sizes differing by at most one (larger first)."""
+    q, extra = divmod(n, parts)
+    bounds, start = [], 0
+    for k in range(parts):
+        stop = start + q + (k < extra)
+        bounds.append((start, stop))
+        start = stop
+    return tuple(bounds)
+
+
+def _itemsize(dtype: str) -> int:
+    return {"float32": 4, "float64": 8}[dtype]
+
+
+def plan(shape: Shape, dtype: Any, machine: Machine, *, reset_after: bool = True, fuser: str = "auto",
+         force: Mapping[str, Any] | None = None, max_workers: int | None = None, rules: Rules = RULES) -> Plan:
+    """The CPU route's plan for one layer (see the module docstring for what each choice may read).
+
+    ``fuser`` is the setting (``"auto"``, ``"numba"``, ``"numpy"``); ``force`` replaces chosen
+    values (``pieces`` as a count), for tests and experiments; ``max_workers`` caps the threads.
+    """
+    name = str(getattr(dtype, "name", dtype))
+    T, B, I, H, D = shape.steps, shape.batch, shape.inputs, shape.hidden, shape.directions
+    if not reset_after:
+        return Plan("generic", reasons=("route: generic code — reset_before puts a GEMM between the gates and the candidate",))
+    if name not in ("float32", "float64"):
+        return Plan("generic", reasons=(f"route: generic code — the fused loop takes float32 and float64, not {name}",))
+    why = []
+    work = shape.work
+    if fuser == "auto":
+        fuser = "numba" if machine.numba and work >= rules.numba_min_work else "numpy"
+        why.append(f"fuser: {fuser} — " + ("numba installed, T·B·H² ≥ " f"{rules.numba_min_work:,}" if fuser == "numba" else
+                                            "numba not installed" if not machine.numba else
+                                            f"T·B·H² = {work:,} < {rules.numba_min_work:,}, numba's compile would not pay"))
+    else:
+        if fuser == "numba" and not machine.numba:
+            raise ImportError("fuser='numba' was asked for, but numba is not installed (pip install numba, or gruxp's fast extra)")
+        why.append(f"fuser: {fuser} — asked for")
+    blas = "gruxp" if machine.blas else "numpy"
+    why.append(f"blas: {blas} — " + (f"gruxp's own OpenBLAS ({machine.blas} kernel), one thread a call" if machine.blas else
+                                      "gruxp's OpenBLAS (scipy-openblas64) is not available: NumPy's matmul and its threads"))
+    compiled = fuser == "numba" and blas == "gruxp"
+    why.append("loop: " + ("compiled whole, its GEMMs called from it (the GIL released)" if compiled else
+                           "Python, one GEMM call and one fused pass per step"))
+    pieces = 1
+    if compiled and work >= rules.piece_min_work and B >= 2 * rules.piece_min_rows:
+        pieces = max(1, min(machine.cpus // D, B // rules.piece_min_rows))
+    why.append(f"pieces: {pieces} — " + (f"the batch cut for {machine.cpus} CPUs, {D} direction(s) each, ≥ {rules.piece_min_rows} rows a piece"
+                                         if pieces > 1 else "one piece" + ("" if compiled else " (the loop holds the GIL)")))
+    grad_blocks = 1
+    if blas == "gruxp" and work >= rules.piece_min_work:
+        grad_blocks = max(1, min(machine.cpus // D, 3 * H // rules.grad_min_columns))
+    forced = dict(force or {})
+    if "fuser" in forced or "blas" in forced:
+        fuser, blas = forced.pop("fuser", fuser), forced.pop("blas", blas)
+        compiled = fuser == "numba" and blas == "gruxp"
+    if "pieces" in forced:
+        pieces = int(forced.pop("pieces"))
+    if not 1 <= pieces <= B:
+        raise ValueError(f"pieces must be between 1 and the batch size {B}; got {pieces}")
+    ranges = cut(B, pieces)
+    rows = ranges[0][1] - ranges[0][0]  # the largest piece's rows decide the per-piece rules
+    chunk, panel, transposed = T, 0, False
+    if compiled:
+        itemsize = _itemsize(name)
+        chunks = -(-T * rows * 3 * H * itemsize // rules.chunk_bytes)
+        chunk = min(T, max(-(-T // max(1, chunks)), -(-rules.chunk_min_rows_per_input * I // rows)))
+        lo, hi = rules.transposed_rows
+        transposed = (machine.blas in rules.transposed_kernels and name in rules.transposed_dtypes and H >= rules.transposed_min_hidden
+                      and lo <= rows <= hi)
+        width = rules.small_gemm // (rows * H) // 16 * 16 if rows >= 2 else 0
+        if (not transposed and machine.blas in rules.small_gemm_kernels and rows * 3 * H * H > rules.small_gemm and width >= 16):
+            panel = width
+    chunk, panel = int(forced.pop("chunk", chunk)), int(forced.pop("panel", panel))
+    transposed, grad_blocks = bool(forced.pop("transposed", transposed)), int(forced.pop("grad_blocks", grad_blocks))
+    if not compiled and (transposed or panel):
+        raise ValueError("transposed products and column panels are the compiled loop's (fuser numba with gruxp's BLAS)")
+    if not 1 <= chunk <= T or panel < 0 or not 1 <= grad_blocks <= 3 * H:
+        raise ValueError(f"chunk must be in 1..{T}, panel ≥ 0 and grad_blocks in 1..{3 * H}; got {chunk}, {panel}, {grad_blocks}")
+    why.append(f"chunk: {chunk} step(s) per input GEMM" + (" (~two L2 caches of pre-activations)" if compiled and chunk < T else ""))
+    why.append("product: " + ("W hᵀ, transposed (few columns run faster on this kernel)" if transposed else
+                              f"h Wᵀ in column panels of {panel} (the kernel's small-matrix path)" if panel else "h Wᵀ, one call"))
+    why.append(f"grad blocks: {grad_blocks} column block(s) of the weight gradients, row block(s) of dx")
+    tasks = max(D * pieces, 2 * D * grad_blocks)
+    workers = 1  # NumPy's BLAS runs its own threads; small work is not worth handing to another thread
+    if blas == "gruxp" and work >= rules.piece_min_work:
+        workers = max(1, min(tasks, machine.usable, max_workers or machine.usable))
+    if "workers" in forced:
+        workers = max(1, int(forced.pop("workers")))
+    why.append(f"workers: {workers} thread(s) at once — {machine.usable} CPU(s) usable now (scheduling only: the same bits for any)")
+    if forced:
+        raise ValueError(f"unknown plan field {sorted(forced)[0]!r}")
+    return Plan("fused", fuser, compiled, blas, ranges, chunk, panel, transposed, grad_blocks, workers, tuple(why))
+
+
+def describe(p: Plan) -> str:
+    """The plan as lines of text: each choice and why (``gruxp info --plan``)."""
+    return "\n".join(f"  {line}" for line in p.reasons)

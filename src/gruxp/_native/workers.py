@@ -1,0 +1,104 @@
+"""gruxp's own threads: they run the pieces of a call at once, and decide nothing.
+
+A call hands :func:`run` its tasks (independent pieces, cut by the plan) and how many threads
+may take them at once. The calling thread takes tasks too, so a call never waits on a thread
+busy with another call's tasks: if none is free, the caller runs them all itself, one after the
+other, with the same results. Only numba's compiled loops and gruxp's BLAS calls release the
+GIL; that is where threads pay.
+
+The threads are named ``gruxp-worker-N``: daemons, started on first use, as many as the largest
+call asked for less one, forgotten in a forked child. They change nothing process-wide (no
+affinity, no BLAS setting, no environment); each keeps scratch buffers of its own, which
+:func:`gruxp._native.clear_buffers` lets go of.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+
+__all__ = ["run", "in_worker"]
+
+_jobs: queue.SimpleQueue = queue.SimpleQueue()
+_threads: list[threading.Thread] = []
+_start_lock = threading.Lock()
+_local = threading.local()
+
+
+class _Batch:
+    """One call's tasks, taken one at a time by whichever thread asks next."""
+
+    def __init__(self, tasks: Sequence[Callable[[], None]]) -> None:
+        self.tasks = tasks
+        self.next = 0
+        self.done = 0
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+
+    def work(self) -> None:
+        while True:
+            with self.lock:
+                i = self.next
+                self.next += 1
+            if i >= len(self.tasks):
+                return
+            try:
+                self.tasks[i]()
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller)
+                with self.lock:
+                    self.error = self.error or exc
+            finally:
+                with self.lock:
+                    self.done += 1
+                    if self.done == len(self.tasks):
+                        self.finished.set()
+
+
+def _serve() -> None:
+    _local.worker = True
+    while True:
+        _jobs.get().work()
+
+
+def _ensure(count: int) -> None:
+    with _start_lock:
+        while len(_threads) < count:
+            thread = threading.Thread(target=_serve, name=f"gruxp-worker-{len(_threads) + 1}", daemon=True)
+            thread.start()
+            _threads.append(thread)
+
+
+def in_worker() -> bool:
+    """Whether the calling thread is one of gruxp's workers."""
+    return getattr(_local, "worker", False)
+
+
+def run(tasks: Sequence[Callable[[], None]], workers: int) -> None:
+    """Run every task, on up to ``workers`` threads at once (the caller's included); raise the
+    first task's exception, after all have run. From a worker thread, tasks run in that thread."""
+    helpers = min(workers, len(tasks)) - 1
+    if helpers <= 0 or in_worker():
+        for task in tasks:
+            task()
+        return
+    batch = _Batch(tasks)
+    _ensure(helpers)
+    for _ in range(helpers):
+        _jobs.put(batch)
+    batch.work()
+    batch.finished.wait()
+    if batch.error is not None:
+        raise batch.error
+
+
+def _forget() -> None:
+    global _jobs, _start_lock
+    _threads.clear()  # a forked child has none of the parent's threads
+    _jobs, _start_lock = queue.SimpleQueue(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget)

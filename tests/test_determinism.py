@@ -1,0 +1,103 @@
+"""Load decides scheduling, never arithmetic: the same calls give the same bytes quiet or busy, on
+one core or all, from one thread or four (the README's "Numerics and reproducibility")."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+import gruxp
+
+# (T, B, I, H, layers, bidirectional, dtype, ragged, batch_first): batch sizes 1-64 (odd ones too),
+# H 128-1024, 1-2 layers; between them every route of the plan on a 2-CPU machine: the batch in
+# pieces, transposed products, column panels, gradient blocks, the NumPy fuser on gruxp's BLAS.
+CALLS = [
+    (8, 64, 32, 128, 1, False, "float32", False, False),
+    (6, 33, 16, 256, 2, True, "float64", True, False),
+    (5, 1, 8, 512, 1, False, "float32", False, False),
+    (3, 7, 8, 1024, 1, False, "float32", True, True),
+    (4, 16, 64, 512, 1, False, "float32", False, False),
+    (10, 5, 8, 128, 1, True, "float64", False, False),
+    (12, 31, 24, 128, 2, False, "float64", True, False),
+]
+
+
+def digest() -> str:
+    """sha256 over every output, final state, gradient, dx and dh0 of :data:`CALLS`."""
+    h = hashlib.sha256()
+    for T, B, I, H, layers, bi, dtype, ragged, batch_first in CALLS:
+        model = gruxp.GRU(I, H, layers, bidirectional=bi, batch_first=batch_first, dtype=dtype, seed=1)
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
+        lengths = rng.integers(1, T + 1, B) if ragged else None
+        out, h_n = model(x, lengths=lengths)
+        arrays = [out, h_n]
+        out, h_n, tape = model.forward(x, lengths=lengths)
+        grads, dx, dh0 = model.backward(tape, rng.standard_normal(out.shape).astype(dtype), np.ones_like(h_n))
+        for a in [*arrays, out, h_n, dx, dh0, *grads.values()]:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def busy(processes: int):
+    """That many other processes spinning on the CPUs."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
+def _subprocess_digest(prefix: list[str]) -> str:
+    code = "import sys; sys.path.insert(0, %r); import test_determinism as t; print(t.digest())" % os.path.dirname(__file__)
+    result = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_the_same_calls_give_the_same_bytes_quiet_busy_pinned_and_threaded():
+    quiet = digest()
+    table = {"quiet": quiet, "quiet, again right after": digest()}
+    with busy(1):
+        table["one busy process"] = digest()
+    with busy(2):
+        table["two busy processes"] = digest()
+    found: list = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, digest())) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    table.update({f"thread {i + 1} of 4 at once": d for i, d in enumerate(found)})
+    table["a fresh process"] = _subprocess_digest([])
+    if shutil.which("taskset") and len(os.sched_getaffinity(0)) > 1:
+        table["a fresh process under taskset -c 0"] = _subprocess_digest(["taskset", "-c", "0"])
+    with gruxp.config_context(max_workers=1):
+        table["max_workers=1"] = digest()
+    print(json.dumps(table, indent=1))  # the table the README quotes (pytest -s shows it)
+    assert set(table.values()) == {quiet}, {k: v[:12] for k, v in table.items()}
+
+
+def test_the_plans_arithmetic_does_not_read_the_usable_cpus():
+    """On one machine the cut is the same whatever affinity allows (``usable``): only ``workers``
+    changes. The machine's size (``cpus``) may change the cut; so results may differ between machines."""
+    from dataclasses import replace
+
+    from gruxp._native import cpu_plan
+    from gruxp._native.machine import this_machine
+
+    here = this_machine()
+    for shape in [(100, 64, 256, 256), (50, 16, 512, 512), (500, 1, 256, 256), (100, 32, 256, 256)]:
+        plans = [cpu_plan(*shape, num_layers=2, bidirectional=True, machine=replace(here, usable=u)) for u in (1, 2, 64)]
+        assert all([p.arithmetic for p in ps] == [p.arithmetic for p in plans[0]] for ps in plans)
+        assert [p.workers for p in plans[0]] == [1, 1]
