@@ -16,9 +16,10 @@ nothing but GEMMs). Both fractions are paired within a round, so that a slow spe
 machine, which lasts seconds, falls on both sides of a ratio rather than on one side's median.
 torch gets as many threads as NumPy's BLAS.
 
-OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which this workplace may set to work around old OpenBLAS
-builds, slow a current NumPy down; this script unsets both for its own process (it re-executes
-itself) and prints which BLAS kernel then ran (threadpoolctl).
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which some machines set to work around old OpenBLAS
+builds, change which kernel NumPy's and gruxp's OpenBLAS run; this script unsets both for its own
+process (it re-executes itself), or sets OPENBLAS_CORETYPE to ``--kernel``'s value, and prints which
+BLAS kernel then ran (threadpoolctl) and the plan gruxp's CPU route chose for each config.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import statistics
 import sys
 from pathlib import Path
 
-if any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+_kernel = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--kernel=")), None)
+_wanted = {} if _kernel is None else {"OPENBLAS_CORETYPE": _kernel}
+if {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ} != _wanted:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")} | _wanted
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 import numpy as np  # noqa: E402
@@ -174,6 +177,20 @@ def format_row(r: dict) -> str:
             f"{r['floor_ms']:.1f} | {r['floor_fraction']:.0%} |")
 
 
+def _plans(configs) -> list[str]:
+    """The CPU route's plan for each config's first layer, in one line (``gruxp info --plan`` has it whole)."""
+    try:
+        from gruxp._native import cpu_plan
+    except ImportError:  # a gruxp from before the plan
+        return ["(no plan: this gruxp predates it)"] * len(configs)
+    lines = []
+    for B, T, H, L, bi in configs:
+        p = cpu_plan(T, B, H, H, num_layers=L, bidirectional=bi)[0]
+        lines.append(f"{p.fuser}{' compiled' if p.compiled else ''}, BLAS {p.blas}, {len(p.pieces)} piece(s), chunk {p.chunk}, "
+                     f"panel {p.panel}, {'transposed, ' if p.transposed else ''}{p.grad_blocks} grad block(s), {p.workers} worker(s)")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=9)
@@ -181,6 +198,7 @@ def main() -> None:
     parser.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS (0-4), in that order")
     parser.add_argument("--backends", default="numpy,torch", help="gruxp namespaces to time (numpy, torch, jax)")
     parser.add_argument("--out", default=None, help="folder for the Markdown table and JSON")
+    parser.add_argument("--kernel", default=None, help="OPENBLAS_CORETYPE for this run, as --kernel=Haswell (default: unset)")
     args = parser.parse_args()
     import torch
 
@@ -205,6 +223,10 @@ def main() -> None:
         pass
     print(f"# {meta['date']}  {meta['cpu']}  numpy {np.__version__}  torch {torch.__version__}  threads {threads}")
     print("# BLAS:", "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in info))
+    plans = _plans(configs)
+    meta["plans"] = plans
+    for config, plan in zip(configs, plans, strict=True):
+        print(f"# plan {config}: {plan}")
     print(HEADER)
     rows = []
     for config in configs:
@@ -212,7 +234,7 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"cpu-{meta['date']}"
+        stem = out / f"cpu-{meta['date']}{'-' + args.kernel.lower() if args.kernel else ''}"
         stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         stem.with_suffix(".md").write_text("\n".join([HEADER, *map(format_row, rows)]) + "\n")
         print(f"wrote {stem}.md and {stem}.json")

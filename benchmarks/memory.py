@@ -3,12 +3,13 @@
     python benchmarks/memory.py                 # B=64, T=100, I=H=256, one layer
     python benchmarks/memory.py --layers 2 --bidirectional
 
-The minimum a GRU's backward needs per layer-direction is T·B·(3H + H) floats: the three gate
-values and one more H-vector per step (here W_hn h + b_hn; the states themselves are the layer's
-output, which the caller holds anyway). The tape is measured by walking it: every array it keeps
-alive, minus the caller's own input and the arrays it shares with the returned output.
-Peak RSS is measured in a fresh process for each phase (resource.getrusage, Linux), against
-the resident size just before the call (/proc/self/status).
+The tape keeps what backward needs, independent of what the caller holds (an edit of x or of the
+returned output cannot change a gradient): per layer-direction the three gate values, the states
+and one more H-vector per step (W_hn h + b_hn), T·B·(3H + H + H) floats, and the first layer's
+input, T·B·I (the other layers' inputs are the previous layers' states). The tape is measured by
+walking it: every array it keeps alive, each block counted once. Peak RSS is measured in a fresh
+process for each phase (resource.getrusage, Linux), against the resident size just before the
+call (/proc/self/status).
 """
 
 from __future__ import annotations
@@ -23,21 +24,12 @@ import numpy as np
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np, gruxp
-from gruxp import _native
-import gruxp._native.threads
 B, T, H, L, bi, phase = json.loads(sys.argv[1])
 model = gruxp.GRU(H, H, L, batch_first=True, bidirectional=bi, seed=0)
 x = np.random.default_rng(0).standard_normal((B, T, H), dtype=np.float32)
 d_out = np.random.default_rng(1).standard_normal((B, T, (2 if bi else 1) * H), dtype=np.float32)
 model(x[:, :2]); out, _, tape = model.forward(x[:, :2]); model.backward(tape, d_out[:, :2])  # warm imports/BLAS
 del out, tape
-_native.threads.idle_cores()  # starts a quiet interval of load measurement (the warm-up compiled numba's kernels)
-time.sleep(0.3)  # and OpenBLAS's workers, woken by the warm-up, sleep again: calls may run two at once (README)
-pairs = []
-run_pair = _native.run_pair
-_native.run_pair = lambda first, second: pairs.append(run_pair(first, second)) or pairs[-1]
-for loop in _native._loops.values():
-    loop.pair = loop.pair and _native.run_pair
 def rss_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -48,7 +40,7 @@ else:
     out, h_n, tape = model.forward(x)
     model.backward(tape, d_out)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_kib": base, "peak_kib": peak, "at_once": sum(pairs), "not_at_once": len(pairs) - sum(pairs)}))
+print(json.dumps({"base_kib": base, "peak_kib": peak}))
 """
 
 
@@ -64,14 +56,15 @@ def tape_bytes(B: int, T: int, H: int, L: int, bi: bool) -> dict:
             for name, a in direction._asdict().items():
                 if a is None:
                     continue
+                assert not np.shares_memory(a, x) and not np.shares_memory(a, out), name  # the tape's own
                 key = (a.__array_interface__["data"][0], a.nbytes)
-                if key in seen or np.shares_memory(a, x) or np.shares_memory(a, out):
-                    continue  # counted already, or the caller's input/output (the states are the output)
+                if key in seen:
+                    continue  # one layer's input, kept once for both directions
                 seen.add(key)
                 total += a.nbytes
                 parts[name] = parts.get(name, 0) + a.nbytes
     D = 2 if bi else 1
-    minimum = L * D * T * B * (3 * H + H) * 4
+    minimum = (L * D * T * B * (3 * H + H + H) + T * B * H) * 4
     return {"tape_bytes": total, "minimum_bytes": minimum, "ratio": total / minimum, "parts": parts}
 
 
@@ -87,7 +80,7 @@ def main() -> None:
     tape = tape_bytes(*spec)
     mib = 1 / 2**20
     print(f"config B={args.B} T={args.T} I=H={args.H} layers={args.layers} bidirectional={args.bidirectional}, float32")
-    print(f"tape: {tape['tape_bytes'] * mib:.1f} MiB, minimum T·B·(3H+H) per layer-direction: "
+    print(f"tape: {tape['tape_bytes'] * mib:.1f} MiB, minimum T·B·(3H+H+H) per layer-direction and T·B·I: "
           f"{tape['minimum_bytes'] * mib:.1f} MiB, ratio {tape['ratio']:.2f}")
     print("  " + ", ".join(f"{k} {v * mib:.1f} MiB" for k, v in tape["parts"].items()))
     x_bytes = args.B * args.T * args.H * 4
@@ -95,8 +88,7 @@ def main() -> None:
         res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec + [phase])], capture_output=True, text=True, check=True)
         r = json.loads(res.stdout)
         print(f"peak RSS, {phase:9s}: {r['peak_kib'] / 1024:.1f} MiB (+{(r['peak_kib'] - r['base_kib']) / 1024:.1f} MiB over "
-              f"the resident size just before the call; x itself is {x_bytes * mib:.1f} MiB; calls run two at once (halves or directions): "
-              f"{r['at_once']}, not: {r['not_at_once']})")
+              f"the resident size just before the call; x itself is {x_bytes * mib:.1f} MiB)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ CALLS = [
     (6, 33, 16, 256, 2, True, "float64", True, False),
     (5, 1, 8, 512, 1, False, "float32", False, False),
     (3, 7, 8, 1024, 1, False, "float32", True, True),
-    (4, 16, 64, 512, 1, False, "float32", False, False),
+    (3, 16, 32, 1024, 1, False, "float32", False, False),
     (10, 5, 8, 128, 1, True, "float64", False, False),
     (12, 31, 24, 128, 2, False, "float64", True, False),
 ]

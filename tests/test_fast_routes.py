@@ -107,6 +107,7 @@ PLANS = {
     "compiled, batch in 3 pieces at once": dict(fuser="numba", cpu_plan={"pieces": 3, "workers": 3}),
     "compiled, transposed product": dict(fuser="numba", cpu_plan={"transposed": True, "pieces": 2}),
     "compiled, column panels of 16": dict(fuser="numba", cpu_plan={"panel": 16}),
+    "compiled, backward panels of 16": dict(fuser="numba", cpu_plan={"back_panel": 16}),
     "compiled, gradient GEMMs in 3 blocks": dict(fuser="numba", cpu_plan={"grad_blocks": 3, "workers": 2}),
 }
 NEEDS_BLAS = {name for name, settings in PLANS.items() if settings.get("cpu_plan", {}).get("blas") != "numpy"}

@@ -16,7 +16,8 @@ HASWELL = replace(SKYLAKEX, blas="Haswell")
 TABLE = [
     (SKYLAKEX, (100, 64, 256, 256, 1), "float32", ("numba", True, 2, 112, False, 2, 2)),
     (SKYLAKEX, (200, 32, 128, 128, 1), "float32", ("numba", True, 2, 0, False, 2, 2)),
-    (SKYLAKEX, (50, 16, 512, 512, 1), "float32", ("numba", True, 2, 0, True, 2, 2)),
+    (SKYLAKEX, (50, 16, 512, 512, 1), "float32", ("numba", True, 2, 240, False, 2, 2)),
+    (SKYLAKEX, (30, 16, 1024, 1024, 1), "float32", ("numba", True, 2, 0, True, 2, 2)),
     (SKYLAKEX, (500, 1, 256, 256, 1), "float32", ("numba", True, 1, 0, False, 2, 2)),
     (SKYLAKEX, (100, 32, 256, 256, 2), "float32", ("numba", True, 1, 112, False, 1, 2)),
     (SKYLAKEX, (100, 64, 256, 256, 1), "float64", ("numba", True, 2, 112, False, 2, 2)),

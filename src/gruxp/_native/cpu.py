@@ -43,7 +43,7 @@ from ..functional._sequence import direction_result, previous_states
 from . import blas, workers
 from .loops import Fuser, time_loops, transposed
 from .machine import this_machine
-from .plan import Plan, Shape, cut
+from .plan import Plan, Shape, cut, product_plan
 from .plan import plan as make_plan
 
 __all__ = ["CpuRoute", "Executor", "TapePool", "clear_buffers", "numpy_fuser"]
@@ -323,7 +323,7 @@ class Executor:
             if d_source is not None:
                 np.copyto(d_out[:, b0:b1], d_source[:, b0:b1])
             loop(gz[b0:b1], prod[b0:b1], first_active[b0:b1], carry[b0:b1], d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w,
-                 call["reverse"], b0, b1)
+                 call["reverse"], b0, b1, plan.back_panel)
 
         last = active[T - 1 if call["reverse"] else 0]  # of the last step processed
         return [partial(rows, b0, b1) for b0, b1 in plan.pieces], (d_i, d_h, h_prev, gz, prod, carry, last)
@@ -392,6 +392,25 @@ class CpuRoute(Route):
         config = get_config()
         return make_plan(Shape(steps, batch, inputs, hidden, directions), dtype, this_machine(), reset_after=reset_after,
                          fuser=config["fuser"], force=config["cpu_plan"], max_workers=config["max_workers"])
+
+    def matmul(self, a, b):
+        """``a @ b`` on gruxp's BLAS, the result cut into blocks by :func:`gruxp._native.plan.product_plan`
+        (the same bits on any number of threads); NumPy's matmul where gruxp's BLAS is absent."""
+        lib = blas.library()
+        if lib is None or a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype not in lib.gemm:
+            return a @ b
+        lib.one_thread()
+        (M, K), N = a.shape, b.shape[1]
+        axis, blocks, threads = product_plan(M, N, K, this_machine(), max_workers=get_config()["max_workers"])
+        out = np.empty((M, N), a.dtype)
+        if blocks == 1:
+            return blas.matmul(a, b, out=out)
+        if axis == 0:
+            tasks = [partial(blas.matmul, a[r0:r1], b, out=out[r0:r1]) for r0, r1 in cut(M, blocks)]
+        else:
+            tasks = [partial(blas.matmul, a, b[:, c0:c1], out=out[:, c0:c1]) for c0, c1 in cut(N, blocks)]
+        workers.run(tasks, threads)
+        return out
 
     def layer_forward(self, forward, calls):
         x, w_hh = calls[0]["x"], calls[0]["p"]["weight_hh"]

@@ -46,7 +46,7 @@ def time_loops(forward_step, backward_step, gemm):
                          ghn[k, b0:b1])
             h = hs[t, b0:b1]
 
-    def backward_loop(gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w, reverse, b0, b1):
+    def backward_loop(gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w, reverse, b0, b1, panel):
         # rows b0:b1 of the batch: per step (in reverse processing order) the step, which also
         # finishes the previous step's dL/dh from gz + prod, then prod = d_h[t] W_hh (w: W_hh, or
         # W_hhᵀ for a transposed product); gz, prod, first_active and carry hold those rows only;
@@ -57,7 +57,7 @@ def time_loops(forward_step, backward_step, gemm):
             t = s if reverse else T - 1 - s
             backward_step(gz, prod, active_prev, carry, d_out[t if d_out.shape[0] == T else 0, b0:b1], active[t, b0:b1],
                           h_prev[t, b0:b1], r[t, b0:b1], z[t, b0:b1], n[t, b0:b1], gh_n[t, b0:b1], d_i[t, b0:b1], d_h[t, b0:b1])
-            gemm(d_h[t, b0:b1], w, prod, 0)
+            gemm(d_h[t, b0:b1], w, prod, panel)
             active_prev = active[t, b0:b1]
 
     return forward_loop, backward_loop

@@ -24,7 +24,7 @@ from typing import Any
 
 from .machine import Machine
 
-__all__ = ["RULES", "Plan", "Rules", "Shape", "cut", "describe", "plan"]
+__all__ = ["RULES", "Plan", "Rules", "Shape", "cut", "describe", "plan", "product_plan"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,14 @@ class Rules:
     # formed transposed (W hᵀ), for these dtypes and sizes, and copied into the rows the step reads.
     transposed_kernels: frozenset = frozenset({"SkylakeX"})
     transposed_dtypes: tuple = ("float32",)
-    transposed_min_hidden: int = 512
+    transposed_min_hidden: int = 1024
     transposed_rows: tuple = (8, 16)
     # A block of the weight-gradient GEMMs takes at least this many of the 3H gate columns.
     grad_min_columns: int = 64
+    # A layer's product (Linear, Embedding's gradient) of at least this many multiply-adds is cut
+    # into blocks of at least product_min_rows rows (or columns) of the result, one per CPU.
+    product_min_work: int = 2**22
+    product_min_rows: int = 16
 
 
 RULES = Rules()
@@ -87,8 +91,8 @@ class Plan:
     ``reasons``). Arithmetic: ``fuser`` (``"numba"`` or ``"numpy"``), ``compiled`` (the whole time
     loop compiled, GEMMs called from it), ``blas`` (``"gruxp"``: gruxp's own OpenBLAS, one thread
     a call; ``"numpy"``: NumPy's matmul), ``pieces`` (the batch's row ranges, each a recurrence of
-    its own), ``chunk`` (steps per input GEMM), ``panel`` (column width of a forward step's GEMM,
-    0 for one call), ``transposed`` (each step's product formed as W hᵀ), ``grad_blocks`` (column
+    its own), ``chunk`` (steps per input GEMM), ``panel`` and ``back_panel`` (column width of a
+    forward and a backward step's GEMM, 0 for one call), ``transposed`` (each step's product formed as W hᵀ), ``grad_blocks`` (column
     blocks of the weight-gradient GEMMs, and row blocks of dx). Scheduling: ``workers``.
     """
 
@@ -99,6 +103,7 @@ class Plan:
     pieces: tuple = ((0, 1),)
     chunk: int = 1
     panel: int = 0
+    back_panel: int = 0
     transposed: bool = False
     grad_blocks: int = 1
     workers: int = 1
@@ -107,8 +112,8 @@ class Plan:
     @property
     def arithmetic(self) -> tuple:
         """The choices that decide a result's bits (all but ``workers``)."""
-        return (self.route, self.fuser, self.compiled, self.blas, self.pieces, self.chunk, self.panel, self.transposed,
-                self.grad_blocks)
+        return (self.route, self.fuser, self.compiled, self.blas, self.pieces, self.chunk, self.panel, self.back_panel,
+                self.transposed, self.grad_blocks)
 
 
 def cut(n: int, parts: int) -> tuple:
@@ -174,7 +179,7 @@ def plan(shape: Shape, dtype: Any, machine: Machine, *, reset_after: bool = True
         raise ValueError(f"pieces must be between 1 and the batch size {B}; got {pieces}")
     ranges = cut(B, pieces)
     rows = ranges[0][1] - ranges[0][0]  # the largest piece's rows decide the per-piece rules
-    chunk, panel, transposed = T, 0, False
+    chunk, panel, back_panel, transposed = T, 0, 0, False
     if compiled:
         itemsize = _itemsize(name)
         chunks = -(-T * rows * 3 * H * itemsize // rules.chunk_bytes)
@@ -182,18 +187,20 @@ def plan(shape: Shape, dtype: Any, machine: Machine, *, reset_after: bool = True
         lo, hi = rules.transposed_rows
         transposed = (machine.blas in rules.transposed_kernels and name in rules.transposed_dtypes and H >= rules.transposed_min_hidden
                       and lo <= rows <= hi)
-        width = rules.small_gemm // (rows * H) // 16 * 16 if rows >= 2 else 0
-        if (not transposed and machine.blas in rules.small_gemm_kernels and rows * 3 * H * H > rules.small_gemm and width >= 16):
-            panel = width
-    chunk, panel = int(forced.pop("chunk", chunk)), int(forced.pop("panel", panel))
+        if not transposed and machine.blas in rules.small_gemm_kernels and rows >= 2 and rows * 3 * H * H > rules.small_gemm:
+            # (rows, H) @ (H, 3H) forward, (rows, 3H) @ (3H, H) backward: panels of N within M·N·K
+            width, back_width = rules.small_gemm // (rows * H) // 16 * 16, rules.small_gemm // (rows * 3 * H) // 16 * 16
+            panel, back_panel = (width if width >= 16 else 0), (back_width if 16 <= back_width < H else 0)
+    chunk, panel, back_panel = int(forced.pop("chunk", chunk)), int(forced.pop("panel", panel)), int(forced.pop("back_panel", back_panel))
     transposed, grad_blocks = bool(forced.pop("transposed", transposed)), int(forced.pop("grad_blocks", grad_blocks))
-    if not compiled and (transposed or panel):
+    if not compiled and (transposed or panel or back_panel):
         raise ValueError("transposed products and column panels are the compiled loop's (fuser numba with gruxp's BLAS)")
-    if not 1 <= chunk <= T or panel < 0 or not 1 <= grad_blocks <= 3 * H:
+    if not 1 <= chunk <= T or panel < 0 or back_panel < 0 or not 1 <= grad_blocks <= 3 * H:
         raise ValueError(f"chunk must be in 1..{T}, panel ≥ 0 and grad_blocks in 1..{3 * H}; got {chunk}, {panel}, {grad_blocks}")
     why.append(f"chunk: {chunk} step(s) per input GEMM" + (" (~two L2 caches of pre-activations)" if compiled and chunk < T else ""))
     why.append("product: " + ("W hᵀ, transposed (few columns run faster on this kernel)" if transposed else
-                              f"h Wᵀ in column panels of {panel} (the kernel's small-matrix path)" if panel else "h Wᵀ, one call"))
+                              f"h Wᵀ in column panels of {panel} (the kernel's small-matrix path)" if panel else "h Wᵀ, one call")
+               + (f"; backward in panels of {back_panel}" if back_panel else ""))
     why.append(f"grad blocks: {grad_blocks} column block(s) of the weight gradients, row block(s) of dx")
     tasks = max(D * pieces, 2 * D * grad_blocks)
     workers = 1  # NumPy's BLAS runs its own threads; small work is not worth handing to another thread
@@ -204,7 +211,20 @@ def plan(shape: Shape, dtype: Any, machine: Machine, *, reset_after: bool = True
     why.append(f"workers: {workers} thread(s) at once — {machine.usable} CPU(s) usable now (scheduling only: the same bits for any)")
     if forced:
         raise ValueError(f"unknown plan field {sorted(forced)[0]!r}")
-    return Plan("fused", fuser, compiled, blas, ranges, chunk, panel, transposed, grad_blocks, workers, tuple(why))
+    return Plan("fused", fuser, compiled, blas, ranges, chunk, panel, back_panel, transposed, grad_blocks, workers, tuple(why))
+
+
+def product_plan(M: int, N: int, K: int, machine: Machine, *, max_workers: int | None = None,
+                 rules: Rules = RULES) -> tuple[int, int, int]:
+    """``(axis, blocks, workers)`` for a product (M, K) @ (K, N) on gruxp's BLAS: the result cut into
+    ``blocks`` ranges of its rows (axis 0) or columns (axis 1), whichever are more; the cut from
+    the shapes and the machine's CPUs, ``workers`` from the CPUs usable now (scheduling only)."""
+    axis, length = (0, M) if M >= N else (1, N)
+    blocks = 1
+    if M * N * K >= rules.product_min_work:
+        blocks = max(1, min(machine.cpus, length // rules.product_min_rows))
+    workers = max(1, min(blocks, machine.usable, max_workers or machine.usable))
+    return axis, blocks, workers
 
 
 def describe(p: Plan) -> str:

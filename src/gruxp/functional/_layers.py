@@ -13,6 +13,7 @@ import numpy as np
 
 from .._namespace import concrete_bool, device_of, dtype_name, index_dtype, namespace_of
 from ._params import host_rng
+from ._routes import route_for
 
 __all__ = [
     "as_index",
@@ -33,7 +34,7 @@ def linear(params: dict, x: Any, *, xp: ModuleType) -> Any:
     """y = x Wᵀ + b over the last axis; x (..., in) -> (..., out)."""
     w = params["weight"]
     lead, n_in = tuple(x.shape[:-1]), x.shape[-1]
-    y = xp.reshape(x, (-1, n_in)) @ xp.matrix_transpose(w)
+    y = route_for(xp).matmul(xp.reshape(x, (-1, n_in)), xp.matrix_transpose(w))
     if params.get("bias") is not None:
         y = y + params["bias"]
     return xp.reshape(y, lead + (w.shape[0],))
@@ -44,10 +45,11 @@ def linear_backward(params: dict, x: Any, dy: Any, *, xp: ModuleType) -> tuple[d
     w = params["weight"]
     n_out, n_in = w.shape
     x2, dy2 = xp.reshape(x, (-1, n_in)), xp.reshape(dy, (-1, n_out))
-    grads = {"weight": xp.matrix_transpose(dy2) @ x2}
+    product = route_for(xp).matmul
+    grads = {"weight": product(xp.matrix_transpose(dy2), x2)}
     if params.get("bias") is not None:
         grads["bias"] = xp.sum(dy2, axis=0)
-    return grads, xp.reshape(dy2 @ w, tuple(x.shape))
+    return grads, xp.reshape(product(dy2, w), tuple(x.shape))
 
 
 def as_index(ids: Any, *, xp: ModuleType) -> Any:
@@ -93,7 +95,7 @@ def embedding_backward(params: dict, ids: Any, dy: Any, *, xp: ModuleType, paddi
     for start in range(0, n, rows):
         stop = min(start + rows, n)  # the standard leaves out-of-bounds slice stops unspecified
         one_hot = xp.astype(flat_ids[start:stop, None] == vocab[None, :], w.dtype)
-        part = xp.matrix_transpose(one_hot) @ flat_dy[start:stop, :]
+        part = route_for(xp).matmul(xp.matrix_transpose(one_hot), flat_dy[start:stop, :])
         grad = part if grad is None else grad + part
     if grad is None:
         grad = xp.zeros((V, E), dtype=w.dtype, device=device_of(w))

@@ -63,6 +63,10 @@ class Route:
     def layer_backward(self, backward: Callable, calls: Sequence[dict]) -> list:
         return [backward(**call, loop=self.loop) for call in calls]
 
+    def matmul(self, a: Any, b: Any) -> Any:
+        """``a @ b`` for 2-D arrays: the product every layer of the core makes through its route."""
+        return a @ b
+
     def differentiable(self, xp: ModuleType) -> Callable | None:
         """A wrapper giving an inference call gruxp's backward as its derivative in the namespace's
         own autodiff (JAX's custom_vjp), or None where none is needed."""
