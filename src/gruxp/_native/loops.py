@@ -15,10 +15,9 @@ __all__ = ["Fuser", "time_loops", "transposed"]
 
 
 def transposed(w: np.ndarray) -> np.ndarray:
-    """Wᵀ as a C-contiguous copy: OpenBLAS multiplies a few rows by it 10-40% faster than by the
-    transposed view, with the same bits. Copied 16 rows of W at a time: NumPy's transposing copy of
-    the whole matrix is 4-6× slower from H = 512 on (2.2 ms against 0.45 ms for a (1536, 512)
-    float32 W here, 20 against 3.5 ms at H = 1024), more than a short sequence's GEMMs gain."""
+    """Wᵀ as a C-contiguous copy, which OpenBLAS multiplies a few rows by faster than the transposed
+    view. Copied 16 rows of W at a time: NumPy's transposing copy of a whole large matrix walks
+    memory with a stride and is several times slower (see benchmarks/README.md)."""
     out = np.empty(w.shape[::-1], w.dtype)
     for i in range(0, w.shape[0], 16):
         out[:, i : i + 16] = w[i : i + 16].T

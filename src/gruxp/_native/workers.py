@@ -7,13 +7,18 @@ other, with the same results. Only numba's compiled loops and gruxp's BLAS calls
 GIL; that is where threads pay.
 
 The threads are named ``gruxp-worker-N``: daemons, started on first use, as many as the largest
-call asked for less one, forgotten in a forked child. They change nothing process-wide (no
-affinity, no BLAS setting, no environment); each keeps scratch buffers of its own, which
-:func:`gruxp._native.clear_buffers` lets go of.
+call asked for less one, forgotten in a forked child. They change nothing process-wide (no BLAS
+setting, no environment, no other thread's affinity); each keeps scratch buffers of its own, which
+:func:`gruxp._native.clear_buffers` lets go of. A worker taking a call's tasks first moves itself
+(its own affinity) off the caller's current core, among the cores the caller may use: the kernel
+wakes a sleeping thread beside the thread that woke it and moves it only milliseconds later, which
+would run the first pieces of a call on one core (see benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import queue
 import threading
@@ -30,8 +35,9 @@ _local = threading.local()
 class _Batch:
     """One call's tasks, taken one at a time by whichever thread asks next."""
 
-    def __init__(self, tasks: Sequence[Callable[[], None]]) -> None:
+    def __init__(self, tasks: Sequence[Callable[[], None]], cores: set | None = None) -> None:
         self.tasks = tasks
+        self.cores = cores  # where a worker should run: the caller's cores but its current one (None: anywhere)
         self.next = 0
         self.done = 0
         self.error: BaseException | None = None
@@ -60,7 +66,34 @@ class _Batch:
 def _serve() -> None:
     _local.worker = True
     while True:
-        _jobs.get().work()
+        batch = _jobs.get()
+        if batch.cores:
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(0, batch.cores)  # this thread only (Linux): a thread of gruxp's own
+        batch.work()
+
+
+@functools.cache
+def _sched_getcpu() -> Callable[[], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).sched_getcpu
+    except (OSError, AttributeError):
+        return None
+
+
+def _cores_but_this_one() -> set | None:
+    """The cores the calling thread may use, less the one it runs on now; None where unknown or empty."""
+    getcpu = _sched_getcpu()
+    try:
+        cores = os.sched_getaffinity(0)
+    except (OSError, AttributeError):
+        return None
+    here = -1 if getcpu is None else getcpu()
+    if here < 0:
+        return None
+    return (cores - {here}) or None
 
 
 def _ensure(count: int) -> None:
@@ -84,7 +117,7 @@ def run(tasks: Sequence[Callable[[], None]], workers: int) -> None:
         for task in tasks:
             task()
         return
-    batch = _Batch(tasks)
+    batch = _Batch(tasks, _cores_but_this_one())
     _ensure(helpers)
     for _ in range(helpers):
         _jobs.put(batch)
