@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--kernel", default=None, help="OPENBLAS_CORETYPE for this run, as --kernel=Haswell (default: unset)")
+    parser.add_argument("--out", default=None, help="folder for the Markdown table and JSON")
     args = parser.parse_args()
     import torch
 
@@ -104,11 +105,21 @@ def main() -> None:
     ratios = [a / b for a, b in zip(rates["gruxp"], rates["torch"], strict=True)]
     plan = getattr(gruxp._native, "cpu_plan", None)  # absent in a gruxp from before the plan
     step = "" if plan is None else f"  gruxp GRU layer 1: {plan(WINDOW, BATCH, HIDDEN, HIDDEN, num_layers=LAYERS)[1].arithmetic}"
-    print(f"# {time.strftime('%Y-%m-%d')}  numpy {np.__version__}  torch {torch.__version__}  threads {torch.get_num_threads()}{step}")
-    print("# BLAS:", "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in info))
-    print("| model | gruxp chars/s | torch chars/s | gruxp / torch (median/round) |\n|---|---|---|---|")
-    print(f"| embed {EMBED} → GRU {LAYERS}×{HIDDEN} → linear {VOCAB}, batch {BATCH}×{WINDOW}, AdamW, clip {CLIP} | "
-          f"{statistics.median(rates['gruxp']):,.0f} | {statistics.median(rates['torch']):,.0f} | {statistics.median(ratios):.2f}× |")
+    lines = [f"# {time.strftime('%Y-%m-%d')}  numpy {np.__version__}  torch {torch.__version__}  threads {torch.get_num_threads()}{step}",
+             "# BLAS: " + "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
+                                    for i in info),
+             "| model | gruxp chars/s | torch chars/s | gruxp / torch (median/round) |\n|---|---|---|---|",
+             f"| embed {EMBED} → GRU {LAYERS}×{HIDDEN} → linear {VOCAB}, batch {BATCH}×{WINDOW}, AdamW, clip {CLIP} | "
+             f"{statistics.median(rates['gruxp']):,.0f} | {statistics.median(rates['torch']):,.0f} | {statistics.median(ratios):.2f}× |"]
+    print("\n".join(lines))
+    if args.out:
+        import json
+        from pathlib import Path
+
+        stem = Path(args.out) / f"train-{time.strftime('%Y-%m-%d')}{'-' + args.kernel.lower() if args.kernel else ''}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        stem.with_suffix(".json").write_text(json.dumps({"rates": rates, "ratios": ratios, "blas": info}, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--kernel", default=None, help="OPENBLAS_CORETYPE for both, as --kernel=Haswell")
+    parser.add_argument("--out", default=None, help="a file to write the Markdown table to, too")
     args = parser.parse_args()
     this = str(HERE.parent / "src")
     results: dict[str, list[list[dict]]] = {"this": [], "other": []}
@@ -46,17 +47,21 @@ def main() -> None:
         for _ in range(args.runs):
             for name, src in (("this", this), ("other", args.other)):
                 results[name].append(one_run(src, args.rounds, args.kernel, folder))
-    print(f"# this: {this}; other: {args.other}; {args.runs} runs each, alternating, {args.rounds} rounds a run; "
-          f"OPENBLAS_CORETYPE {args.kernel or 'unset'}")
-    print("| B | T | I=H | layers | mode | this ms | other ms | this / other | this / torch | other / torch |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [f"# this: {this}; other: {args.other}; {args.runs} runs each, alternating, {args.rounds} rounds a run; "
+             f"OPENBLAS_CORETYPE {args.kernel or 'unset'}",
+             "| B | T | I=H | layers | mode | this ms | other ms | this / other | this / torch | other / torch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     med = statistics.median
     for i, row in enumerate(results["this"][0]):
         this_ms = med(run[i]["gruxp_ms"] for run in results["this"])
         other_ms = med(run[i]["gruxp_ms"] for run in results["other"])
         layers = f"{row['layers']}{' bi' if row['bidirectional'] else ''}"
-        print(f"| {row['B']} | {row['T']} | {row['H']} | {layers} | {row['mode']} | {this_ms:.1f} | {other_ms:.1f} | "
-              f"{this_ms / other_ms:.2f} | {med(run[i]['ratio'] for run in results['this']):.2f}× | "
-              f"{med(run[i]['ratio'] for run in results['other']):.2f}× |")
+        lines.append(f"| {row['B']} | {row['T']} | {row['H']} | {layers} | {row['mode']} | {this_ms:.1f} | {other_ms:.1f} | "
+                     f"{this_ms / other_ms:.2f} | {med(run[i]['ratio'] for run in results['this']):.2f}× | "
+                     f"{med(run[i]['ratio'] for run in results['other']):.2f}× |")
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
