@@ -60,15 +60,17 @@ def make_gemm_floor(B, T, H, I, L, D, *, train: bool):
     for layer in range(L):
         in_size = I if layer == 0 else D * H
         for _ in range(D):
-            mats.append(dict(
-                x=rng.standard_normal((T * B, in_size), dtype=np.float32),
-                w_ih=rng.standard_normal((3 * H, in_size), dtype=np.float32),
-                w_hh=rng.standard_normal((3 * H, H), dtype=np.float32),
-                h=rng.standard_normal((B, H), dtype=np.float32),
-                g=rng.standard_normal((B, 3 * H), dtype=np.float32),
-                dg=rng.standard_normal((T * B, 3 * H), dtype=np.float32),
-                hs=rng.standard_normal((T * B, H), dtype=np.float32),
-            ))
+            mats.append(
+                dict(
+                    x=rng.standard_normal((T * B, in_size), dtype=np.float32),
+                    w_ih=rng.standard_normal((3 * H, in_size), dtype=np.float32),
+                    w_hh=rng.standard_normal((3 * H, H), dtype=np.float32),
+                    h=rng.standard_normal((B, H), dtype=np.float32),
+                    g=rng.standard_normal((B, 3 * H), dtype=np.float32),
+                    dg=rng.standard_normal((T * B, 3 * H), dtype=np.float32),
+                    hs=rng.standard_normal((T * B, H), dtype=np.float32),
+                )
+            )
 
     def run():
         for m in mats:
@@ -81,6 +83,7 @@ def make_gemm_floor(B, T, H, I, L, D, *, train: bool):
                 m["dg"].T @ m["x"]
                 m["dg"].T @ m["hs"]
                 m["dg"] @ m["w_ih"]
+
     return run
 
 
@@ -156,25 +159,42 @@ def bench(config, backends, rounds):
                 ratios.append(ta[-1] / tb[-1])
                 floor_ratios.append(tf[-1] / ta[-1])
             med = statistics.median
-            rows.append(dict(
-                B=B, T=T, H=H, I=H, layers=L, bidirectional=bi, mode=mode, backend=name,
-                gruxp_ms=med(ta) * 1e3, torch_ms=med(tb) * 1e3, floor_ms=med(tf) * 1e3,
-                ratio=med(ratios), floor_fraction=med(floor_ratios),
-                gruxp_gflops=flops / med(ta) / 1e9, torch_gflops=flops / med(tb) / 1e9,
-            ))
+            rows.append(
+                dict(
+                    B=B,
+                    T=T,
+                    H=H,
+                    I=H,
+                    layers=L,
+                    bidirectional=bi,
+                    mode=mode,
+                    backend=name,
+                    gruxp_ms=med(ta) * 1e3,
+                    torch_ms=med(tb) * 1e3,
+                    floor_ms=med(tf) * 1e3,
+                    ratio=med(ratios),
+                    floor_fraction=med(floor_ratios),
+                    gruxp_gflops=flops / med(ta) / 1e9,
+                    torch_gflops=flops / med(tb) / 1e9,
+                )
+            )
             print(format_row(rows[-1]), flush=True)
     return rows
 
 
-HEADER = ("| B | T | I=H | layers | mode | backend | gruxp ms | torch ms | ratio (median/round) | gruxp GFLOP/s | "
-          "torch GFLOP/s | matmul floor ms | floor / gruxp (median/round) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| B | T | I=H | layers | mode | backend | gruxp ms | torch ms | ratio (median/round) | gruxp GFLOP/s | "
+    "torch GFLOP/s | matmul floor ms | floor / gruxp (median/round) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def format_row(r: dict) -> str:
     layers = f"{r['layers']}{' bi' if r['bidirectional'] else ''}"
-    return (f"| {r['B']} | {r['T']} | {r['H']} | {layers} | {r['mode']} | {r['backend']} | {r['gruxp_ms']:.1f} | "
-            f"{r['torch_ms']:.1f} | {r['ratio']:.2f}× | {r['gruxp_gflops']:.1f} | {r['torch_gflops']:.1f} | "
-            f"{r['floor_ms']:.1f} | {r['floor_fraction']:.0%} |")
+    return (
+        f"| {r['B']} | {r['T']} | {r['H']} | {layers} | {r['mode']} | {r['backend']} | {r['gruxp_ms']:.1f} | "
+        f"{r['torch_ms']:.1f} | {r['ratio']:.2f}× | {r['gruxp_gflops']:.1f} | {r['torch_gflops']:.1f} | "
+        f"{r['floor_ms']:.1f} | {r['floor_fraction']:.0%} |"
+    )
 
 
 def _plans(configs) -> list[str]:
@@ -186,8 +206,10 @@ def _plans(configs) -> list[str]:
     lines = []
     for B, T, H, L, bi in configs:
         p = cpu_plan(T, B, H, H, num_layers=L, bidirectional=bi)[0]
-        lines.append(f"{p.fuser}{' compiled' if p.compiled else ''}, BLAS {p.blas}, {len(p.pieces)} piece(s), chunk {p.chunk}, "
-                     f"panel {p.panel}, {'transposed, ' if p.transposed else ''}{p.grad_blocks} grad block(s), {p.workers} worker(s)")
+        lines.append(
+            f"{p.fuser}{' compiled' if p.compiled else ''}, BLAS {p.blas}, {len(p.pieces)} piece(s), chunk {p.chunk}, "
+            f"panel {p.panel}, {'transposed, ' if p.transposed else ''}{p.grad_blocks} grad block(s), {p.workers} worker(s)"
+        )
     return lines
 
 
@@ -210,10 +232,17 @@ def main() -> None:
         configs = [CONFIGS[int(i)] for i in args.configs.split(",")]
     rounds = 7 if args.quick else max(7, args.rounds)
     meta = dict(
-        date=datetime.date.today().isoformat(), cpu=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count(), python=platform.python_version(), numpy=np.__version__,
-        torch=torch.__version__, gruxp=gruxp.__version__, blas=info, torch_threads=torch.get_num_threads(),
-        torch_parallel=torch.__config__.parallel_info().splitlines()[:6], rounds=rounds,
+        date=datetime.date.today().isoformat(),
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        python=platform.python_version(),
+        numpy=np.__version__,
+        torch=torch.__version__,
+        gruxp=gruxp.__version__,
+        blas=info,
+        torch_threads=torch.get_num_threads(),
+        torch_parallel=torch.__config__.parallel_info().splitlines()[:6],
+        rounds=rounds,
         openblas_env_unset=True,
     )
     try:
@@ -222,7 +251,10 @@ def main() -> None:
     except (OSError, StopIteration):
         pass
     print(f"# {meta['date']}  {meta['cpu']}  numpy {np.__version__}  torch {torch.__version__}  threads {threads}")
-    print("# BLAS:", "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in info))
+    print(
+        "# BLAS:",
+        "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in info),
+    )
     plans = _plans(configs)
     meta["plans"] = plans
     for config, plan in zip(configs, plans, strict=True):

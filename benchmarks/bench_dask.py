@@ -4,7 +4,8 @@
 
 predict: B=2048, T=100, I=H=128, float32, data made on the workers and the output reduced there
 (its mean), a 1- and a 2-worker LocalCluster (processes, 1 thread each, BLAS pinned to 1 thread)
-against a single NumPy process with 1 BLAS thread, and the threaded scheduler (2 chunks per core). Training: one full-batch step (forward, backward, Adam) of
+against a single NumPy process with 1 BLAS thread, and the threaded scheduler (2 chunks per core).
+Training: one full-batch step (forward, backward, Adam) of
 GRU(64→128) → LastStep → Linear on B=640, T=50, float64, shards loaded on the workers.
 Medians of 5. 2 cores is not a cluster: the scheduler, nanny and client share the same cores.
 """
@@ -50,8 +51,11 @@ def train_shard(i, n):
 
 
 def regressor():
-    return gruxp.Sequential(gru=gruxp.GRU(64, 128, batch_first=True, seed=0, dtype="float64"),
-                            last=gruxp.LastStep(batch_first=True), head=gruxp.Linear(128, 1, seed=1, dtype="float64"))
+    return gruxp.Sequential(
+        gru=gruxp.GRU(64, 128, batch_first=True, seed=0, dtype="float64"),
+        last=gruxp.LastStep(batch_first=True),
+        head=gruxp.Linear(128, 1, seed=1, dtype="float64"),
+    )
 
 
 def main() -> None:
@@ -67,11 +71,13 @@ def main() -> None:
     threaded = median_time(lambda: float(gd.predict(gru, dx)[0].mean().compute(scheduler="threads")))
     rows.append(("predict", "threaded scheduler, 4 chunks", threaded, single / threaded))
     for workers in (1, 2):
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as c, \
-                distributed.Client(c) as client:
+        with (
+            distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as c,
+            distributed.Client(c) as client,
+        ):
             on_workers = client.persist(dx)  # the data already on the workers, as on a real cluster
             distributed.wait(on_workers)
-            t = median_time(lambda: float(gd.predict(gru, on_workers)[0].mean().compute()))
+            t = median_time(lambda data=on_workers: float(gd.predict(gru, data)[0].mean().compute()))
             rows.append(("predict", f"LocalCluster, {workers} worker process(es)", t, single / t))
 
     data = train_shard(0, 1)
@@ -89,8 +95,10 @@ def main() -> None:
         single_train = median_time(single_step)
     rows.append(("train step", "single process, 1 BLAS thread", single_train, 1.0))
     for workers in (1, 2):
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as c, \
-                distributed.Client(c) as client:
+        with (
+            distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as c,
+            distributed.Client(c) as client,
+        ):
             dp = gd.DataParallel(client, regressor(), losses.mse, optim.Adam())
             dp.load_shards(train_shard, n=workers)
             t = median_time(dp.step)

@@ -125,9 +125,19 @@ def peer_table(rounds):
             torchs.append(time.perf_counter() - start)
         ratio_flax = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
         ratio_torch = statistics.median(a / b for a, b in zip(ours, torchs, strict=True))
-        rows.append(dict(B=B, T=T, H=H, gruxp_ms=statistics.median(ours) * 1e3, flax_ms=statistics.median(theirs) * 1e3,
-                         torch_ms=statistics.median(torchs) * 1e3, vs_flax=ratio_flax, vs_torch=ratio_torch,
-                         torch_threads=torch.get_num_threads()))
+        rows.append(
+            dict(
+                B=B,
+                T=T,
+                H=H,
+                gruxp_ms=statistics.median(ours) * 1e3,
+                flax_ms=statistics.median(theirs) * 1e3,
+                torch_ms=statistics.median(torchs) * 1e3,
+                vs_flax=ratio_flax,
+                vs_torch=ratio_torch,
+                torch_threads=torch.get_num_threads(),
+            )
+        )
     return rows
 
 
@@ -145,27 +155,44 @@ def main() -> None:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    header = (f"{datetime.date.today()} · {cpu} · jax {jax.__version__} ({jax.devices()[0].platform}), flax {flax.__version__}, "
-              f"torch {torch.__version__} ({torch.get_num_threads()} threads) · float32")
+    header = (
+        f"{datetime.date.today()} · {cpu} · jax {jax.__version__} ({jax.devices()[0].platform}), flax {flax.__version__}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads) · float32"
+    )
     compiles = compile_table(args.rounds)
     peers = peer_table(args.rounds)
     # compile = the first call less one run (the first call also runs the program once)
     for r in compiles:
         r["forward_compile_s"] = r["forward_first_s"] - r["forward_ms"] / 1e3
         r["grad_compile_s"] = r["grad_first_s"] - r["grad_ms"] / 1e3
-    lines = [f"# gruxp on JAX ({header})", "",
-             "| T | forward: first call s | compile s | run ms | jax.grad: first call s | compile s | run ms |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['T']} | {r['forward_first_s']:.2f} | {r['forward_compile_s']:.2f} | {r['forward_ms']:.1f} | "
-              f"{r['grad_first_s']:.2f} | {r['grad_compile_s']:.2f} | {r['grad_ms']:.1f} |" for r in compiles]
+    lines = [
+        f"# gruxp on JAX ({header})",
+        "",
+        "| T | forward: first call s | compile s | run ms | jax.grad: first call s | compile s | run ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['T']} | {r['forward_first_s']:.2f} | {r['forward_compile_s']:.2f} | {r['forward_ms']:.1f} | "
+        f"{r['grad_first_s']:.2f} | {r['grad_compile_s']:.2f} | {r['grad_ms']:.1f} |"
+        for r in compiles
+    ]
     base = compiles[0]
-    lines += ["", "compile time at T = 1000 relative to T = 10: forward "
-              f"{compiles[-1]['forward_compile_s'] / base['forward_compile_s']:.2f}×, jax.grad "
-              f"{compiles[-1]['grad_compile_s'] / base['grad_compile_s']:.2f}×"]
-    lines += ["", "| B, T, I=H | gruxp jit(grad) ms | flax jit(grad) ms | torch ms | gruxp/flax | gruxp/torch |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['B']},{r['T']},{r['H']} | {r['gruxp_ms']:.1f} | {r['flax_ms']:.1f} | {r['torch_ms']:.1f} | "
-              f"{r['vs_flax']:.2f}× | {r['vs_torch']:.2f}× |" for r in peers]
+    lines += [
+        "",
+        "compile time at T = 1000 relative to T = 10: forward "
+        f"{compiles[-1]['forward_compile_s'] / base['forward_compile_s']:.2f}×, jax.grad "
+        f"{compiles[-1]['grad_compile_s'] / base['grad_compile_s']:.2f}×",
+    ]
+    lines += [
+        "",
+        "| B, T, I=H | gruxp jit(grad) ms | flax jit(grad) ms | torch ms | gruxp/flax | gruxp/torch |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['B']},{r['T']},{r['H']} | {r['gruxp_ms']:.1f} | {r['flax_ms']:.1f} | {r['torch_ms']:.1f} | "
+        f"{r['vs_flax']:.2f}× | {r['vs_torch']:.2f}× |"
+        for r in peers
+    ]
     text = "\n".join(lines)
     print(text)
     if args.out is not None:

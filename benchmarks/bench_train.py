@@ -57,7 +57,11 @@ def torch_job(tokens: np.ndarray):
     import torch
 
     torch.manual_seed(0)
-    embed, gru, head = torch.nn.Embedding(VOCAB, EMBED), torch.nn.GRU(EMBED, HIDDEN, LAYERS, batch_first=True), torch.nn.Linear(HIDDEN, VOCAB)
+    embed, gru, head = (
+        torch.nn.Embedding(VOCAB, EMBED),
+        torch.nn.GRU(EMBED, HIDDEN, LAYERS, batch_first=True),
+        torch.nn.Linear(HIDDEN, VOCAB),
+    )
     params = [*embed.parameters(), *gru.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
     columns = (tokens.size - 1) // BATCH
@@ -105,12 +109,16 @@ def main() -> None:
     ratios = [a / b for a, b in zip(rates["gruxp"], rates["torch"], strict=True)]
     plan = getattr(gruxp._native, "cpu_plan", None)  # absent in a gruxp from before the plan
     step = "" if plan is None else f"  gruxp GRU layer 1: {plan(WINDOW, BATCH, HIDDEN, HIDDEN, num_layers=LAYERS)[1].arithmetic}"
-    lines = [f"# {time.strftime('%Y-%m-%d')}  numpy {np.__version__}  torch {torch.__version__}  threads {torch.get_num_threads()}{step}",
-             "# BLAS: " + "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
-                                    for i in info),
-             "| model | gruxp chars/s | torch chars/s | gruxp / torch (median/round) |\n|---|---|---|---|",
-             f"| embed {EMBED} → GRU {LAYERS}×{HIDDEN} → linear {VOCAB}, batch {BATCH}×{WINDOW}, AdamW, clip {CLIP} | "
-             f"{statistics.median(rates['gruxp']):,.0f} | {statistics.median(rates['torch']):,.0f} | {statistics.median(ratios):.2f}× |"]
+    lines = [
+        f"# {time.strftime('%Y-%m-%d')}  numpy {np.__version__}  torch {torch.__version__}  "
+        f"threads {torch.get_num_threads()}{step}",
+        "# BLAS: "
+        + "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in info),
+        "| model | gruxp chars/s | torch chars/s | gruxp / torch (median/round) |\n|---|---|---|---|",
+        f"| embed {EMBED} → GRU {LAYERS}×{HIDDEN} → linear {VOCAB}, batch {BATCH}×{WINDOW}, AdamW, clip {CLIP} | "
+        f"{statistics.median(rates['gruxp']):,.0f} | {statistics.median(rates['torch']):,.0f} | "
+        f"{statistics.median(ratios):.2f}× |",
+    ]
     print("\n".join(lines))
     if args.out:
         import json

@@ -47,18 +47,22 @@ def main() -> None:
         for _ in range(args.runs):
             for name, src in (("this", this), ("other", args.other)):
                 results[name].append(one_run(src, args.rounds, args.kernel, folder))
-    lines = [f"# this: {this}; other: {args.other}; {args.runs} runs each, alternating, {args.rounds} rounds a run; "
-             f"OPENBLAS_CORETYPE {args.kernel or 'unset'}",
-             "| B | T | I=H | layers | mode | this ms | other ms | this / other | this / torch | other / torch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# this: {this}; other: {args.other}; {args.runs} runs each, alternating, {args.rounds} rounds a run; "
+        f"OPENBLAS_CORETYPE {args.kernel or 'unset'}",
+        "| B | T | I=H | layers | mode | this ms | other ms | this / other | this / torch | other / torch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     med = statistics.median
     for i, row in enumerate(results["this"][0]):
         this_ms = med(run[i]["gruxp_ms"] for run in results["this"])
         other_ms = med(run[i]["gruxp_ms"] for run in results["other"])
         layers = f"{row['layers']}{' bi' if row['bidirectional'] else ''}"
-        lines.append(f"| {row['B']} | {row['T']} | {row['H']} | {layers} | {row['mode']} | {this_ms:.1f} | {other_ms:.1f} | "
-                     f"{this_ms / other_ms:.2f} | {med(run[i]['ratio'] for run in results['this']):.2f}× | "
-                     f"{med(run[i]['ratio'] for run in results['other']):.2f}× |")
+        lines.append(
+            f"| {row['B']} | {row['T']} | {row['H']} | {layers} | {row['mode']} | {this_ms:.1f} | {other_ms:.1f} | "
+            f"{this_ms / other_ms:.2f} | {med(run[i]['ratio'] for run in results['this']):.2f}× | "
+            f"{med(run[i]['ratio'] for run in results['other']):.2f}× |"
+        )
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")

@@ -80,15 +80,21 @@ def main() -> None:
     tape = tape_bytes(*spec)
     mib = 1 / 2**20
     print(f"config B={args.B} T={args.T} I=H={args.H} layers={args.layers} bidirectional={args.bidirectional}, float32")
-    print(f"tape: {tape['tape_bytes'] * mib:.1f} MiB, minimum T·B·(3H+H+H) per layer-direction and T·B·I: "
-          f"{tape['minimum_bytes'] * mib:.1f} MiB, ratio {tape['ratio']:.2f}")
+    print(
+        f"tape: {tape['tape_bytes'] * mib:.1f} MiB, minimum T·B·(3H+H+H) per layer-direction and T·B·I: "
+        f"{tape['minimum_bytes'] * mib:.1f} MiB, ratio {tape['ratio']:.2f}"
+    )
     print("  " + ", ".join(f"{k} {v * mib:.1f} MiB" for k, v in tape["parts"].items()))
     x_bytes = args.B * args.T * args.H * 4
     for phase in ("inference", "train"):
-        res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec + [phase])], capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(spec + [phase])], capture_output=True, text=True, check=True
+        )
         r = json.loads(res.stdout)
-        print(f"peak RSS, {phase:9s}: {r['peak_kib'] / 1024:.1f} MiB (+{(r['peak_kib'] - r['base_kib']) / 1024:.1f} MiB over "
-              f"the resident size just before the call; x itself is {x_bytes * mib:.1f} MiB)")
+        print(
+            f"peak RSS, {phase:9s}: {r['peak_kib'] / 1024:.1f} MiB (+{(r['peak_kib'] - r['base_kib']) / 1024:.1f} MiB over "
+            f"the resident size just before the call; x itself is {x_bytes * mib:.1f} MiB)"
+        )
 
 
 if __name__ == "__main__":

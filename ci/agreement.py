@@ -16,8 +16,13 @@ import numpy as np
 import gruxp
 from gruxp.testing import to_numpy
 
-BACKENDS = [("numpy", "numpy", None), ("array_api_strict", "array_api_strict", "device1"),
-            ("torch", "torch", None), ("jax", "jax.numpy", None), ("cupy", "cupy", None)]
+BACKENDS = [
+    ("numpy", "numpy", None),
+    ("array_api_strict", "array_api_strict", "device1"),
+    ("torch", "torch", None),
+    ("jax", "jax.numpy", None),
+    ("cupy", "cupy", None),
+]
 
 
 def run(xp, device, dtype, reset_after, host):
@@ -30,9 +35,13 @@ def run(xp, device, dtype, reset_after, host):
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    host = dict(x=rng.standard_normal((20, 8, 16)), h0=rng.standard_normal((4, 8, 32)) * 0.5,
-                lengths=rng.integers(1, 21, size=8), d_out=rng.standard_normal((20, 8, 64)),
-                d_hn=rng.standard_normal((4, 8, 32)))
+    host = dict(
+        x=rng.standard_normal((20, 8, 16)),
+        h0=rng.standard_normal((4, 8, 32)) * 0.5,
+        lengths=rng.integers(1, 21, size=8),
+        d_out=rng.standard_normal((20, 8, 64)),
+        d_hn=rng.standard_normal((4, 8, 32)),
+    )
     print(f"{'backend':28} {'dtype':8} {'max |diff|':>11} {'max rel (|ref|>1e-3)':>21}")
     for name, module, device_name in BACKENDS:
         try:

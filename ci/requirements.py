@@ -1,12 +1,13 @@
 """Print the pip requirements of the backend table (backends/*.toml), one per line.
 
-    python ci/requirements.py            # CPU backends (what CI installs)
-    python ci/requirements.py --gpu      # the GPU-only ones (cupy)
+python ci/requirements.py            # CPU backends (what CI installs)
+python ci/requirements.py --gpu      # the GPU-only ones (cupy)
 """
 
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 gpu = "--gpu" in sys.argv[1:]
 for path in sorted((Path(__file__).resolve().parents[1] / "backends").glob("*.toml")):

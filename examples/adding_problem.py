@@ -71,12 +71,16 @@ def main() -> None:
     while trainer.step < args.max_steps and mse >= args.target_mse:
         trainer.fit(batch_fn, trainer.step + 100)
         mse = test_mse()
-        print(f"step {trainer.step:5d}  train loss {trainer.history[-1]['loss']:.4f}  test MSE {mse:.5f}  "
-              f"({time.perf_counter() - start:.1f} s)")
+        print(
+            f"step {trainer.step:5d}  train loss {trainer.history[-1]['loss']:.4f}  test MSE {mse:.5f}  "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
     wall = time.perf_counter() - start
     verdict = "solved" if mse < args.target_mse else "not solved"
-    print(f"{verdict}: test MSE {mse:.5f} after {trainer.step} steps in {wall:.1f} s "
-          f"({args.xp}, batch {args.batch}, hidden {args.hidden})")
+    print(
+        f"{verdict}: test MSE {mse:.5f} after {trainer.step} steps in {wall:.1f} s "
+        f"({args.xp}, batch {args.batch}, hidden {args.hidden})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Score many sequences and train data-parallel on a Dask cluster with gruxp.
 
-    python examples/dask_scaling.py                      # a local 2-worker cluster
-    python examples/dask_scaling.py tcp://scheduler:8786  # an existing cluster
+python examples/dask_scaling.py                      # a local 2-worker cluster
+python examples/dask_scaling.py tcp://scheduler:8786  # an existing cluster
 """
 
 import sys
@@ -33,9 +33,11 @@ def main() -> None:
         print("predict:", out.shape, out.chunks[0][:3], "mean of h_n:", round(float(h_n.mean().compute()), 5))
 
         # 2. data-parallel training: shards stay on the workers, the optimizer runs here
-        model = gruxp.Sequential(gru=gruxp.GRU(8, 32, batch_first=True, seed=0, dtype="float64"),
-                                 last=gruxp.LastStep(batch_first=True),
-                                 head=gruxp.Linear(32, 1, seed=1, dtype="float64"))
+        model = gruxp.Sequential(
+            gru=gruxp.GRU(8, 32, batch_first=True, seed=0, dtype="float64"),
+            last=gruxp.LastStep(batch_first=True),
+            head=gruxp.Linear(32, 1, seed=1, dtype="float64"),
+        )
         trainer = gd.DataParallel(client, model, losses.mse, optim.Adam(lr=1e-2), clip_norm=1.0)
         trainer.load_shards(load_shard, n=4)
         for _ in range(30):

@@ -35,9 +35,17 @@ class Case:
 
     def model(self, backend, dtype: str, seed: int = 7) -> gruxp.GRU:
         return gruxp.GRU(
-            self.I, self.H, self.num_layers, bias=self.bias, batch_first=self.batch_first,
-            bidirectional=self.bidirectional, reset_after=self.reset_after,
-            xp=backend.xp, device=backend.device, dtype=dtype, seed=seed,
+            self.I,
+            self.H,
+            self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            bidirectional=self.bidirectional,
+            reset_after=self.reset_after,
+            xp=backend.xp,
+            device=backend.device,
+            dtype=dtype,
+            seed=seed,
         )
 
     def inputs(self, seed: int = 0) -> dict:

@@ -67,8 +67,9 @@ def torch_gradients(params, x, h0, d_out, d_hn, **options):
     float64, time-major): ``{param: grad, "x": dx, "h0": dh0}``."""
     import torch
 
-    leaves = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
-              for k, v in {**params, "x": x, "h0": h0}.items()}
+    leaves = {
+        k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in {**params, "x": x, "h0": h0}.items()
+    }
     p = {k: v for k, v in leaves.items() if k not in ("x", "h0")}
     out, h_n = gru(p, leaves["x"], leaves["h0"], lib=torch, **options)
     loss = (out * torch.from_numpy(d_out)).sum() + (h_n * torch.from_numpy(d_hn)).sum()

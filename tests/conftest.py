@@ -112,9 +112,9 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     import array_api_compat
 
     spec, dev = request.param
-    reason = spec.get("skips", {}).get(request.function.__name__)
-    if reason:
-        pytest.skip(f"{spec['name']}: {reason}")
+    marker = request.node.get_closest_marker("skip_on")  # @pytest.mark.skip_on(jax="why"): a known per-backend skip
+    if marker is not None and spec["name"] in marker.kwargs:
+        pytest.skip(f"{spec['name']}: {marker.kwargs[spec['name']]}")
     mod = _import(spec)
     device = _device(spec, mod, dev)
     probe = mod.asarray([0.0], device=device) if device is not None else mod.asarray([0.0])
@@ -175,26 +175,18 @@ def _release_free_memory() -> None:
 
 
 # -- The quick command and the full one --------------------------------------------------------------
-# The README's test command deselects these (`-m "not slow"`); CI runs them right after it
-# (`.ci/run`). Each repeats, on JAX's compile-bound paths or at a second dtype, a check that a
-# quicker case of the same test already makes in the quick run.
-_SLOW_FLOAT32_SCAN_KEPT = ("L1-uni-after-float32", "L2-bi-after-float32")
-
-
-def _is_slow(item) -> bool:
-    name, _, params = item.name.partition("[")
-    if name == "test_jax_scan_route_equals_the_python_loop":  # float64 (the stated bound) stays
-        return "float32" in params and not params.startswith(_SLOW_FLOAT32_SCAN_KEPT)
-    if name in ("test_directional_derivative", "test_batch_equals_each_sequence_alone"):  # hypothesis on JAX
-        return params.startswith("jax")
-    if name == "test_layer_finite_differences":  # JAX's two largest configs (its other seven stay)
-        return params.startswith("jax-L2-bi")
-    if name == "test_numba_fuser_equals_the_generic_code_at_the_stated_bound":  # the fallback loop in float32
-        return "per-step" in params and "float32" in params
-    return False
+# The README's test command deselects tests marked slow (`-m "not slow"`); CI runs them right after it
+# (`.ci/run`). Each repeats, on JAX's compile-bound paths or at a second dtype, a check that a quicker
+# case of the same test already makes in the quick run. A test (or one of its parameter sets) marked
+# `slow_on("jax")` is slow on those backends only.
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if _is_slow(item):
+        marker = item.get_closest_marker("slow_on")
+        callspec = getattr(item, "callspec", None)
+        if marker is None or callspec is None or "backend" not in callspec.params:
+            continue
+        spec, _ = callspec.params["backend"]
+        if spec["name"] in marker.args:
             item.add_marker(pytest.mark.slow)

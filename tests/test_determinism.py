@@ -11,7 +11,6 @@ import threading
 from contextlib import contextmanager
 
 import numpy as np
-import pytest
 
 import gruxp
 
@@ -59,7 +58,7 @@ def busy(processes: int):
 
 
 def _subprocess_digest(prefix: list[str]) -> str:
-    code = "import sys; sys.path.insert(0, %r); import test_determinism as t; print(t.digest())" % os.path.dirname(__file__)
+    code = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_determinism as t; print(t.digest())"
     result = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]

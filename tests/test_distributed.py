@@ -16,8 +16,10 @@ from gruxp import distributed as gd  # noqa: E402
 
 # distributed's scheduler leaves its HTTP server socket to the garbage collector at teardown
 # (its own ResourceWarning, reported as unraisable); nothing of gruxp's.
-pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
-              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 B, T, I, H, V = 12, 6, 3, 5, 7
 
@@ -31,8 +33,11 @@ def client():
 
 
 def _regressor(dtype="float64"):
-    return gruxp.Sequential(gru=gruxp.GRU(I, H, 2, batch_first=True, seed=0, dtype=dtype),
-                            last=gruxp.LastStep(batch_first=True), head=gruxp.Linear(H, 1, seed=1, dtype=dtype))
+    return gruxp.Sequential(
+        gru=gruxp.GRU(I, H, 2, batch_first=True, seed=0, dtype=dtype),
+        last=gruxp.LastStep(batch_first=True),
+        head=gruxp.Linear(H, 1, seed=1, dtype=dtype),
+    )
 
 
 def _regression_data():
@@ -108,9 +113,12 @@ def load_lm_shard(i, n):
 
 def test_language_model_with_ignore_index(client):
     def make():
-        return gruxp.Sequential(embed=gruxp.Embedding(V, 4, seed=0, dtype="float64"),
-                                gru=gruxp.GRU(4, H, batch_first=True, seed=1, dtype="float64"),
-                                head=gruxp.Linear(H, V, seed=2, dtype="float64"))
+        return gruxp.Sequential(
+            embed=gruxp.Embedding(V, 4, seed=0, dtype="float64"),
+            gru=gruxp.GRU(4, H, batch_first=True, seed=1, dtype="float64"),
+            head=gruxp.Linear(H, V, seed=2, dtype="float64"),
+        )
+
     loss = functools.partial(losses.cross_entropy, ignore_index=-100)
     reference = _single_process(3, loss, make, load_lm_shard(0, 1))
     model = make()
@@ -125,6 +133,7 @@ def test_language_model_with_ignore_index(client):
 def test_a_task_runs_the_gru_on_one_thread_without_changing_the_worker(client):
     """``blas_threads=1``: the task's GRU calls plan one thread (a setting of the task's own thread),
     and NumPy's BLAS keeps the worker's thread count: nothing process-wide changes."""
+
     def in_task():
         from threadpoolctl import threadpool_info
 
@@ -144,8 +153,10 @@ def test_a_task_runs_the_gru_on_one_thread_without_changing_the_worker(client):
 
 def test_processes_cluster_pickles_everything():
     """Real worker processes: every task function, argument and result must pickle."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        distributed.Client(cluster) as client,
+    ):
         model = _regressor()
         dp = gd.DataParallel(client, model, losses.mse, optim.SGD(lr=0.1))
         dp.load_shards(load_regression_shard, n=2)
@@ -170,8 +181,10 @@ def test_a_lost_worker_costs_a_retry_not_a_wrong_gradient():
     import threading
     import time
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        distributed.Client(cluster) as client,
+    ):
         model = _regressor()
         dp = gd.DataParallel(client, model, sleepy_mse, optim.SGD(lr=0.1))
         dp.load_shards(load_regression_shard, n=4)
@@ -213,7 +226,6 @@ def sleepy_mse(pred, target, reduction="mean"):
     return losses.mse(pred, target, reduction=reduction)
 
 
-
 def _die_after(delay):
     """Run on a worker: SIGKILL its own process ``delay`` seconds from now (the task itself returns)."""
     import os
@@ -228,8 +240,10 @@ def test_workers_killed_early_in_steps_cost_retries_not_hangs():
     scatter, the first tasks): every step still returns the right gradient, in bounded time."""
     import time
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        distributed.Client(cluster) as client,
+    ):
         model = _regressor()
         dp = gd.DataParallel(client, model, losses.mse, optim.SGD(lr=0.1), timeout=20, retries=4)
         dp.load_shards(load_regression_shard, n=4)
@@ -261,10 +275,14 @@ def test_workers_killed_early_in_steps_cost_retries_not_hangs():
 
 def test_worker_dropout_is_seeded(client):
     """Two runs with the same seed and shard count draw the same dropout masks on the workers."""
+
     def model():
-        return gruxp.Sequential(gru=gruxp.GRU(I, H, 2, batch_first=True, dropout=0.5, seed=0, dtype="float64"),
-                                drop=gruxp.Dropout(0.5, seed=1), last=gruxp.LastStep(batch_first=True),
-                                head=gruxp.Linear(H, 1, seed=1, dtype="float64"))
+        return gruxp.Sequential(
+            gru=gruxp.GRU(I, H, 2, batch_first=True, dropout=0.5, seed=0, dtype="float64"),
+            drop=gruxp.Dropout(0.5, seed=1),
+            last=gruxp.LastStep(batch_first=True),
+            head=gruxp.Linear(H, 1, seed=1, dtype="float64"),
+        )
 
     runs = []
     for seed in (7, 7, 8):

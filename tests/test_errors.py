@@ -18,10 +18,12 @@ def _x(backend, shape=(5, 2, 4), dtype="float64"):
 
 @pytest.mark.parametrize(
     "shape, match",
-    [((5, 2, 3), r"x must have shape \(T, B, I\) or unbatched \(T, I\) with I=4; got \(5, 2, 3\)"),
-     ((5,), r"x must have shape .* got \(5,\)"),
-     ((1, 5, 2, 4), r"x must have shape .* got \(1, 5, 2, 4\)"),
-     ((0, 2, 4), r"x must hold at least one time step")],
+    [
+        ((5, 2, 3), r"x must have shape \(T, B, I\) or unbatched \(T, I\) with I=4; got \(5, 2, 3\)"),
+        ((5,), r"x must have shape .* got \(5,\)"),
+        ((1, 5, 2, 4), r"x must have shape .* got \(1, 5, 2, 4\)"),
+        ((0, 2, 4), r"x must hold at least one time step"),
+    ],
 )
 def test_x_shape(backend, model, shape, match):
     with pytest.raises(ValueError, match=match):
@@ -45,7 +47,9 @@ def test_namespace_mismatch(backend, model):
         x, got = strict.ones((5, 2, 4), dtype=strict.float64), "array_api_strict"
     else:
         x, got = np.ones((5, 2, 4)), "numpy"
-    with pytest.raises(TypeError, match=rf"x must be an array of the parameters' namespace \({backend.name}\); got a {got} array"):
+    with pytest.raises(
+        TypeError, match=rf"x must be an array of the parameters' namespace \({backend.name}\); got a {got} array"
+    ):
         model(x)
 
 
@@ -76,14 +80,16 @@ def test_h0_dtype(backend, model):
 
 @pytest.mark.parametrize(
     "lengths, exc, match",
-    [([5], ValueError, r"lengths must have shape \(2,\) .*got \(1,\)"),
-     ([5, 6], ValueError, r"lengths must lie in \[1, T=5\]; got \[6\] at positions \[1\]"),
-     ([0, 3], ValueError, r"lengths must lie in \[1, T=5\]; got \[0\]"),
-     ([2.0, 3], TypeError, "lengths must hold integers; got float 2.0"),
-     ([True, 3], TypeError, "lengths must hold integers; got bool"),
-     (np.array([2.0, 3.0]), TypeError, "lengths must be integers; got dtype float64"),
-     ("ab", TypeError, "lengths must be"),
-     (np.array([[2, 3]]), ValueError, r"lengths must have shape \(2,\)")],
+    [
+        ([5], ValueError, r"lengths must have shape \(2,\) .*got \(1,\)"),
+        ([5, 6], ValueError, r"lengths must lie in \[1, T=5\]; got \[6\] at positions \[1\]"),
+        ([0, 3], ValueError, r"lengths must lie in \[1, T=5\]; got \[0\]"),
+        ([2.0, 3], TypeError, "lengths must hold integers; got float 2.0"),
+        ([True, 3], TypeError, "lengths must hold integers; got bool"),
+        (np.array([2.0, 3.0]), TypeError, "lengths must be integers; got dtype float64"),
+        ("ab", TypeError, "lengths must be"),
+        (np.array([[2, 3]]), ValueError, r"lengths must have shape \(2,\)"),
+    ],
 )
 def test_bad_lengths(backend, model, lengths, exc, match):
     with pytest.raises(exc, match=match):
@@ -173,15 +179,17 @@ def test_load_state_dict_problems_leave_the_model_intact(model):
 
 @pytest.mark.parametrize(
     "kwargs, exc, match",
-    [(dict(input_size=0, hidden_size=3), ValueError, "input_size must be an int >= 1; got 0"),
-     (dict(input_size=4, hidden_size=2.5), TypeError, "hidden_size must be an int >= 1; got float 2.5"),
-     (dict(input_size=4, hidden_size=3, num_layers=0), ValueError, "num_layers must be an int >= 1; got 0"),
-     (dict(input_size=4, hidden_size=3, bidirectional="yes"), TypeError, "bidirectional must be True or False"),
-     (dict(input_size=4, hidden_size=3, dtype="float16"), TypeError, "dtype must be float32 or float64"),
-     (dict(input_size=4, hidden_size=3, dtype="int32"), TypeError, "dtype must be float32 or float64"),
-     (dict(input_size=4, hidden_size=3, xp="numpy"), TypeError, "xp must be an array namespace module"),
-     (dict(input_size=4, hidden_size=3, seed=-1), ValueError, "seed must be non-negative"),
-     (dict(input_size=4, hidden_size=3, seed=1.5), TypeError, "seed must be None, a non-negative int")],
+    [
+        (dict(input_size=0, hidden_size=3), ValueError, "input_size must be an int >= 1; got 0"),
+        (dict(input_size=4, hidden_size=2.5), TypeError, "hidden_size must be an int >= 1; got float 2.5"),
+        (dict(input_size=4, hidden_size=3, num_layers=0), ValueError, "num_layers must be an int >= 1; got 0"),
+        (dict(input_size=4, hidden_size=3, bidirectional="yes"), TypeError, "bidirectional must be True or False"),
+        (dict(input_size=4, hidden_size=3, dtype="float16"), TypeError, "dtype must be float32 or float64"),
+        (dict(input_size=4, hidden_size=3, dtype="int32"), TypeError, "dtype must be float32 or float64"),
+        (dict(input_size=4, hidden_size=3, xp="numpy"), TypeError, "xp must be an array namespace module"),
+        (dict(input_size=4, hidden_size=3, seed=-1), ValueError, "seed must be non-negative"),
+        (dict(input_size=4, hidden_size=3, seed=1.5), TypeError, "seed must be None, a non-negative int"),
+    ],
 )
 def test_constructor_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):

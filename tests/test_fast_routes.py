@@ -32,8 +32,19 @@ needs_gruxp_blas = pytest.mark.skipif(blas.library() is None, reason="gruxp's ow
 
 def _run(case, dtype, seed, *, xp=np, dropout=0.0):
     """inference, forward and every gradient of the case's GRU on ``xp`` (host inputs, seeded)."""
-    model = gruxp.GRU(case.I, case.H, case.num_layers, bias=case.bias, batch_first=case.batch_first, reset_after=case.reset_after,
-                      bidirectional=case.bidirectional, dropout=dropout, xp=xp, dtype=dtype, seed=seed)
+    model = gruxp.GRU(
+        case.I,
+        case.H,
+        case.num_layers,
+        bias=case.bias,
+        batch_first=case.batch_first,
+        reset_after=case.reset_after,
+        bidirectional=case.bidirectional,
+        dropout=dropout,
+        xp=xp,
+        dtype=dtype,
+        seed=seed,
+    )
     host = host_case_inputs(case, seed=seed)
     cast = lambda a: xp.asarray(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731  (batch_first: (B, T, I) in memory)
     x, h0 = cast(case.layout(host["x"], seq=True)), cast(case.layout(host["h0"], seq=False))
@@ -80,6 +91,7 @@ class Recorder:
                     if meet is not None and i < 2:
                         meet.wait()
                     task()
+
                 return wrapped
 
             return run([wrap(i, t) for i, t in enumerate(tasks)], n)
@@ -170,8 +182,19 @@ def test_gruxp_blas_multiplies_every_layout_like_numpy():
     for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-5)):
         a, b = rng.standard_normal((7, 5)).astype(dtype), rng.standard_normal((5, 9)).astype(dtype)
         wide = rng.standard_normal((7, 12)).astype(dtype)
-        cases = [(a, b), (a, np.asfortranarray(b)), (a.T.copy().T, b), (a[:1], b), (a[3], b), (wide[:, 2:7], b), (a[:, :0], b[:0]),
-                 (a[:0], b), (np.ascontiguousarray(b.T), a.T), (a[::2], b), (a[:, ::-1], b[::-1])]
+        cases = [
+            (a, b),
+            (a, np.asfortranarray(b)),
+            (a.T.copy().T, b),
+            (a[:1], b),
+            (a[3], b),
+            (wide[:, 2:7], b),
+            (a[:, :0], b[:0]),
+            (a[:0], b),
+            (np.ascontiguousarray(b.T), a.T),
+            (a[::2], b),
+            (a[:, ::-1], b[::-1]),
+        ]
         for left, right in cases:
             np.testing.assert_allclose(blas.matmul(left, right), left @ right, rtol=rtol, atol=1e-6)
         out = np.full((14, 9), np.nan, dtype)
@@ -276,11 +299,13 @@ def test_without_numba_the_plan_takes_the_numpy_fuser():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['numba'] = None\n"
-            "import gruxp, numpy as np\n"
-            "from gruxp._native import cpu_plan\n"
-            "m = gruxp.GRU(3, 4, seed=0); out, _ = m(np.ones((5, 2, 3), np.float32))\n"
-            "print(cpu_plan(500, 64, 256, 256)[0].fuser, out.shape)")
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import gruxp, numpy as np\n"
+        "from gruxp._native import cpu_plan\n"
+        "m = gruxp.GRU(3, 4, seed=0); out, _ = m(np.ones((5, 2, 3), np.float32))\n"
+        "print(cpu_plan(500, 64, 256, 256)[0].fuser, out.shape)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["numpy", "(5,", "2,", "4)"]
@@ -337,13 +362,24 @@ def test_settings_are_per_thread_and_restored():
 
 
 # -- JAX: the loop is lax.scan over the same step functions ------------------------------------------
-SCAN_CASES = [Case(num_layers=layers, bidirectional=bi, reset_after=ra, ragged=ragged, batch_first=bf, T=6, B=3)
-              for layers in (1, 2) for bi in (False, True) for ra in (True, False) for ragged, bf in ((False, False), (True, True))]
+SCAN_CASES = [
+    Case(num_layers=layers, bidirectional=bi, reset_after=ra, ragged=ragged, batch_first=bf, T=6, B=3)
+    for layers in (1, 2)
+    for bi in (False, True)
+    for ra in (True, False)
+    for ragged, bf in ((False, False), (True, True))
+]
 SCAN_CASES += [Case(bidirectional=True, unbatched=True), Case(num_layers=2, reset_after=False, unbatched=True, bias=False)]
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", SCAN_CASES, ids=lambda c: c.id)
+def _scan_params():
+    """float64 (the stated bound) for every case; float32 for two in the quick run, the rest in the full one."""
+    quick32 = {Case(num_layers=1, T=6, B=3), Case(num_layers=2, bidirectional=True, T=6, B=3)}
+    return [pytest.param(case, dtype, id=f"{case.id}-{dtype}", marks=() if dtype == "float64" or case in quick32 else pytest.mark.slow)
+            for dtype in ("float64", "float32") for case in SCAN_CASES]
+
+
+@pytest.mark.parametrize("case, dtype", _scan_params())
 def test_jax_scan_route_equals_the_python_loop(case, dtype):
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
@@ -473,7 +509,13 @@ def test_what_a_caller_holds_keeps_its_bytes_across_later_calls(holder):
     model = gruxp.GRU(4, 8, 1, xp=np, dtype="float64", seed=0)
     rng = np.random.default_rng(0)
     out, h_n, tape = model.forward(rng.standard_normal((6, 3, 4)))
-    arrays = {"out": out, "h_n": h_n, "tape.hs": tape.layers[0][0].hs, "tape.r": tape.layers[0][0].r, "tape.h0": tape.layers[0][0].h0}
+    arrays = {
+        "out": out,
+        "h_n": h_n,
+        "tape.hs": tape.layers[0][0].hs,
+        "tape.r": tape.layers[0][0].r,
+        "tape.h0": tape.layers[0][0].h0,
+    }
     kept = {name: hold(a) for name, a in arrays.items()}
     expected = {name: (a.copy(), a.shape) for name, a in arrays.items()}
     del out, h_n, tape, arrays

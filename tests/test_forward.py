@@ -1,14 +1,13 @@
 """Forward pass on every backend against an independent float64 reference (tests/_reference.py)."""
 
+import _reference as ref
 import numpy as np
 import pytest
+from _cases import Case, host_case_inputs
+from conftest import TOL
 
 import gruxp
 from gruxp.testing import assert_close, to_numpy
-
-import _reference as ref
-from _cases import Case, host_case_inputs
-from conftest import TOL
 
 CASES = [
     Case(),
@@ -30,8 +29,13 @@ def test_forward_matches_reference(backend, dtype, case):
     h0 = backend.asarray(case.layout(host["h0"], seq=False), dtype)
     out, h_n = model(x, h0, lengths=host["lengths"])
     exp_out, exp_hn = ref.gru(
-        model.state_dict(), host["x"], host["h0"], num_layers=case.num_layers,
-        bidirectional=case.bidirectional, reset_after=case.reset_after, lengths=host["lengths"],
+        model.state_dict(),
+        host["x"],
+        host["h0"],
+        num_layers=case.num_layers,
+        bidirectional=case.bidirectional,
+        reset_after=case.reset_after,
+        lengths=host["lengths"],
     )
     for name, got, want in (("out", out, case.layout(exp_out, seq=True)), ("h_n", h_n, case.layout(exp_hn, seq=False))):
         assert gruxp._namespace.namespace_of(got) is backend.xp, name
@@ -109,6 +113,7 @@ def test_sigmoid_is_exact_and_stable(backend, dtype):
     assert np.all((got >= 0.0) & (got <= 1.0))
 
 
+@pytest.mark.skip_on(jax="JAX arrays are immutable: nothing to check")
 @pytest.mark.parametrize("case", [Case(num_layers=2, bidirectional=True, ragged=True, reset_after=False)], ids=lambda c: c.id)
 def test_inputs_not_mutated(backend, case):
     """Read-only NumPy inputs (a stand-in for JAX's immutability) pass through forward and backward."""

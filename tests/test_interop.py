@@ -14,9 +14,12 @@ X = np.random.default_rng(0).standard_normal((3, 6, 4))  # (B, T, I), batch-majo
 
 def test_torch_round_trips():
     torch = pytest.importorskip("torch")
-    modules = [torch.nn.GRU(4, 5, 2, bidirectional=True, batch_first=True, dtype=torch.float64),
-               torch.nn.GRUCell(4, 5, bias=False, dtype=torch.float64),
-               torch.nn.Linear(4, 5, dtype=torch.float64), torch.nn.Embedding(9, 3, dtype=torch.float64)]
+    modules = [
+        torch.nn.GRU(4, 5, 2, bidirectional=True, batch_first=True, dtype=torch.float64),
+        torch.nn.GRUCell(4, 5, bias=False, dtype=torch.float64),
+        torch.nn.Linear(4, 5, dtype=torch.float64),
+        torch.nn.Embedding(9, 3, dtype=torch.float64),
+    ]
     for module in modules:
         ours = interop.from_torch(module, dtype="float64")
         back = interop.to_torch(ours)

@@ -51,7 +51,7 @@ def _loss(params, x):
     import jax.numpy as jnp
 
     out, h_n = gruxp.functional.gru(params, x, num_layers=2, bidirectional=True, batch_first=True, lengths=[5, 3])
-    return jnp.sum(jnp.tanh(out) * out) + jnp.sum(h_n ** 3)
+    return jnp.sum(jnp.tanh(out) * out) + jnp.sum(h_n**3)
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
@@ -69,15 +69,17 @@ def test_jax_grad_uses_the_analytic_backward_and_is_exact(monkeypatch, jit):
     # the same gradients from gruxp's own API: d_out and d_hn of this loss, then model.backward
     out, h_n, tape = model.forward(x, lengths=[5, 3])
     d_out = jnp.tanh(out) + out * (1 - jnp.tanh(out) ** 2)
-    want, want_dx, _ = model.backward(tape, d_out, 3 * h_n ** 2)
+    want, want_dx, _ = model.backward(tape, d_out, 3 * h_n**2)
     for k in want:
         assert_close(grads[k], want[k], rtol=1e-12, atol=1e-13, name=k)
     assert_close(dx, want_dx, rtol=1e-12, atol=1e-13, name="dx")
     # and finite differences of the loss itself, for two parameters and x
     host = {k: to_numpy(v) for k, v in model.params.items()}
     for name in ("weight_hh_l1_reverse", "bias_ih_l0"):
+
         def f(value, name=name):
             return float(_loss({**model.params, name: jnp.asarray(value)}, x))
+
         assert_close(grads[name], numerical_gradient(f, host[name]), rtol=1e-6, atol=1e-8, name=name)
 
 
@@ -85,9 +87,11 @@ def test_value_and_grad_through_a_sequential_call():
     jnp, _, _ = _grad_setup()
     from gruxp import losses
 
-    model = gruxp.Sequential(embed=gruxp.Embedding(7, 3, xp=jnp, dtype="float64", seed=0),
-                             gru=gruxp.GRU(3, 5, batch_first=True, xp=jnp, dtype="float64", seed=1),
-                             head=gruxp.Linear(5, 7, xp=jnp, dtype="float64", seed=2))
+    model = gruxp.Sequential(
+        embed=gruxp.Embedding(7, 3, xp=jnp, dtype="float64", seed=0),
+        gru=gruxp.GRU(3, 5, batch_first=True, xp=jnp, dtype="float64", seed=1),
+        head=gruxp.Linear(5, 7, xp=jnp, dtype="float64", seed=2),
+    )
     ids = jnp.asarray(np.random.default_rng(2).integers(0, 7, size=(2, 6)))
     targets = jnp.asarray(np.random.default_rng(3).integers(0, 7, size=(2, 6)))
 
@@ -120,13 +124,21 @@ def test_vmap_over_an_outer_axis_and_what_is_not_defined():
 def test_bad_input_is_refused_before_tracing():
     jnp, model, x = _grad_setup()
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=5\]"):
-        jax.jit(jax.grad(lambda p: jnp.sum(gruxp.functional.gru(p, x, num_layers=2, bidirectional=True,
-                                                                  batch_first=True, lengths=[6, 1])[0])))(model.params)
+        jax.jit(
+            jax.grad(
+                lambda p: jnp.sum(
+                    gruxp.functional.gru(p, x, num_layers=2, bidirectional=True, batch_first=True, lengths=[6, 1])[0]
+                )
+            )
+        )(model.params)
     with pytest.raises(ValueError, match="x must have shape"):
         jax.jit(lambda p: gruxp.functional.gru(p, x[..., :2], num_layers=2, bidirectional=True, batch_first=True))(model.params)
     with pytest.raises(TypeError, match="x has dtype float32 but the parameters are float64"):
-        jax.grad(lambda p: jnp.sum(gruxp.functional.gru(p, x.astype(jnp.float32), num_layers=2, bidirectional=True,
-                                                          batch_first=True)[0]))(model.params)
+        jax.grad(
+            lambda p: jnp.sum(
+                gruxp.functional.gru(p, x.astype(jnp.float32), num_layers=2, bidirectional=True, batch_first=True)[0]
+            )
+        )(model.params)
 
 
 # -- the training step as one compiled function ---------------------------------------------------------
@@ -141,9 +153,11 @@ def test_compiled_training_step_equals_the_numpy_step(opt):
     tokens = np.random.default_rng(0).integers(0, 7, size=800)
 
     def train(xp):
-        model = gruxp.Sequential(embed=gruxp.Embedding(7, 4, seed=0, xp=xp, dtype="float64"),
-                                 gru=gruxp.GRU(4, 6, 2, batch_first=True, seed=1, xp=xp, dtype="float64"),
-                                 head=gruxp.Linear(6, 7, seed=2, xp=xp, dtype="float64"))
+        model = gruxp.Sequential(
+            embed=gruxp.Embedding(7, 4, seed=0, xp=xp, dtype="float64"),
+            gru=gruxp.GRU(4, 6, 2, batch_first=True, seed=1, xp=xp, dtype="float64"),
+            head=gruxp.Linear(6, 7, seed=2, xp=xp, dtype="float64"),
+        )
         optimizer = optim.AdamW(lr=0.01) if opt == "AdamW" else optim.SGD(lr=0.1, momentum=0.9)
         trainer = gruxp.Trainer(model, losses.cross_entropy, optimizer, clip_norm=1.0, stateful=True, seed=3)
         records = trainer.fit(stream_windows(tokens, batch_size=4, window=10, xp=xp), 5)
@@ -166,11 +180,18 @@ def test_compiled_step_keeps_the_good_state_on_overflow_and_skips_dropout():
     from gruxp import losses, optim
 
     def model(p=0.0):
-        return gruxp.Sequential(gru=gruxp.GRU(2, 3, 2, dropout=p, batch_first=True, xp=jnp, seed=0),
-                                last=gruxp.LastStep(batch_first=True), head=gruxp.Linear(3, 1, xp=jnp, seed=1))
+        return gruxp.Sequential(
+            gru=gruxp.GRU(2, 3, 2, dropout=p, batch_first=True, xp=jnp, seed=0),
+            last=gruxp.LastStep(batch_first=True),
+            head=gruxp.Linear(3, 1, xp=jnp, seed=1),
+        )
 
-    data = lambda step, rng: (jnp.asarray(rng.standard_normal((4, 5, 2)), dtype=jnp.float32),  # noqa: E731
-                              jnp.asarray(rng.standard_normal((4, 1)), dtype=jnp.float32))
+    def data(step, rng):
+        return (
+            jnp.asarray(rng.standard_normal((4, 5, 2)), dtype=jnp.float32),
+            jnp.asarray(rng.standard_normal((4, 1)), dtype=jnp.float32),
+        )
+
     trainer = gruxp.Trainer(model(), losses.mse, optim.SGD(lr=1e300))  # float32 parameters overflow at once
     before = trainer.model.state_dict()
     with pytest.raises(gruxp.NonFiniteLossError, match="inf or NaN"):

@@ -25,11 +25,20 @@ def test_linear_finite_differences_and_torch(backend, bias):
     state = layer.state_dict()
 
     def loss(p, xv):
-        return float(np.sum(to_numpy(gruxp.functional._layers.linear({k: backend.asarray(v) for k, v in p.items()}, backend.asarray(xv), xp=backend.xp)) * dy))
+        return float(
+            np.sum(
+                to_numpy(
+                    gruxp.functional._layers.linear(
+                        {k: backend.asarray(v) for k, v in p.items()}, backend.asarray(xv), xp=backend.xp
+                    )
+                )
+                * dy
+            )
+        )
 
     assert_close(dx, numerical_gradient(lambda v: loss(state, v), x), name="dx", **FD)
     for k in state:
-        assert_close(grads[k], numerical_gradient(lambda v: loss({**state, k: v}, x), state[k]), name=k, **FD)
+        assert_close(grads[k], numerical_gradient(lambda v, k=k: loss({**state, k: v}, x), state[k]), name=k, **FD)
     torch = pytest.importorskip("torch")
     net = torch.nn.Linear(4, 3, bias=bias, dtype=torch.float64)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
@@ -133,13 +142,14 @@ def test_gru_dropout_gradients(backend):
     def loss(p, xv):
         rng = np.random.default_rng()
         rng.bit_generator.state = start
-        out, _ = gruxp.functional.gru({k: backend.asarray(v) for k, v in p.items()}, backend.asarray(xv),
-                                      num_layers=2, dropout=0.5, rng=rng)
+        out, _ = gruxp.functional.gru(
+            {k: backend.asarray(v) for k, v in p.items()}, backend.asarray(xv), num_layers=2, dropout=0.5, rng=rng
+        )
         return float(np.sum(to_numpy(out) * d_out))
 
     assert_close(dx, numerical_gradient(lambda v: loss(state, v), case_x), name="dx", **FD)
     for k in state:
-        assert_close(grads[k], numerical_gradient(lambda v: loss({**state, k: v}, case_x), state[k]), name=k, **FD)
+        assert_close(grads[k], numerical_gradient(lambda v, k=k: loss({**state, k: v}, case_x), state[k]), name=k, **FD)
 
 
 def test_last_step_picks_each_sequences_last_valid_output(backend):
@@ -183,6 +193,7 @@ def test_full_model_finite_differences(backend):
             probe.load_state_dict({**state, name: v})
             out, _ = probe(backend.int_array(ids))
             return float(losses.cross_entropy(out, backend.int_array(targets))[0])
+
         return value
 
     for name in state:

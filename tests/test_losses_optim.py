@@ -29,7 +29,9 @@ def test_cross_entropy(backend, reduction):
     if torch_or_none is not None:
         t = torch_or_none
         z = t.tensor(logits, requires_grad=True)
-        ref = t.nn.functional.cross_entropy(z.reshape(-1, 5), t.as_tensor(targets).reshape(-1), ignore_index=-100, reduction=reduction)
+        ref = t.nn.functional.cross_entropy(
+            z.reshape(-1, 5), t.as_tensor(targets).reshape(-1), ignore_index=-100, reduction=reduction
+        )
         ref.backward()
         assert_close(loss, ref.detach().numpy(), rtol=1e-13, atol=0, name="loss")
         assert_close(grad, z.grad.numpy(), rtol=1e-12, atol=1e-15, name="grad")

@@ -32,7 +32,9 @@ def test_to_moves_bit_exactly_and_keeps_the_width(backend, dtype):
     x = np.random.default_rng(0).standard_normal((6, 2, 4))
     a, _ = here(np.asarray(x, dtype=dtype))
     b, _ = there(backend.asarray(x, dtype))
-    np.testing.assert_allclose(to_numpy(b), a, rtol=1e-4 if dtype == "float32" else 1e-12, atol=1e-6 if dtype == "float32" else 1e-14)
+    np.testing.assert_allclose(
+        to_numpy(b), a, rtol=1e-4 if dtype == "float32" else 1e-12, atol=1e-6 if dtype == "float32" else 1e-14
+    )
     back = there.to(None, dtype="float64")
     assert back.dtype == backend.dtype("float64") and back.xp is backend.xp
 
@@ -67,7 +69,7 @@ def test_defaults_and_attributes():
     assert repr(model) == "GRU(3, 4, xp=numpy, device='cpu', dtype=float32)"
     assert "reset_after=False" in repr(gruxp.GRUCell(2, 2, reset_after=False))
     with pytest.raises(AttributeError):
-        model.nonexistent
+        _ = model.nonexistent
 
 
 def test_raw_module_and_compat_wrapper_are_the_same_namespace():
@@ -79,7 +81,23 @@ def test_raw_module_and_compat_wrapper_are_the_same_namespace():
 
 
 def test_import_does_not_pull_in_optional_array_libraries():
-    code = "import sys, gruxp; gruxp.GRU(2, 3)(__import__('numpy').ones((2, 1, 2), 'float32')); print(sorted(m for m in ('cupy', 'torch', 'jax', 'array_api_strict', 'dask', 'distributed', 'onnx', 'onnxruntime', 'keras', 'click', 'threadpoolctl') if m in sys.modules))"
+    optional = (
+        "cupy",
+        "torch",
+        "jax",
+        "array_api_strict",
+        "dask",
+        "distributed",
+        "onnx",
+        "onnxruntime",
+        "keras",
+        "click",
+        "threadpoolctl",
+    )
+    code = (
+        "import sys, gruxp; gruxp.GRU(2, 3)(__import__('numpy').ones((2, 1, 2), 'float32')); "
+        f"print(sorted(m for m in {optional!r} if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

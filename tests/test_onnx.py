@@ -20,11 +20,11 @@ def _session(path):
 GRID = list(itertools.product([False, True], [1, 2, 3], [True, False], [True, False], [False, True], [False, True]))
 
 
-@pytest.mark.parametrize("bidirectional, layers, reset_after, bias, batch_first, ragged", GRID,
-                         ids=lambda v: str(v))
+@pytest.mark.parametrize("bidirectional, layers, reset_after, bias, batch_first, ragged", GRID, ids=lambda v: str(v))
 def test_onnx_runtime_matches_gruxp(tmp_path, bidirectional, layers, reset_after, bias, batch_first, ragged):
-    gru = gruxp.GRU(3, 4, layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
-                    reset_after=reset_after, seed=layers)
+    gru = gruxp.GRU(
+        3, 4, layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after, seed=layers
+    )
     path = tmp_path / "gru.onnx"
     gruxp.onnx.export(gru, path, lengths=ragged, h0=True)
     sess = _session(path)
@@ -53,8 +53,10 @@ def test_checker_full_and_symbolic_dims(tmp_path):
 
 def test_whole_model_with_embedding_and_head(tmp_path):
     model = gruxp.Sequential(
-        embed=gruxp.Embedding(11, 5, seed=0), drop=gruxp.Dropout(0.3),
-        gru=gruxp.GRU(5, 6, 2, batch_first=True, seed=1), head=gruxp.Linear(6, 11, seed=2),
+        embed=gruxp.Embedding(11, 5, seed=0),
+        drop=gruxp.Dropout(0.3),
+        gru=gruxp.GRU(5, 6, 2, batch_first=True, seed=1),
+        head=gruxp.Linear(6, 11, seed=2),
     ).eval()
     gruxp.onnx.export(model, tmp_path / "lm.onnx", lengths=True)
     ids = np.random.default_rng(0).integers(0, 11, size=(3, 9))

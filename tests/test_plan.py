@@ -33,8 +33,11 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize("machine, shape, dtype, expected", TABLE,
-                         ids=[f"{m.cpus}cpu-{m.blas}-{'numba' if m.numba else 'nonumba'}-{s}-{d}" for m, s, d, _ in TABLE])
+@pytest.mark.parametrize(
+    "machine, shape, dtype, expected",
+    TABLE,
+    ids=[f"{m.cpus}cpu-{m.blas}-{'numba' if m.numba else 'nonumba'}-{s}-{d}" for m, s, d, _ in TABLE],
+)
 def test_the_plan_for_each_machine(machine, shape, dtype, expected):
     p = plan(Shape(*shape), dtype, machine)
     got = (p.fuser, p.compiled, len(p.pieces), p.panel, p.transposed, p.grad_blocks, p.workers)
@@ -55,7 +58,9 @@ def test_affinity_and_load_decide_only_how_many_threads(cpus):
 
 
 def test_pieces_grow_with_the_machine_and_keep_their_rows():
-    counts = [len(plan(Shape(100, 256, 256, 256), "float32", replace(SKYLAKEX, cpus=c, usable=c)).pieces) for c in (1, 2, 4, 8, 64)]
+    counts = [
+        len(plan(Shape(100, 256, 256, 256), "float32", replace(SKYLAKEX, cpus=c, usable=c)).pieces) for c in (1, 2, 4, 8, 64)
+    ]
     assert counts == [1, 2, 4, 8, 64]
     p = plan(Shape(100, 256, 256, 256), "float32", replace(SKYLAKEX, cpus=128, usable=128))
     assert min(b1 - b0 for b0, b1 in p.pieces) >= RULES.piece_min_rows
@@ -66,7 +71,7 @@ def test_cut_covers_every_row_once():
         for parts in range(1, n + 1):
             ranges = cut(n, parts)
             assert ranges[0][0] == 0 and ranges[-1][1] == n and len(ranges) == parts
-            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
             assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
 
 
@@ -78,7 +83,9 @@ def test_the_generic_code_where_the_loop_does_not_apply():
 
 def test_forced_choices_and_their_checks():
     shape = Shape(10, 12, 8, 16)
-    p = plan(shape, "float64", SKYLAKEX, fuser="numba", force={"pieces": 5, "chunk": 3, "panel": 16, "grad_blocks": 7, "workers": 4})
+    p = plan(
+        shape, "float64", SKYLAKEX, fuser="numba", force={"pieces": 5, "chunk": 3, "panel": 16, "grad_blocks": 7, "workers": 4}
+    )
     assert (len(p.pieces), p.chunk, p.panel, p.grad_blocks, p.workers) == (5, 3, 16, 7, 4)
     assert plan(shape, "float32", SKYLAKEX, fuser="numpy").fuser == "numpy"
     assert plan(shape, "float32", SKYLAKEX, fuser="numba", force={"blas": "numpy"}).compiled is False

@@ -13,17 +13,34 @@ SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[Healt
 @st.composite
 def configs(draw):
     return dict(
-        T=draw(st.integers(1, 5)), B=draw(st.integers(1, 4)), I=draw(st.integers(1, 4)), H=draw(st.integers(1, 4)),
-        num_layers=draw(st.integers(1, 3)), bidirectional=draw(st.booleans()), reset_after=draw(st.booleans()),
-        bias=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+        T=draw(st.integers(1, 5)),
+        B=draw(st.integers(1, 4)),
+        I=draw(st.integers(1, 4)),
+        H=draw(st.integers(1, 4)),
+        num_layers=draw(st.integers(1, 3)),
+        bidirectional=draw(st.booleans()),
+        reset_after=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
     )
 
 
 def _model(backend, c):
-    return gruxp.GRU(c["I"], c["H"], c["num_layers"], bias=c["bias"], bidirectional=c["bidirectional"],
-                     reset_after=c["reset_after"], xp=backend.xp, device=backend.device, dtype="float64", seed=c["seed"])
+    return gruxp.GRU(
+        c["I"],
+        c["H"],
+        c["num_layers"],
+        bias=c["bias"],
+        bidirectional=c["bidirectional"],
+        reset_after=c["reset_after"],
+        xp=backend.xp,
+        device=backend.device,
+        dtype="float64",
+        seed=c["seed"],
+    )
 
 
+@pytest.mark.slow_on("jax")  # hypothesis draws many shapes: each compiles anew on JAX
 @SETTINGS
 @given(c=configs())
 def test_batch_equals_each_sequence_alone(backend, c):
@@ -45,6 +62,7 @@ def test_batch_equals_each_sequence_alone(backend, c):
     assert np.all(np.abs(out) <= 1.0) and np.all(np.abs(h_n) <= 1.0)
 
 
+@pytest.mark.slow_on("jax")
 @SETTINGS
 @given(c=configs())
 def test_directional_derivative(backend, c):
@@ -66,9 +84,15 @@ def test_directional_derivative(backend, c):
 
     def loss(s):
         p = {k: backend.asarray(state[k] + s * v[k]) for k in state}
-        out, h_n = gruxp.functional.gru(p, backend.asarray(x + s * v["x"]), backend.asarray(h0 + s * v["h0"]),
-                                        lengths=lengths, num_layers=c["num_layers"],
-                                        bidirectional=c["bidirectional"], reset_after=c["reset_after"])
+        out, h_n = gruxp.functional.gru(
+            p,
+            backend.asarray(x + s * v["x"]),
+            backend.asarray(h0 + s * v["h0"]),
+            lengths=lengths,
+            num_layers=c["num_layers"],
+            bidirectional=c["bidirectional"],
+            reset_after=c["reset_after"],
+        )
         return np.sum(to_numpy(out) * d_out) + np.sum(to_numpy(h_n) * d_hn)
 
     eps = 1e-6

@@ -1,4 +1,4 @@
-"""Every Python block of README.md runs as pasted, in a fresh interpreter, and prints what it says.
+"""Every Python block of README.md and of the docs runs as pasted, in a fresh interpreter, and prints what it says.
 
 A ```python block followed (after blank lines only) by a ```text block must print that text: words
 exactly, numbers within 2% (float32 training on another CPU's BLAS kernel may move a last digit).
@@ -16,21 +16,22 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-def blocks() -> list[tuple[int, str, str | None]]:
-    """(line, code, expected output or None) for each ```python block."""
-    text = README.read_text()
+def blocks(page: Path) -> list[tuple[int, str, str | None]]:
+    """(line, code, expected output or None) for each ```python block of ``page``."""
+    text = page.read_text()
     found, matches = [], list(FENCE.finditer(text))
     for i, m in enumerate(matches):
         if m.group(1) != "python":
             continue
         expected = None
         nxt = matches[i + 1] if i + 1 < len(matches) else None
-        if nxt is not None and nxt.group(1) == "text" and not text[m.end():nxt.start()].strip():
+        if nxt is not None and nxt.group(1) == "text" and not text[m.end() : nxt.start()].strip():
             expected = nxt.group(2)
         found.append((text.count("\n", 0, m.start()) + 1, m.group(2), expected))
     return found
@@ -60,19 +61,25 @@ def _same(got: str, want: str) -> bool:
     return True
 
 
-def test_the_readme_has_runnable_blocks():
-    found = blocks()
+def test_the_readme_and_docs_have_runnable_blocks():
+    found = blocks(ROOT / "README.md")
     assert len(found) >= 5 and sum(expected is not None for _, _, expected in found) >= 5
+    assert sum(len(blocks(page)) for page in PAGES[1:]) >= 8
 
 
-@pytest.mark.parametrize("line, code, expected", blocks(), ids=lambda v: f"line{v}" if isinstance(v, int) else "")
-def test_readme_block_runs_as_pasted(tmp_path, line, code, expected):
+def _all_blocks():
+    return [pytest.param(line, code, expected, id=f"{page.relative_to(ROOT)}:{line}")
+            for page in PAGES for line, code, expected in blocks(page)]
+
+
+@pytest.mark.parametrize("line, code, expected", _all_blocks())
+def test_block_runs_as_pasted(tmp_path, line, code, expected):
     reason = _missing(code)
     if reason:
-        pytest.skip(f"README block at line {line} {reason}")
+        pytest.skip(f"block at line {line} {reason}")
     script = tmp_path / "block.py"
     script.write_text(code)
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"README block at line {line} failed:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"block at line {line} failed:\n{proc.stderr[-3000:]}"
     if expected is not None:
-        assert _same(proc.stdout, expected), f"README block at line {line} printed:\n{proc.stdout}\nthe README says:\n{expected}"
+        assert _same(proc.stdout, expected), f"block at line {line} printed:\n{proc.stdout}\nthe page says:\n{expected}"

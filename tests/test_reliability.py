@@ -15,8 +15,11 @@ from gruxp.training import NonFiniteLossError, stream_windows
 
 
 def _regressor(dtype="float32"):
-    return gruxp.Sequential(gru=gruxp.GRU(2, 4, batch_first=True, seed=0, dtype=dtype),
-                            last=gruxp.LastStep(batch_first=True), head=gruxp.Linear(4, 1, seed=1, dtype=dtype))
+    return gruxp.Sequential(
+        gru=gruxp.GRU(2, 4, batch_first=True, seed=0, dtype=dtype),
+        last=gruxp.LastStep(batch_first=True),
+        head=gruxp.Linear(4, 1, seed=1, dtype=dtype),
+    )
 
 
 def _batch(step, rng, dtype=np.float32):
@@ -53,8 +56,7 @@ def test_save_refuses_non_finite_values(tmp_path):
     model = _regressor()
     path = checkpoint.save(tmp_path / "m.npz", model)
     saved = path.read_bytes()
-    model.layers["head"].params = {**model.layers["head"].params,
-                                   "bias": np.array([np.nan], np.float32)}
+    model.layers["head"].params = {**model.layers["head"].params, "bias": np.array([np.nan], np.float32)}
     with pytest.raises(gruxp.CheckpointError, match=r"non-finite values .*param/head.bias"):
         checkpoint.save(path, model)
     assert path.read_bytes() == saved and [p.name for p in tmp_path.iterdir()] == ["m.npz"]
@@ -179,15 +181,34 @@ def saved(tmp_path):
 
 
 def _npy(shape_text: str) -> bytes:
-    header = ("{'descr': '<f8', 'fortran_order': False, 'shape': %s, }" % shape_text).ljust(118) + "\n"
+    header = f"{{'descr': '<f8', 'fortran_order': False, 'shape': {shape_text}, }}".ljust(118) + "\n"
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\x00" * 16
 
 
-@pytest.mark.parametrize("damage", [
-    "metadata a list", "metadata a string", "metadata null", "metadata NaN", "NaN inside", "no model", "no dtype",
-    "no rng", "members an int", "deep nesting", "step negative", "bad dtype", "model config a number",
-    "optimizer slots bad", "unknown bit generator", "compressed", "declared shape 1e13", "object dtype", "pickle",
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "metadata a list",
+        "metadata a string",
+        "metadata null",
+        "metadata NaN",
+        "NaN inside",
+        "no model",
+        "no dtype",
+        "no rng",
+        "members an int",
+        "deep nesting",
+        "step negative",
+        "bad dtype",
+        "model config a number",
+        "optimizer slots bad",
+        "unknown bit generator",
+        "compressed",
+        "declared shape 1e13",
+        "object dtype",
+        "pickle",
+    ],
+)
 def test_damaged_metadata_and_members_raise_checkpoint_error(saved, tmp_path, damage):
     path, meta = saved
     dst = tmp_path / "bad.npz"
@@ -209,8 +230,9 @@ def test_damaged_metadata_and_members_raise_checkpoint_error(saved, tmp_path, da
         "unknown bit generator": dict(meta={**meta, "rng": {**meta["rng"], "data": {"bit_generator": "os.system"}}}),
         "compressed": dict(compress=zipfile.ZIP_DEFLATED),
         "declared shape 1e13": dict(drop=("param/head.bias.npy",), extra={"param/head.bias.npy": _npy("(10000000000000,)")}),
-        "object dtype": dict(drop=("param/head.bias.npy",),
-                             extra={"param/head.bias.npy": _npy("(1,)").replace(b"'<f8'", b"'|O' ")}),
+        "object dtype": dict(
+            drop=("param/head.bias.npy",), extra={"param/head.bias.npy": _npy("(1,)").replace(b"'<f8'", b"'|O' ")}
+        ),
         "pickle": dict(drop=("param/head.bias.npy",), extra={"param/head.bias.npy": b"\x80\x04K\x01."}),
     }[damage]
     _rewrite(path, dst, **edits)
@@ -247,15 +269,79 @@ def test_trainer_resume_on_a_plain_checkpoint_says_why(tmp_path):
 
 # -- 9. files: stale temporaries, symbolic links, no umask games -------------------------------------
 def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
+    """A temporary is removed only when provably stale: its writer's lock is gone (a killed
+    writer's never holds one); a live writer's locked temporary is left alone."""
+    fcntl = pytest.importorskip("fcntl")
     model = _regressor()
-    dead = tmp_path / f".m.npz.{2**22 + 12345}.deadbeef.tmp"  # a pid above pid_max: no such process
+    dead = tmp_path / f".m.npz.{os.getpid()}.deadbeef.tmp"  # this very process's PID: no PID guessing
     old_style = tmp_path / ".m.npz.k3j4h5.tmp"  # written by an earlier gruxp (mkstemp, no pid)
-    live = tmp_path / f".m.npz.{os.getppid()}.cafe.tmp"  # a running writer's: left alone
+    live = tmp_path / f".m.npz.{2**22 + 12345}.cafe.tmp"  # a PID no process has: still a live writer, it holds the lock
     other = tmp_path / ".other.npz.1.x.tmp"  # another checkpoint's: left alone
     for f in (dead, old_style, live, other):
         f.write_bytes(b"half")
-    checkpoint.save(tmp_path / "m.npz", model)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name, other.name])
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        checkpoint.save(tmp_path / "m.npz", model)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name, other.name])
+    checkpoint.save(tmp_path / "m.npz", model)  # its writer gone now: stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", other.name])
+
+
+def _saves(path, count, offset):
+    model = _regressor()
+    for i in range(count):
+        model.layers["head"].params = {k: np.full_like(v, offset + i) for k, v in model.layers["head"].params.items()}
+        checkpoint.save(path, model, step=offset + i)
+
+
+def test_concurrent_saves_to_one_path_all_succeed(tmp_path):
+    """Two threads × 30 saves to one path: every save succeeds, the file is always one complete
+    checkpoint (a reader in a third thread loads it throughout), and no temporary is left."""
+    import threading
+
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, _regressor())
+    errors, loads, stop = [], [], threading.Event()
+
+    def write(offset):
+        try:
+            _saves(path, 30, offset)
+        except Exception as exc:  # noqa: BLE001  (collected, asserted empty below)
+            errors.append(exc)
+
+    def read():
+        while not stop.is_set():
+            ckpt = checkpoint.load(path)
+            loads.append(float(ckpt.params["head.bias"][0]) == ckpt.meta["step"] or ckpt.meta["step"] == 0)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(k * 1000,)) for k in range(2)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    reader.join()
+    assert errors == [] and loads and all(loads)
+    assert checkpoint.load(path).meta["step"] in (29, 1029)  # the last complete write won
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+def test_concurrent_saves_from_separate_processes_all_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.npz"
+    code = (
+        "import sys; sys.path.insert(0, {tests!r}); import numpy as np; from test_reliability import _saves; "
+        "_saves({path!r}, 20, int(sys.argv[1]))"
+    ).format(tests=str(Path(__file__).parent), path=str(path))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(k * 1000)], stderr=subprocess.PIPE, text=True) for k in range(2)]
+    results = [(p.communicate(timeout=300)[1], p.returncode) for p in procs]
+    assert all(rc == 0 for _, rc in results), results
+    assert checkpoint.load(path).meta["step"] in (19, 1019)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
 
 
 def test_saving_through_a_symbolic_link_keeps_the_link(tmp_path):
@@ -285,8 +371,11 @@ def _current_umask() -> int:
     import subprocess
     import sys
 
-    return int(subprocess.run([sys.executable, "-c", "import os; m = os.umask(0); print(m)"], capture_output=True,
-                              text=True, check=True).stdout)
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; m = os.umask(0); print(m)"], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 # -- 11. smaller ones ------------------------------------------------------------------------------------
@@ -322,7 +411,7 @@ def test_small_api_errors():
     with pytest.raises(ValueError, match="window must be an int >= 1; got 0"):
         stream_windows(np.arange(100), batch_size=2, window=0)
     with pytest.raises(ValueError, match="no layer with parameters"):
-        gruxp.Sequential(d=gruxp.Dropout()).xp
+        _ = gruxp.Sequential(d=gruxp.Dropout()).xp
     with pytest.raises(ValueError, match="checkpoint_every must be an int >= 0; got -1"):
         gruxp.Trainer(_regressor(), losses.mse, optim.SGD(), checkpoint_every=-1)
     trainer = gruxp.Trainer(_regressor(), losses.mse, optim.SGD())

@@ -5,11 +5,10 @@
 
 import numpy as np
 import pytest
+from _cases import Case, host_case_inputs
 
 import gruxp
 from gruxp.testing import assert_close
-
-from _cases import Case, host_case_inputs
 
 torch = pytest.importorskip("torch")
 
@@ -26,8 +25,15 @@ PARITY = dict(rtol=1e-9, atol=1e-10)
 
 def _torch_run(case, state, host):
     D = 2 if case.bidirectional else 1
-    net = torch.nn.GRU(case.I, case.H, case.num_layers, bias=case.bias, batch_first=case.batch_first,
-                       bidirectional=case.bidirectional, dtype=torch.float64)
+    net = torch.nn.GRU(
+        case.I,
+        case.H,
+        case.num_layers,
+        bias=case.bias,
+        batch_first=case.batch_first,
+        bidirectional=case.bidirectional,
+        dtype=torch.float64,
+    )
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     x = torch.tensor(case.layout(host["x"], seq=True), requires_grad=True)
     h0 = torch.tensor(case.layout(host["h0"], seq=False), requires_grad=True)

@@ -7,8 +7,8 @@ import pytest
 
 import gruxp
 from gruxp import checkpoint, losses, optim
-from gruxp.training import stream_windows
 from gruxp.testing import assert_close, to_numpy
+from gruxp.training import stream_windows
 
 
 def _lm(backend=None, *, dropout=0.1, dtype="float64"):
@@ -25,8 +25,16 @@ TOKENS = np.random.default_rng(0).integers(0, 7, size=600)
 
 
 def _trainer(model, tmp_path=None, **kw):
-    return gruxp.Trainer(model, losses.cross_entropy, optim.Adam(lr=0.01), clip_norm=1.0, stateful=True,
-                         checkpoint=None if tmp_path is None else tmp_path / "ck.npz", seed=3, **kw)
+    return gruxp.Trainer(
+        model,
+        losses.cross_entropy,
+        optim.Adam(lr=0.01),
+        clip_norm=1.0,
+        stateful=True,
+        checkpoint=None if tmp_path is None else tmp_path / "ck.npz",
+        seed=3,
+        **kw,
+    )
 
 
 def test_training_reduces_the_loss_on_every_backend(backend):
@@ -67,7 +75,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     before = model.state_dict()
     bad = {k: (v * np.nan if k == "head.bias" else v) for k, v in before.items()}
     model.load_state_dict(bad)
-    with pytest.raises(gruxp.NonFiniteLossError, match=r"loss is nan at step 3: training stopped before the update; the last checkpoint .* was kept"):
+    with pytest.raises(
+        gruxp.NonFiniteLossError,
+        match=r"loss is nan at step 3: training stopped before the update; the last checkpoint .* was kept",
+    ):
         trainer.fit(batches, 4)
     assert trainer.step == 2
     assert (tmp_path / "ck.npz").read_bytes() == saved

@@ -4,16 +4,26 @@ The same forward and analytic backward-through-time run on NumPy, CuPy, PyTorch,
 array-api-strict. ``import gruxp`` imports none of the optional array libraries.
 """
 
-from . import _native  # registers the backends' routes with the core  # noqa: F401
-from . import checkpoint, distributed, functional, interop, losses, onnx, optim, training
+from . import (
+    _native,  # registers the backends' routes with the core  # noqa: F401
+    checkpoint,
+    distributed,
+    functional,
+    interop,
+    losses,
+    onnx,
+    optim,
+    training,
+)
 from ._config import config_context, get_config, set_config
+from ._typing import Array
 from .checkpoint import CheckpointError
 from .functional import CellTape, GRUConfig, GRUTape
 from .layers import Dropout, Embedding, LastStep, Linear, Sequential
 from .models import GRU, GRUCell
 from .training import Batch, NonFiniteLossError, Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "GRU",
@@ -38,6 +48,7 @@ __all__ = [
     "interop",
     "onnx",
     "distributed",
+    "Array",
     "config_context",
     "get_config",
     "set_config",

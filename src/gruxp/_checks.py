@@ -57,7 +57,9 @@ def check_shape(name: str, a: Any, expected: tuple[int, ...], meaning: str) -> N
         raise ValueError(f"{name} must have shape {tuple(expected)} {meaning}; got {tuple(a.shape)}")
 
 
-def check_params(params: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *, what: str = "params") -> tuple[ModuleType, Any, Any]:
+def check_params(
+    params: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *, what: str = "params"
+) -> tuple[ModuleType, Any, Any]:
     """Exact keys and shapes, one namespace, one device, one float dtype. Returns (xp, device, dtype)."""
     if not isinstance(params, Mapping):
         raise TypeError(f"{what} must be a mapping of parameter names to arrays; got {type(params).__name__}")
@@ -108,5 +110,7 @@ def check_lengths(lengths: Any, *, batch: int, steps: int) -> np.ndarray:
         raise ValueError(f"lengths must have shape ({batch},) (one length per sequence, B={batch}); got {host.shape}")
     bad = (host < 1) | (host > steps)
     if bad.any():
-        raise ValueError(f"lengths must lie in [1, T={steps}]; got {host[bad].tolist()} at positions {np.flatnonzero(bad).tolist()}")
+        raise ValueError(
+            f"lengths must lie in [1, T={steps}]; got {host[bad].tolist()} at positions {np.flatnonzero(bad).tolist()}"
+        )
     return host

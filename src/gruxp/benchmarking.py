@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["per_call", "settle", "flops_forward", "blas_info", "blas_threads"]
 
@@ -51,10 +52,17 @@ def blas_info() -> list[dict]:
     except ImportError:
         import numpy as np
 
-        config = np.show_config(mode="dicts") if hasattr(np, "show_config") else {}
+        config: Any = np.show_config(mode="dicts") if hasattr(np, "show_config") else {}
         blas = config.get("Build Dependencies", {}).get("blas", {}) if isinstance(config, dict) else {}
-        return [{"internal_api": blas.get("name"), "version": blas.get("version"), "architecture": None,
-                 "num_threads": None, "note": "install threadpoolctl for the kernel and thread count"}]
+        return [
+            {
+                "internal_api": blas.get("name"),
+                "version": blas.get("version"),
+                "architecture": None,
+                "num_threads": None,
+                "note": "install threadpoolctl for the kernel and thread count",
+            }
+        ]
     keep = ("internal_api", "version", "architecture", "num_threads", "filepath")
     return [{k: info.get(k) for k in keep} for info in threadpool_info()]
 

@@ -18,7 +18,6 @@ raises :class:`CheckpointError` naming the problem.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -32,8 +31,23 @@ import numpy as np
 
 from ._namespace import dtype_name, from_numpy, to_numpy
 
-__all__ = ["CheckpointError", "Checkpoint", "save", "load", "model_config", "build_model", "restore_model",
-           "rng_states", "set_rng_states", "generator_from_state"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "CheckpointError",
+    "Checkpoint",
+    "save",
+    "load",
+    "model_config",
+    "build_model",
+    "restore_model",
+    "rng_states",
+    "set_rng_states",
+    "generator_from_state",
+]
 
 FORMAT, VERSION = "gruxp-checkpoint", 1
 
@@ -104,8 +118,10 @@ def _json_safe(value: Any) -> Any:
 def _check_finite(arrays: Mapping[str, np.ndarray]) -> None:
     bad = [name for name, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
     if bad:
-        raise CheckpointError(f"refusing to save non-finite values (inf or NaN) in {bad}: a checkpoint never "
-                              f"replaces a good one with a diverged one")
+        raise CheckpointError(
+            f"refusing to save non-finite values (inf or NaN) in {bad}: a checkpoint never "
+            f"replaces a good one with a diverged one"
+        )
 
 
 def _target(path: Path) -> Path:
@@ -113,36 +129,65 @@ def _target(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
-def _pid_alive(pid: int) -> bool:
+def _lock(fd: int, *, wait: bool) -> bool:
+    """Take an exclusive advisory lock (flock) on ``fd``; False if another open file holds one.
+    True without locking where the platform has no flock (nothing is then ever judged stale)."""
+    if fcntl is None:
+        return True
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
         return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0
     return True
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Delete ``.<name>.<pid>.<token>.tmp`` files of this checkpoint left by a writer that died.
+    """Delete temporaries of this checkpoint (``.<name>.<...>.tmp``) whose writer is gone.
 
-    A temporary whose writer still runs (another live process) is left alone; so is anything
-    not named like ours.
+    Every writer holds an advisory lock (flock) on its temporary from creating it until it is
+    renamed into place; the lock dies with the writer, however it dies. So a temporary that can
+    be locked here is provably stale; one that cannot is being written (by another thread, another
+    process, another PID namespace on the same file system) and is left alone. Where the platform
+    has no flock, nothing is removed.
     """
+    if fcntl is None:
+        return
     prefix = f".{path.name}."
     try:
         entries = list(path.parent.iterdir())
     except OSError:
         return
     for entry in entries:
-        name = entry.name
-        if not (name.startswith(prefix) and name.endswith(".tmp")):
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
             continue
-        pid = name[len(prefix):-len(".tmp")].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            entry.unlink()
+        try:
+            fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue  # renamed or removed meanwhile, or not a plain file
+        try:
+            if _lock(fd, wait=False) and os.path.samestat(os.fstat(fd), os.stat(entry, follow_symlinks=False)):
+                entry.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _create_locked_temporary(target: Path) -> tuple[Path, int]:
+    """A new temporary beside ``target``, created exclusively and locked (see
+    :func:`_remove_stale_temporaries`); made again if a cleaner removed it before the lock was taken."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        # O_EXCL: never follow or reuse a planted file; mode 0o666 lets the process umask decide, as
+        # for any ordinary file (no fchmod, and no process-wide umask change that other threads would see).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        _lock(fd, wait=True)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(tmp, follow_symlinks=False)):
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def save(
@@ -160,7 +205,8 @@ def save(
 
     Non-finite parameters, optimizer state or carried state are refused (:class:`CheckpointError`)
     before anything is written. A symbolic link is written through to its target. Temporaries
-    left by an earlier writer that was killed mid-save are removed.
+    left by an earlier writer that was killed mid-save are removed (never a live writer's: saves
+    to one path from several threads or processes all succeed, and the last one wins).
     """
     path = Path(path)
     arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
@@ -172,8 +218,12 @@ def save(
                 arrays.update({f"optim/{slot}/{k}": to_numpy(v) for k, v in value.items()})
             else:
                 scalars[slot] = value
-        optim_meta = {"type": type(optimizer).__name__, "config": optimizer.config(), "scalars": scalars,
-                      "slots": sorted(k for k, v in (opt_state or {}).items() if isinstance(v, Mapping))}
+        optim_meta = {
+            "type": type(optimizer).__name__,
+            "config": optimizer.config(),
+            "scalars": scalars,
+            "slots": sorted(k for k, v in (opt_state or {}).items() if isinstance(v, Mapping)),
+        }
     arrays.update({f"carry/{k}": to_numpy(v) for k, v in (carry or {}).items()})
     _check_finite(arrays)
     meta = {
@@ -191,16 +241,13 @@ def save(
     target = _target(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL: never follow or reuse a planted file; mode 0o666 lets the process umask decide, as
-    # for any ordinary file (no fchmod, and no process-wide umask change that other threads would see).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    tmp, fd = _create_locked_temporary(target)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # closing it, after the rename, releases the lock
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+            os.replace(tmp, target)  # concurrent saves: each rename is atomic, the last one wins
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -239,14 +286,15 @@ def _validate_meta(meta: Any, path: Path) -> dict:
 
     def need(ok: bool, field: str, expected: str) -> None:
         if not ok:
-            value = meta
+            value: Any = meta
             for part in field.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
             shown = repr(value)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise _fail(path, f"has a bad metadata field {field!r}: expected {expected}, found {shown}")
 
-    model, opt = meta.get("model"), meta.get("optimizer")
+    model: Any = meta.get("model")
+    opt: Any = meta.get("optimizer")
     need(isinstance(model, dict), "model", "an object")
     need(isinstance(model.get("type"), str), "model.type", "a string")
     need(isinstance(model.get("config"), (dict, list)), "model.config", "an object or a list")
@@ -256,18 +304,32 @@ def _validate_meta(meta: Any, path: Path) -> dict:
         need(isinstance(opt.get("type"), str), "optimizer.type", "a string")
         need(isinstance(opt.get("config"), dict), "optimizer.config", "an object")
         need(isinstance(opt.get("scalars"), dict), "optimizer.scalars", "an object")
-        need(isinstance(opt.get("slots"), list) and all(isinstance(s, str) for s in opt["slots"]),
-             "optimizer.slots", "a list of strings")
+        need(
+            isinstance(opt.get("slots"), list) and all(isinstance(s, str) for s in opt["slots"]),
+            "optimizer.slots",
+            "a list of strings",
+        )
     need(_is_int(meta.get("step")) and meta["step"] >= 0, "step", "an int >= 0")
-    rng = meta.get("rng")
+    rng: Any = meta.get("rng")
     need(isinstance(rng, dict) and all(isinstance(v, dict) for v in rng.values()), "rng", "an object of objects")
-    need(isinstance(rng.get("model", {}), dict) and all(isinstance(v, dict) for v in rng.get("model", {}).values()),
-         "rng.model", "an object of RNG states")
+    need(
+        isinstance(rng.get("model", {}), dict) and all(isinstance(v, dict) for v in rng.get("model", {}).values()),
+        "rng.model",
+        "an object of RNG states",
+    )
     need(isinstance(meta.get("extra"), dict), "extra", "an object")
     members = meta.get("members")
-    need(isinstance(members, list) and all(isinstance(m, str) and m.startswith(("param/", "optim/", "carry/"))
-                                           and (not m.startswith("optim/") or m.count("/") >= 2) for m in members),
-         "members", "a list of 'param/...', 'optim/<slot>/...' and 'carry/...' names")
+    need(
+        isinstance(members, list)
+        and all(
+            isinstance(m, str)
+            and m.startswith(("param/", "optim/", "carry/"))
+            and (not m.startswith("optim/") or m.count("/") >= 2)
+            for m in members
+        ),
+        "members",
+        "a list of 'param/...', 'optim/<slot>/...' and 'carry/...' names",
+    )
     return meta
 
 
@@ -285,8 +347,11 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.n
             raise _fail(path, f"member {info.filename!r} has dtype {dtype}; checkpoints hold numbers only")
         count = math.prod(shape)
         if count * dtype.itemsize > info.file_size:
-            raise _fail(path, f"member {info.filename!r} declares shape {shape} ({count * dtype.itemsize:,} bytes) "
-                              f"but stores {info.file_size:,} bytes")
+            raise _fail(
+                path,
+                f"member {info.filename!r} declares shape {shape} ({count * dtype.itemsize:,} bytes) "
+                f"but stores {info.file_size:,} bytes",
+            )
         data = f.read(count * dtype.itemsize)
         if len(data) != count * dtype.itemsize:
             raise _fail(path, f"member {info.filename!r} is truncated")
@@ -311,8 +376,9 @@ def load(path: str | os.PathLike) -> Checkpoint:
             infos = {info.filename: info for info in zf.infolist()}
             for info in infos.values():
                 if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
-                    raise _fail(path, f"member {info.filename!r} is compressed or larger than the file "
-                                      "(gruxp writes stored members only)")
+                    raise _fail(
+                        path, f"member {info.filename!r} is compressed or larger than the file (gruxp writes stored members only)"
+                    )
             if "__meta__.npy" not in infos:
                 raise _fail(path, "is not a gruxp checkpoint (no __meta__ member)")
             raw = _read_member(zf, infos["__meta__.npy"], path)
@@ -325,8 +391,20 @@ def load(path: str | os.PathLike) -> Checkpoint:
             arrays = {m: _read_member(zf, infos[m + ".npy"], path) for m in meta["members"]}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, TypeError,
-            AttributeError, UnicodeDecodeError, NotImplementedError, RecursionError, MemoryError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        UnicodeDecodeError,
+        NotImplementedError,
+        RecursionError,
+        MemoryError,
+    ) as exc:
         raise _fail(path, f"is truncated or corrupted ({type(exc).__name__}: {exc})") from exc
     params = {m.split("/", 1)[1]: a for m, a in arrays.items() if m.startswith("param/")}
     carry = {m.split("/", 1)[1]: a for m, a in arrays.items() if m.startswith("carry/")}
@@ -375,7 +453,9 @@ def restore_model(ckpt: Checkpoint, model: Any) -> None:
     """Load the checkpoint's parameters and RNG states into ``model``, whose structure must match."""
     want, got = ckpt.meta["model"], model_config(model)
     if _json_safe(got) != want:
-        raise CheckpointError(f"checkpoint is for a different model: saved {json.dumps(want)}, this model is {json.dumps(_json_safe(got))}")
+        raise CheckpointError(
+            f"checkpoint is for a different model: saved {json.dumps(want)}, this model is {json.dumps(_json_safe(got))}"
+        )
     try:
         model.load_state_dict(ckpt.params)
     except (TypeError, ValueError) as exc:
@@ -395,7 +475,9 @@ def restore_optimizer_state(ckpt: Checkpoint, model: Any) -> dict[str, Any]:
         arrays = ckpt.optim.get(slot, {})
         for k, a in arrays.items():
             if shapes.get(k) != a.shape:
-                raise CheckpointError(f"checkpoint's optimizer state {slot}/{k} has shape {a.shape}; "
-                                      f"the model's parameter is {shapes.get(k, 'absent')}")
+                raise CheckpointError(
+                    f"checkpoint's optimizer state {slot}/{k} has shape {a.shape}; "
+                    f"the model's parameter is {shapes.get(k, 'absent')}"
+                )
         state[slot] = {k: place(v) for k, v in arrays.items()}
     return state

@@ -40,6 +40,7 @@ import numpy as np
 
 from ._checks import check_array, check_positive_int
 from ._namespace import device_of, dtype_name, namespace_of, to_numpy
+from ._typing import Array
 from .layers import Sequential
 from .losses import cross_entropy
 from .models import GRU
@@ -57,7 +58,7 @@ def _blas_limit(threads: int | None):
 
 
 # -- batch inference --------------------------------------------------------------------------
-def _forward_block(block: Any, lengths: Any, *, state: dict, config: dict, blas_threads: int | None) -> tuple[Any, Any]:
+def _forward_block(block: Array, lengths: Any, *, state: dict, config: dict, blas_threads: int | None) -> tuple[Any, Any]:
     xp = namespace_of(block, what="x block")
     with _blas_limit(blas_threads):
         model = GRU(**config, xp=xp, device=device_of(block), dtype=block.dtype)
@@ -67,7 +68,7 @@ def _forward_block(block: Any, lengths: Any, *, state: dict, config: dict, blas_
         return model(block, lengths=host_lengths)
 
 
-def predict(model: GRU, x: Any, *, lengths: Any = None, blas_threads: int | None = 1) -> tuple[Any, Any]:
+def predict(model: GRU, x: Array, *, lengths: Any = None, blas_threads: int | None = 1) -> tuple[Any, Any]:
     """``(out, h_n)`` as dask arrays for a dask array ``x`` in the model's layout.
 
     ``x`` is (B, T, I) for a batch_first model, (T, B, I) otherwise; it is rechunked so that only
@@ -137,8 +138,17 @@ def _count(loss: Callable, target: np.ndarray) -> int:
     return int(np.asarray(target).size)
 
 
-def _shard_grad(params: dict, shard: tuple, *, config_json: str, dtype: str, loss: Callable, total: int,
-                blas_threads: int | None, seed: tuple[int, ...]) -> tuple[float, dict]:
+def _shard_grad(
+    params: dict,
+    shard: tuple,
+    *,
+    config_json: str,
+    dtype: str,
+    loss: Callable,
+    total: int,
+    blas_threads: int | None,
+    seed: tuple[int, ...],
+) -> tuple[float, dict]:
     """(loss contribution, gradient contribution) of one shard to the full-batch mean.
 
     Every layer's host RNG (dropout masks) is seeded from (seed, step, shard, layer): a run is
@@ -205,9 +215,19 @@ class DataParallel:
     for _ in range(100): dp.step()`` where ``load(i, n)`` returns shard i of n as ``(x, target)``.
     """
 
-    def __init__(self, client: Any, model: Sequential, loss: Callable, optimizer: Any, *,
-                 clip_norm: float | None = None, blas_threads: int | None = 1, seed: int = 0,
-                 timeout: float = 300.0, retries: int = 3) -> None:
+    def __init__(
+        self,
+        client: Any,
+        model: Sequential,
+        loss: Callable,
+        optimizer: Any,
+        *,
+        clip_norm: float | None = None,
+        blas_threads: int | None = 1,
+        seed: int = 0,
+        timeout: float = 300.0,
+        retries: int = 3,
+    ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
@@ -230,8 +250,7 @@ class DataParallel:
         return workers
 
     def _load(self, i: int, n: int, workers: list[str]) -> Any:
-        return self.client.submit(self._loader, i, n, workers=[workers[i % len(workers)]], allow_other_workers=True,
-                                  pure=False)
+        return self.client.submit(self._loader, i, n, workers=[workers[i % len(workers)]], allow_other_workers=True, pure=False)
 
     def load_shards(self, loader: Callable[[int, int], tuple], n: int | None = None) -> None:
         """Run ``loader(i, n)`` on the workers (shard i preferably on worker i mod W) and keep the results there.
@@ -252,27 +271,42 @@ class DataParallel:
     def _reload_lost_shards(self) -> None:
         workers = self._workers()
         n = len(self.shards)
-        self.shards = [shard if shard.status in ("pending", "finished") else self._load(i, n, workers)
-                       for i, shard in enumerate(self.shards)]
+        self.shards = [
+            shard if shard.status in ("pending", "finished") else self._load(i, n, workers) for i, shard in enumerate(self.shards)
+        ]
 
     def _attempt(self) -> tuple[float, dict[str, np.ndarray]]:
         # One future for the whole dict (scattering a dict would scatter each entry under its name),
         # to one worker: the others fetch it. A broadcast would replicate it to every worker the
         # scheduler lists, and the scheduler retries a dead one for minutes; callback_timeout bounds
         # the call itself (Client.scatter's own timeout only bounds the wait for workers).
-        [params] = self.client.sync(self.client._scatter, [self.model.state_dict()], hash=False,
-                                    timeout=self.timeout, callback_timeout=self.timeout)
+        [params] = self.client.sync(
+            self.client._scatter, [self.model.state_dict()], hash=False, timeout=self.timeout, callback_timeout=self.timeout
+        )
         workers = self._workers()
         dtype = dtype_name(self.model.dtype)
         parts = [
-            self.client.submit(_shard_grad, params, shard, config_json=self._config_json, dtype=dtype, loss=self.loss,
-                               total=self.total, blas_threads=self.blas_threads, seed=(self.seed, self.step_count, i),
-                               workers=[workers[i % len(workers)]], allow_other_workers=True, pure=False)
+            self.client.submit(
+                _shard_grad,
+                params,
+                shard,
+                config_json=self._config_json,
+                dtype=dtype,
+                loss=self.loss,
+                total=self.total,
+                blas_threads=self.blas_threads,
+                seed=(self.seed, self.step_count, i),
+                workers=[workers[i % len(workers)]],
+                allow_other_workers=True,
+                pure=False,
+            )
             for i, shard in enumerate(self.shards)
         ]
         while len(parts) > 1:  # a fixed pairwise tree: (0+1) + (2+3) ..., whatever worker ran what
-            parts = [self.client.submit(_add, parts[i], parts[i + 1], pure=False) if i + 1 < len(parts) else parts[i]
-                     for i in range(0, len(parts), 2)]
+            parts = [
+                self.client.submit(_add, parts[i], parts[i + 1], pure=False) if i + 1 < len(parts) else parts[i]
+                for i in range(0, len(parts), 2)
+            ]
         return parts[0].result(timeout=self.timeout)
 
     def gradients(self) -> tuple[float, dict[str, np.ndarray]]:
@@ -290,8 +324,10 @@ class DataParallel:
                     self._reload_lost_shards()
                 except failures:
                     pass  # the next attempt reports it
-        raise RuntimeError(f"DataParallel: step {self.step_count + 1} failed {self.retries + 1} times, each within "
-                           f"{self.timeout:g} s; the cluster keeps losing work ({type(last).__name__}: {last})") from last
+        raise RuntimeError(
+            f"DataParallel: step {self.step_count + 1} failed {self.retries + 1} times, each within "
+            f"{self.timeout:g} s; the cluster keeps losing work ({type(last).__name__}: {last})"
+        ) from last
 
     def step(self) -> dict[str, float]:
         """One optimizer step on the full batch; returns ``{"step", "loss", "grad_norm"}``."""

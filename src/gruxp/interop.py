@@ -27,7 +27,17 @@ from ._namespace import dtype_name, to_numpy
 from .layers import Embedding, Linear
 from .models import GRU, GRUCell
 
-__all__ = ["save_safetensors", "load_safetensors", "from_torch", "to_torch", "torch_to_keras_gates", "params_to_keras", "keras_to_params", "to_keras", "from_keras"]
+__all__ = [
+    "save_safetensors",
+    "load_safetensors",
+    "from_torch",
+    "to_torch",
+    "torch_to_keras_gates",
+    "params_to_keras",
+    "keras_to_params",
+    "to_keras",
+    "from_keras",
+]
 
 
 def _rzn_to_zrn(a: np.ndarray, H: int) -> np.ndarray:
@@ -50,19 +60,31 @@ def from_torch(module: Any, *, xp: Any = None, device: Any = None, dtype: Any = 
     if kind is torch.nn.GRU:
         if getattr(module, "proj_size", 0):
             raise ValueError("torch.nn.GRU has no projections; proj_size must be 0")
-        layer: Any = GRU(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
-                         batch_first=module.batch_first, bidirectional=module.bidirectional,
-                         dropout=float(module.dropout), xp=xp, device=device, dtype=dtype)
+        layer: Any = GRU(
+            module.input_size,
+            module.hidden_size,
+            module.num_layers,
+            bias=module.bias,
+            batch_first=module.batch_first,
+            bidirectional=module.bidirectional,
+            dropout=float(module.dropout),
+            xp=xp,
+            device=device,
+            dtype=dtype,
+        )
     elif kind is torch.nn.GRUCell:
         layer = GRUCell(module.input_size, module.hidden_size, bias=module.bias, xp=xp, device=device, dtype=dtype)
     elif kind is torch.nn.Linear:
         layer = Linear(module.in_features, module.out_features, bias=module.bias is not None, xp=xp, device=device, dtype=dtype)
     elif kind is torch.nn.Embedding:
         if module.max_norm is not None or module.scale_grad_by_freq:
-            raise ValueError("nn.Embedding with max_norm or scale_grad_by_freq has no gruxp equivalent; "
-                             f"got max_norm={module.max_norm}, scale_grad_by_freq={module.scale_grad_by_freq}")
-        layer = Embedding(module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx, xp=xp,
-                          device=device, dtype=dtype)
+            raise ValueError(
+                "nn.Embedding with max_norm or scale_grad_by_freq has no gruxp equivalent; "
+                f"got max_norm={module.max_norm}, scale_grad_by_freq={module.scale_grad_by_freq}"
+            )
+        layer = Embedding(
+            module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx, xp=xp, device=device, dtype=dtype
+        )
     else:
         raise TypeError(f"from_torch converts nn.GRU, nn.GRUCell, nn.Linear and nn.Embedding; got {kind.__name__}")
     layer.load_state_dict(module.state_dict())
@@ -77,9 +99,16 @@ def to_torch(layer: Any, *, dtype: Any = None) -> Any:
         raise ValueError("PyTorch has only the reset_after=True GRU; this model has reset_after=False")
     dtype = dtype or getattr(torch, dtype_name(layer.dtype))
     if isinstance(layer, GRU):
-        module: Any = torch.nn.GRU(layer.input_size, layer.hidden_size, layer.num_layers, bias=layer.bias,
-                                   batch_first=layer.batch_first, bidirectional=layer.bidirectional,
-                                   dropout=layer.dropout, dtype=dtype)
+        module: Any = torch.nn.GRU(
+            layer.input_size,
+            layer.hidden_size,
+            layer.num_layers,
+            bias=layer.bias,
+            batch_first=layer.batch_first,
+            bidirectional=layer.bidirectional,
+            dropout=layer.dropout,
+            dtype=dtype,
+        )
     elif isinstance(layer, GRUCell):
         module = torch.nn.GRUCell(layer.input_size, layer.hidden_size, bias=layer.bias, dtype=dtype)
     elif isinstance(layer, Linear):
@@ -153,7 +182,9 @@ def params_to_keras(params: Mapping[str, Any], *, reset_after: bool = True, suff
 def keras_to_params(weights: Sequence[Any], *, reset_after: bool = True, suffix: str = "") -> dict[str, np.ndarray]:
     """PyTorch-named params from Keras GRU weights ``[kernel, recurrent_kernel(, bias)]``."""
     if len(weights) not in (2, 3):
-        raise ValueError(f"Keras GRU weights are [kernel, recurrent_kernel] or [kernel, recurrent_kernel, bias]; got {len(weights)} arrays")
+        raise ValueError(
+            f"Keras GRU weights are [kernel, recurrent_kernel] or [kernel, recurrent_kernel, bias]; got {len(weights)} arrays"
+        )
     kernel, recurrent = to_numpy(weights[0]), to_numpy(weights[1])
     H = recurrent.shape[0]
     if kernel.ndim != 2 or kernel.shape[1] != 3 * H or recurrent.shape != (H, 3 * H):
@@ -185,8 +216,15 @@ def to_keras(layer: GRU | GRUCell) -> list[np.ndarray]:
     raise TypeError(f"to_keras converts GRU and GRUCell; got {type(layer).__name__}")
 
 
-def from_keras(weights: Sequence[Any], *, reset_after: bool = True, batch_first: bool = True, xp: Any = None,
-               device: Any = None, dtype: Any = None) -> GRU:
+def from_keras(
+    weights: Sequence[Any],
+    *,
+    reset_after: bool = True,
+    batch_first: bool = True,
+    xp: Any = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> GRU:
     """A one-layer GRU equal to a Keras GRU with these weights (``layer.get_weights()``).
 
     ``batch_first=True`` by default because Keras is batch-major.

@@ -22,6 +22,7 @@ import numpy as np
 from . import functional as F
 from ._checks import check_array, check_bool, check_lengths, check_positive_int, check_shape
 from ._namespace import device_of, namespace_of, same_device, to_numpy
+from ._typing import Array
 from .functional._layers import check_ids, dropout_mask, embedding, embedding_backward, last_step_mask, linear, linear_backward
 from .models import GRU, Modal, Module
 
@@ -43,8 +44,17 @@ class Linear(Module):
     Initialised like PyTorch: U(−1/√in, 1/√in) for weight and bias, drawn on the host.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, xp: Any = None,
-                 device: Any = None, dtype: Any = None, seed: Any = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        xp: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+        seed: Any = None,
+    ) -> None:
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
         self.bias = check_bool("bias", bias)
@@ -56,19 +66,19 @@ class Linear(Module):
     def config(self) -> dict[str, Any]:
         return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias)
 
-    def _check_x(self, x: Any) -> None:
+    def _check_x(self, x: Array) -> None:
         check_array("x", x, xp=self.xp, device=self.device, dtype=self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., {self.in_features}); got {tuple(x.shape)}")
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Array) -> Any:
         return self.forward(x)[0]  # the tape is only a reference to x: nothing to save by skipping it
 
-    def forward(self, x: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
+    def forward(self, x: Array, *, lengths: Any = None) -> tuple[Any, _Tape]:
         self._check_x(x)
         return linear(self.params, x, xp=self.xp), _Tape(dict(self.params), x, self._token)
 
-    def backward(self, tape: _Tape, dy: Any) -> tuple[dict[str, Any], Any]:
+    def backward(self, tape: _Tape, dy: Array) -> tuple[dict[str, Any], Any]:
         self._check_tape(tape, _Tape)
         _check_grad("dy", dy, tuple(tape.saved.shape[:-1]) + (self.out_features,), self)
         return linear_backward(tape.params, tape.saved, dy, xp=self.xp)
@@ -84,8 +94,17 @@ class Embedding(Module):
     (as in PyTorch, negative counts from the end) names a row that starts at zero and gets no gradient.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, *, padding_idx: int | None = None, xp: Any = None,
-                 device: Any = None, dtype: Any = None, seed: Any = None) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        padding_idx: int | None = None,
+        xp: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+        seed: Any = None,
+    ) -> None:
         self.num_embeddings = check_positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
         if padding_idx is not None:
@@ -111,19 +130,19 @@ class Embedding(Module):
         config = dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim)
         return config if self.padding_idx is None else {**config, "padding_idx": self.padding_idx}
 
-    def _check_ids(self, ids: Any) -> None:
+    def _check_ids(self, ids: Array) -> None:
         if namespace_of(ids, what="ids") is not self.xp:
             raise TypeError("ids must be an integer array of the embedding's namespace")
         check_ids(ids, self.num_embeddings)
 
-    def __call__(self, ids: Any) -> Any:
+    def __call__(self, ids: Array) -> Any:
         return self.forward(ids)[0]
 
-    def forward(self, ids: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
+    def forward(self, ids: Array, *, lengths: Any = None) -> tuple[Any, _Tape]:
         self._check_ids(ids)
         return embedding(self.params, ids, xp=self.xp), _Tape(dict(self.params), ids, self._token)
 
-    def backward(self, tape: _Tape, dy: Any) -> tuple[dict[str, Any], None]:
+    def backward(self, tape: _Tape, dy: Array) -> tuple[dict[str, Any], None]:
         self._check_tape(tape, _Tape)
         _check_grad("dy", dy, tuple(tape.saved.shape) + (self.embedding_dim,), self)
         return embedding_backward(tape.params, tape.saved, dy, xp=self.xp, padding_idx=self.padding_idx), None
@@ -142,20 +161,21 @@ class Dropout(Modal):
     def __init__(self, p: float = 0.5, *, seed: Any = None) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"p must be a float in [0, 1); got {p!r}")
-        self.p, self.rng, self.params = float(p), F.host_rng(seed), {}
+        self.p, self.rng = float(p), F.host_rng(seed)
+        self.params: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
         return dict(p=self.p)
 
-    def forward(self, x: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
+    def forward(self, x: Array, *, lengths: Any = None) -> tuple[Any, _Tape]:
         xp = namespace_of(x, what="x")
         mask = dropout_mask(self.p if self.training else 0.0, tuple(x.shape), self.rng, xp=xp, dtype=x.dtype, device=device_of(x))
         return (x if mask is None else x * mask), _Tape({}, mask, out_shape=tuple(x.shape))
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Array) -> Any:
         return self.forward(x)[0]
 
-    def backward(self, tape: _Tape, dy: Any) -> tuple[dict, Any]:
+    def backward(self, tape: _Tape, dy: Array) -> tuple[dict, Any]:
         _check_mask_grad(tape, dy, "Dropout")
         return {}, (dy if tape.saved is None else dy * tape.saved)
 
@@ -171,12 +191,13 @@ class LastStep(Modal):
     """
 
     def __init__(self, *, batch_first: bool = False) -> None:
-        self.batch_first, self.params = check_bool("batch_first", batch_first), {}
+        self.batch_first = check_bool("batch_first", batch_first)
+        self.params: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
         return dict(batch_first=self.batch_first)
 
-    def forward(self, x: Any, *, lengths: Any = None) -> tuple[Any, _Tape]:
+    def forward(self, x: Array, *, lengths: Any = None) -> tuple[Any, _Tape]:
         xp = namespace_of(x, what="x")
         if x.ndim != 3:
             raise ValueError(f"x must have shape {'(B, T, F)' if self.batch_first else '(T, B, F)'}; got {tuple(x.shape)}")
@@ -188,10 +209,10 @@ class LastStep(Modal):
         zero = xp.zeros((), dtype=x.dtype, device=device_of(x))
         return xp.sum(xp.where(select, x, zero), axis=0), _Tape({}, select, out_shape=(B, x.shape[2]))
 
-    def __call__(self, x: Any, *, lengths: Any = None) -> Any:
+    def __call__(self, x: Array, *, lengths: Any = None) -> Any:
         return self.forward(x, lengths=lengths)[0]
 
-    def backward(self, tape: _Tape, dy: Any) -> tuple[dict, Any]:
+    def backward(self, tape: _Tape, dy: Array) -> tuple[dict, Any]:
         _check_mask_grad(tape, dy, "LastStep")
         xp = namespace_of(dy, what="dy")
         dx = xp.where(tape.saved, dy[None, ...], xp.zeros((), dtype=dy.dtype, device=device_of(dy)))
@@ -201,7 +222,7 @@ class LastStep(Modal):
         return f"LastStep(batch_first={self.batch_first})"
 
 
-def _check_mask_grad(tape: Any, dy: Any, layer: str) -> None:
+def _check_mask_grad(tape: Any, dy: Array, layer: str) -> None:
     if not isinstance(tape, _Tape) or tape.out_shape is None:
         raise TypeError(f"tape must be the one returned by this {layer}'s forward; got {type(tape).__name__}")
     if dy is None:
@@ -210,7 +231,7 @@ def _check_mask_grad(tape: Any, dy: Any, layer: str) -> None:
     check_shape("dy", dy, tape.out_shape, "(the shape of the forward output)")
 
 
-def _check_grad(name: str, g: Any, shape: tuple[int, ...], layer: Module) -> None:
+def _check_grad(name: str, g: Array, shape: tuple[int, ...], layer: Module) -> None:
     check_array(name, g, xp=layer.xp, device=layer.device, dtype=layer.dtype)
     check_shape(name, g, shape, "(the shape of the forward output)")
 
@@ -254,8 +275,9 @@ class Sequential:
         self._token = object()
         placed = self.placed
         for name, layer in self.layers.items():
-            if isinstance(layer, Module) and (layer.xp is not placed[0].xp or layer.dtype != placed[0].dtype
-                                              or not same_device(layer.device, placed[0].device)):
+            if isinstance(layer, Module) and (
+                layer.xp is not placed[0].xp or layer.dtype != placed[0].dtype or not same_device(layer.device, placed[0].device)
+            ):
                 raise ValueError(
                     f"layer {name!r} lives on {layer._placement()} but the first layer with parameters on "
                     f"{placed[0]._placement()}; build all layers with the same xp, device and dtype"
@@ -307,7 +329,7 @@ class Sequential:
         """Rebuild the structure from :meth:`config` (parameters freshly initialised)."""
         layers = {}
         for entry in config:
-            kind = LAYER_TYPES.get(entry.get("type"))
+            kind = LAYER_TYPES.get(str(entry.get("type")))
             if kind is None:
                 raise ValueError(f"unknown layer type {entry.get('type')!r}; known: {sorted(LAYER_TYPES)}")
             placed = issubclass(kind, Module)
@@ -317,8 +339,12 @@ class Sequential:
     def to(self, xp: Any = None, device: Any = None, dtype: Any = None) -> Sequential:
         """The same model on another namespace/device/dtype (a new object, sharing nothing with ``self``:
         layers without parameters are copied too, with their mode and RNG position)."""
-        return Sequential({n: (layer.to(xp, device, dtype) if isinstance(layer, Module) else copy.deepcopy(layer))
-                           for n, layer in self.layers.items()})
+        return Sequential(
+            {
+                n: (layer.to(xp, device, dtype) if isinstance(layer, Module) else copy.deepcopy(layer))
+                for n, layer in self.layers.items()
+            }
+        )
 
     def train(self, mode: bool = True) -> Sequential:
         for layer in self.layers.values():
@@ -335,8 +361,10 @@ class Sequential:
     def _first_placed(self, what: str) -> Module:
         placed = self.placed
         if not placed:
-            raise ValueError(f"this Sequential has no layer with parameters ({', '.join(self.layers)}), so no {what}: "
-                             "add a GRU, Linear or Embedding")
+            raise ValueError(
+                f"this Sequential has no layer with parameters ({', '.join(self.layers)}), so no {what}: "
+                "add a GRU, Linear or Embedding"
+            )
         return placed[0]
 
     @property
@@ -352,7 +380,9 @@ class Sequential:
         return self._first_placed("dtype").dtype
 
     # -- computation ------------------------------------------------------------------------
-    def forward(self, x: Any, state: Mapping[str, Any] | None = None, *, lengths: Any = None) -> tuple[Any, dict, SequentialTape]:
+    def forward(
+        self, x: Array, state: Mapping[str, Any] | None = None, *, lengths: Any = None
+    ) -> tuple[Any, dict, SequentialTape]:
         """``(y, state, tape)``: ``state`` maps each GRU's name to its h_n (its h0 on input)."""
         state = dict(state or {})
         unknown = [k for k in state if not isinstance(self.layers.get(k), GRU)]
@@ -367,7 +397,7 @@ class Sequential:
             tapes.append(tape)
         return y, new_state, SequentialTape(tuple(tapes), self._token)
 
-    def __call__(self, x: Any, state: Mapping[str, Any] | None = None, *, lengths: Any = None) -> tuple[Any, dict]:
+    def __call__(self, x: Array, state: Mapping[str, Any] | None = None, *, lengths: Any = None) -> tuple[Any, dict]:
         """Inference ``(y, state)``; GRUs keep no tape."""
         state = dict(state or {})
         new_state, y = {}, x
@@ -380,7 +410,7 @@ class Sequential:
                 y = layer(y)
         return y, new_state
 
-    def backward(self, tape: SequentialTape, dy: Any, d_state: Mapping[str, Any] | None = None) -> tuple[dict, Any, dict]:
+    def backward(self, tape: SequentialTape, dy: Array, d_state: Mapping[str, Any] | None = None) -> tuple[dict, Any, dict]:
         """``(grads, dx, d_state0)``: flat grads keyed like :attr:`params`.
 
         ``dx`` is None when the first layer is an Embedding (integer ids) or a GRU (its input is data).
@@ -402,4 +432,3 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ",\n".join(f"  {n}={layer!r}" for n, layer in self.layers.items())
         return f"Sequential(\n{inner}\n)"
-

@@ -10,6 +10,7 @@ from typing import Any
 
 from ._checks import check_array
 from ._namespace import concrete_bool, device_of, dtype_name, namespace_of
+from ._typing import Array
 from .functional._layers import as_index
 
 __all__ = ["cross_entropy", "mse"]
@@ -22,7 +23,7 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
 
 
-def cross_entropy(logits: Any, targets: Any, *, ignore_index: int = -100, reduction: str = "mean") -> tuple[Any, Any]:
+def cross_entropy(logits: Array, targets: Array, *, ignore_index: int = -100, reduction: str = "mean") -> tuple[Any, Any]:
     """Softmax cross-entropy of ``logits`` (..., C) against integer ``targets`` (...).
 
     Positions whose target equals ``ignore_index`` contribute nothing; ``mean`` divides by the
@@ -36,7 +37,10 @@ def cross_entropy(logits: Any, targets: Any, *, ignore_index: int = -100, reduct
     if not xp.isdtype(targets.dtype, "integral"):
         raise TypeError(f"targets must be an integer array (class indices); got dtype {dtype_name(targets.dtype)}")
     if logits.ndim < 1 or tuple(targets.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"targets must have shape {tuple(logits.shape[:-1])} (logits' shape without the class axis); got {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets must have shape {tuple(logits.shape[:-1])} (logits' shape without the class axis); "
+            f"got {tuple(targets.shape)}"
+        )
     C = logits.shape[-1]
     targets = as_index(targets, xp=xp)  # compare in a dtype that holds C and ignore_index (uint8 wraps at 256)
     if concrete_bool(xp.any(((targets < 0) | (targets >= C)) & (targets != ignore_index))):
@@ -57,7 +61,7 @@ def cross_entropy(logits: Any, targets: Any, *, ignore_index: int = -100, reduct
     return loss, grad
 
 
-def mse(pred: Any, target: Any, *, reduction: str = "mean") -> tuple[Any, Any]:
+def mse(pred: Array, target: Array, *, reduction: str = "mean") -> tuple[Any, Any]:
     """Mean (or summed) squared error; returns ``(loss, d_pred)``."""
     _check_reduction(reduction)
     xp = namespace_of(pred, what="pred")

@@ -9,9 +9,9 @@ goes through host NumPy copies and is bit-exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import copy
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from . import functional as F
 from ._checks import check_bool, check_positive_int
 from ._namespace import device_of, dtype_name, from_numpy, namespace_name, resolve_dtype, resolve_xp, to_numpy
+from ._typing import Array
 
 __all__ = ["Modal", "Module", "GRU", "GRUCell"]
 
@@ -120,7 +121,7 @@ class Module(Modal):
     def _own(self, tape: Any) -> Any:
         return tape._replace(owner=self._token)
 
-    def _check_tape(self, tape: Any, kind: type) -> None:
+    def _check_tape(self, tape: Any, kind: Any) -> None:
         if not isinstance(tape, kind):
             raise TypeError(f"tape must be the {kind.__name__} returned by this model's forward; got {type(tape).__name__}")
         if tape.owner is not self._token:
@@ -159,8 +160,10 @@ class GRU(Module):
         None for fresh entropy; an int (or NumPy Generator) gives bit-identical parameters on every
         backend: drawn on the host from U(−1/√H, 1/√H), PyTorch's default.
 
-    Shapes
-    ------
+    Notes
+    -----
+    Shapes, by axis names (T steps, B sequences, I inputs, H hidden units, L layers, D directions):
+
     x: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I) (batch_first then ignored).
     h0, h_n: (L·D, B, H) or (L·D, H). out: (T, B, D·H), (B, T, D·H) or (T, D·H).
     lengths: B host integers in [1, T]; outputs past a length are zero, h_n is the last valid state.
@@ -221,15 +224,20 @@ class GRU(Module):
     def _options(self) -> dict[str, Any]:
         c = self.structure
         return dict(
-            num_layers=c.num_layers, bias=c.bias, bidirectional=c.bidirectional, batch_first=c.batch_first,
-            reset_after=c.reset_after, dropout=self.dropout if self.training else 0.0, rng=self.rng,
+            num_layers=c.num_layers,
+            bias=c.bias,
+            bidirectional=c.bidirectional,
+            batch_first=c.batch_first,
+            reset_after=c.reset_after,
+            dropout=self.dropout if self.training else 0.0,
+            rng=self.rng,
         )
 
-    def __call__(self, x: Any, h0: Any = None, *, lengths: Any = None) -> tuple[Any, Any]:
+    def __call__(self, x: Array, h0: Array = None, *, lengths: Any = None) -> tuple[Array, Array]:
         """Inference ``(out, h_n)``; keeps nothing for backward."""
         return F.gru(self.params, x, h0, lengths=lengths, **self._options())
 
-    def step(self, x_t: Any, h: Any = None) -> tuple[Any, Any]:
+    def step(self, x_t: Array, h: Array = None) -> tuple[Array, Array]:
         """Streaming inference, one time step: ``(out_t, h)`` from x_t (B, I) or (I,) and h (L, B, H).
 
         Feeding a sequence step by step, carrying ``h``, reproduces ``model(x)``: the same
@@ -240,21 +248,23 @@ class GRU(Module):
         if self.structure.bidirectional:
             raise ValueError("step() needs a unidirectional GRU: the reverse direction reads the sequence backwards")
         if not hasattr(x_t, "ndim") or x_t.ndim not in (1, 2):  # a whole (T, B, I) sequence is not a step
-            raise ValueError(f"x_t must have shape (B, {self.input_size}) or ({self.input_size},) (one time step; "
-                             f"call the model for a sequence); got {getattr(x_t, 'shape', type(x_t).__name__)}")
+            raise ValueError(
+                f"x_t must have shape (B, {self.input_size}) or ({self.input_size},) (one time step; "
+                f"call the model for a sequence); got {getattr(x_t, 'shape', type(x_t).__name__)}"
+            )
         x = self.xp.expand_dims(x_t, axis=0)
         options = {**self._options(), "batch_first": False, "dropout": 0.0}
         out, h_n = F.gru(self.params, x, h, **options)
         return out[0, ...], h_n
 
-    def forward(self, x: Any, h0: Any = None, *, lengths: Any = None) -> tuple[Any, Any, F.GRUTape]:
+    def forward(self, x: Array, h0: Array = None, *, lengths: Any = None) -> tuple[Array, Array, F.GRUTape]:
         """``(out, h_n, tape)``; pass the tape to :meth:`backward`."""
         out, h_n, tape = F.gru_forward(self.params, x, h0, lengths=lengths, **self._options())
         return out, h_n, self._own(tape)
 
     def backward(
-        self, tape: F.GRUTape, d_out: Any = None, d_hn: Any = None, *, input_grad: bool = True
-    ) -> tuple[dict[str, Any], Any, Any]:
+        self, tape: F.GRUTape, d_out: Array = None, d_hn: Array = None, *, input_grad: bool = True
+    ) -> tuple[dict[str, Array], Array, Array]:
         """``(grads, dx, dh0)``: exact gradients of Σ(out·d_out) + Σ(h_n·d_hn).
 
         ``input_grad=False`` returns ``dx=None`` and skips its GEMM (x is data).
@@ -278,8 +288,10 @@ class GRUCell(Module):
 
     Parameters are ``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih`` and ``bias_hh`` (3H,).
 
-    Shapes
-    ------
+    Notes
+    -----
+    Shapes, by axis names (T steps, B sequences, I inputs, H hidden units, L layers, D directions):
+
     x: (B, I) or unbatched (I,); h and the result: (B, H) or (H,). ``h=None`` means zeros.
     """
 
@@ -307,14 +319,14 @@ class GRUCell(Module):
     def config(self) -> dict[str, Any]:
         return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias, reset_after=self.reset_after)
 
-    def __call__(self, x: Any, h: Any = None) -> Any:
+    def __call__(self, x: Array, h: Array = None) -> Any:
         return F.gru_cell(self.params, x, h, reset_after=self.reset_after)
 
-    def forward(self, x: Any, h: Any = None) -> tuple[Any, F.CellTape]:
+    def forward(self, x: Array, h: Array = None) -> tuple[Any, F.CellTape]:
         h_new, tape = F.gru_cell_forward(self.params, x, h, reset_after=self.reset_after)
         return h_new, self._own(tape)
 
-    def backward(self, tape: F.CellTape, dh: Any) -> tuple[dict[str, Any], Any, Any]:
+    def backward(self, tape: F.CellTape, dh: Array) -> tuple[dict[str, Array], Array, Array]:
         """``(grads, dx, dh_prev)``: exact gradients of Σ(h'·dh)."""
         self._check_tape(tape, F.CellTape)
         return F.gru_cell_backward(tape, dh)

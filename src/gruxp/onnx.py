@@ -87,13 +87,20 @@ def _gru_layers(g: _Graph, gru: GRU, x: str, *, lengths: str, h0: str | None, np
             inputs.append("")
         inputs.append(lengths)
         if h0 is not None:
-            starts, ends = g.const("start", np.array([layer * D], np.int64)), g.const("end", np.array([(layer + 1) * D], np.int64))
+            starts, ends = (
+                g.const("start", np.array([layer * D], np.int64)),
+                g.const("end", np.array([(layer + 1) * D], np.int64)),
+            )
             (initial,) = g.node("Slice", [h0, starts, ends, g.const("axis", np.array([0], np.int64))], stem="initial_h")
             inputs.append(initial)
         while inputs and inputs[-1] == "":
             inputs.pop()
         y, y_h = g.node(
-            "GRU", inputs, n_out=2, stem=f"gru_l{layer}", hidden_size=H,
+            "GRU",
+            inputs,
+            n_out=2,
+            stem=f"gru_l{layer}",
+            hidden_size=H,
             direction="bidirectional" if D == 2 else "forward",
             linear_before_reset=1 if gru.reset_after else 0,
         )
@@ -137,27 +144,38 @@ def export(
         raise ValueError(f"export needs exactly one GRU in the model (ONNX state in/out is per GRU); found {len(grus)}")
     for name, layer in layers.items():
         if not isinstance(layer, (GRU, Linear, Dropout, Embedding)):
-            raise ValueError(f"layer {name!r} ({type(layer).__name__}) has no ONNX export; supported: GRU, Linear, Embedding, Dropout")
+            raise ValueError(
+                f"layer {name!r} ({type(layer).__name__}) has no ONNX export; supported: GRU, Linear, Embedding, Dropout"
+            )
         if isinstance(layer, Embedding) and name != next(iter(layers)):
             raise ValueError(f"an Embedding must be the first layer; {name!r} is not")
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not 14 <= opset <= newest:
-        raise ValueError(f"opset must be an int in [14, {newest}] (14: GRU's layout attribute and Reshape semantics; "
-                         f"{newest}: the newest this onnx {onnx.__version__} knows); got {opset!r}")
+        raise ValueError(
+            f"opset must be an int in [14, {newest}] (14: GRU's layout attribute and Reshape semantics; "
+            f"{newest}: the newest this onnx {onnx.__version__} knows); got {opset!r}"
+        )
     if dtype is not None:
-        name = _float_name(dtype)
-        if name == "float64":
-            raise ValueError("ONNX Runtime's GRU kernel supports float32 only ('GRU operator does not support double'); "
-                             "export with the default float32")
-        if name != "float32":
+        width = _float_name(dtype)
+        if width == "float64":
+            raise ValueError(
+                "ONNX Runtime's GRU kernel supports float32 only ('GRU operator does not support double'); "
+                "export with the default float32"
+            )
+        if width != "float32":
             raise TypeError(f"dtype must be None or float32 (the only width ONNX Runtime's GRU runs); got {dtype!r}")
     if dtype_name(grus[0][1].dtype) == "float64":
-        warnings.warn("exporting a float64 model as float32: ONNX Runtime's GRU kernel is float32-only", UserWarning, stacklevel=2)
+        warnings.warn(
+            "exporting a float64 model as float32: ONNX Runtime's GRU kernel is float32-only", UserWarning, stacklevel=2
+        )
     if not isinstance(dynamic, bool):
         raise TypeError(f"dynamic must be True or False; got {dynamic!r}")
     if shape is not None:
-        if (not isinstance(shape, (tuple, list)) or len(shape) != 2
-                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+        if (
+            not isinstance(shape, (tuple, list))
+            or len(shape) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+        ):
             raise ValueError(f"shape must be (T, B) with two ints >= 1; got {shape!r}")
         if dynamic:
             raise ValueError("shape=(T, B) fixes the graph's sizes: pass it with dynamic=False")
@@ -167,7 +185,7 @@ def export(
 
     gru = grus[0][1]
     g = _Graph(helper, numpy_helper)
-    T_dim, B_dim = ("T", "B") if dynamic else (int(shape[0]), int(shape[1]))
+    T_dim, B_dim = ("T", "B") if shape is None else (int(shape[0]), int(shape[1]))  # shape is given exactly when not dynamic
     first = next(iter(layers.values()))
     batch_first = gru.batch_first
     lead = [B_dim, T_dim] if batch_first else [T_dim, B_dim]
@@ -182,7 +200,8 @@ def export(
     if h0:
         graph_inputs.append(helper.make_tensor_value_info("h0", elem, [gru.num_layers * D, B_dim, gru.hidden_size]))
 
-    current, h_n, features = "x", None, None
+    current, features = "x", None
+    h_n = ""  # the GRU's final state (there is exactly one GRU, checked above)
     for layer in layers.values():
         if isinstance(layer, Dropout):
             continue
@@ -193,7 +212,9 @@ def export(
         elif isinstance(layer, GRU):
             if batch_first:
                 (current,) = g.node("Transpose", [current], perm=[1, 0, 2], stem="time_major")
-            current, h_n = _gru_layers(g, layer, current, lengths="lengths" if lengths else "", h0="h0" if h0 else None, np_dtype=np_dtype)
+            current, h_n = _gru_layers(
+                g, layer, current, lengths="lengths" if lengths else "", h0="h0" if h0 else None, np_dtype=np_dtype
+            )
             if batch_first:
                 (current,) = g.node("Transpose", [current], perm=[1, 0, 2], stem="batch_major")
             features = D * layer.hidden_size

@@ -46,8 +46,9 @@ def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, 
 class SGD:
     """Stochastic gradient descent with momentum, dampening, Nesterov and (L2) weight decay."""
 
-    def __init__(self, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+    def __init__(
+        self, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False
+    ) -> None:
         self.lr = _number("lr", lr)
         self.momentum = _number("momentum", momentum)
         self.dampening = _number("dampening", dampening)
@@ -57,8 +58,9 @@ class SGD:
         self.nesterov = bool(nesterov)
 
     def config(self) -> dict[str, Any]:
-        return dict(lr=self.lr, momentum=self.momentum, dampening=self.dampening,
-                    weight_decay=self.weight_decay, nesterov=self.nesterov)
+        return dict(
+            lr=self.lr, momentum=self.momentum, dampening=self.dampening, weight_decay=self.weight_decay, nesterov=self.nesterov
+        )
 
     def init(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {"step": 0, "momentum_buffer": {}}
@@ -84,8 +86,14 @@ class Adam:
 
     decoupled = False
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False) -> None:
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
         self.lr = _number("lr", lr)
         self.betas = (_number("betas[0]", betas[0], high=1.0), _number("betas[1]", betas[1], high=1.0))
         self.eps = _number("eps", eps)
@@ -142,8 +150,14 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+    ) -> None:
         super().__init__(lr, betas, eps, weight_decay, amsgrad)
 
 

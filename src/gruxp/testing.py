@@ -7,17 +7,17 @@ serves every backend. Finite differences are meant for float64.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from ._namespace import to_numpy
+from ._typing import Array
 
 __all__ = ["to_numpy", "assert_close", "numerical_gradient"]
 
 
-def assert_close(actual: Any, desired: Any, *, rtol: float, atol: float = 0.0, name: str = "value") -> float:
-    """Assert |actual − desired| <= atol + rtol·|desired| elementwise; return the largest |difference|."""
+def assert_close(actual: Array, desired: Array, *, rtol: float, atol: float = 0.0, name: str = "value") -> float:
+    """Assert ``|actual − desired| <= atol + rtol·|desired|`` elementwise; return the largest ``|difference|``."""
     a, d = to_numpy(actual).astype(np.float64), to_numpy(desired).astype(np.float64)
     if a.shape != d.shape:
         raise AssertionError(f"{name}: shape {a.shape} != expected {d.shape}")

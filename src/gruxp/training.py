@@ -26,6 +26,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from ._checks import check_positive_int
+from ._typing import Array
 from .functional._routes import route_for
 from .optim import OPTIMIZERS, clip_grad_norm
 
@@ -57,8 +58,8 @@ def _all_finite(*trees: Any, xp: Any) -> Any:
 class Batch(NamedTuple):
     """One training batch. ``reset`` clears the carried state before this batch (a new stream)."""
 
-    x: Any
-    target: Any
+    x: Array
+    target: Array
     lengths: Any = None
     reset: bool = False
 
@@ -71,7 +72,9 @@ def _as_batch(item: Any) -> Batch:
     raise TypeError(f"batch_fn must return a Batch or a tuple (x, target[, lengths[, reset]]); got {type(item).__name__}")
 
 
-def stream_windows(tokens: np.ndarray, *, batch_size: int, window: int, xp: Any = None, device: Any = None) -> Callable[[int, Any], Batch]:
+def stream_windows(
+    tokens: np.ndarray, *, batch_size: int, window: int, xp: Any = None, device: Any = None
+) -> Callable[[int, Any], Batch]:
     """Truncated-BPTT batches over one long token stream (host integer array).
 
     The stream is cut into ``batch_size`` contiguous rows; step k feeds columns
@@ -129,9 +132,19 @@ class Trainer:
         How many of the latest step records :attr:`history` keeps.
     """
 
-    def __init__(self, model: Any, loss: Callable, optimizer: Any, *, clip_norm: float | None = None,
-                 stateful: bool = False, checkpoint: str | Path | None = None, checkpoint_every: int = 0,
-                 seed: Any = 0, history_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        model: Any,
+        loss: Callable,
+        optimizer: Any,
+        *,
+        clip_norm: float | None = None,
+        stateful: bool = False,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 0,
+        seed: Any = 0,
+        history_size: int = 10_000,
+    ) -> None:
         if not hasattr(model, "layers"):
             raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
@@ -186,15 +199,17 @@ class Trainer:
         namespace has a compiler (JAX) and no dropout is active: dropout masks are drawn on the host
         from each layer's Generator, which a compiled step would freeze into constants."""
         compiler = route_for(self.model.xp).compiler(self.model.xp)
-        dropping = any(getattr(layer, "training", False) and (getattr(layer, "p", 0.0) or getattr(layer, "dropout", 0.0))
-                       for layer in self.model.layers.values())
+        dropping = any(
+            getattr(layer, "training", False) and (getattr(layer, "p", 0.0) or getattr(layer, "dropout", 0.0))
+            for layer in self.model.layers.values()
+        )
         if compiler is None or dropping:
             return None
         if self._compiled is None:
             self._compiled = compiler(self._pure_step, static_argnames=("lengths",))
         return self._compiled
 
-    def _pure_step(self, params: dict, opt_state: dict, x: Any, target: Any, carry: dict, *, lengths: Any) -> tuple:
+    def _pure_step(self, params: dict, opt_state: dict, x: Array, target: Array, carry: dict, *, lengths: Any) -> tuple:
         """The step as a pure function of arrays (what the compiler traces). The model's own
         forward/backward run on ``params`` lent to it for the trace and given back afterwards."""
         model = self.model
@@ -217,8 +232,9 @@ class Trainer:
 
     def _run_compiled(self, compiled: Callable, batch: Batch) -> tuple[dict, dict, dict, dict]:
         lengths = None if batch.lengths is None else tuple(int(v) for v in np.asarray(batch.lengths).reshape(-1))
-        params, opt_state, state, loss, norm, finite = compiled(self.model.params, self.opt_state, batch.x, batch.target,
-                                                                self.carry if self.stateful else {}, lengths=lengths)
+        params, opt_state, state, loss, norm, finite = compiled(
+            self.model.params, self.opt_state, batch.x, batch.target, self.carry if self.stateful else {}, lengths=lengths
+        )
         value, norm = float(loss), float(norm)  # the host syncs, outside the compiled step
         opt_state = {k: (v if isinstance(v, Mapping) else int(v)) for k, v in opt_state.items()}  # counters stay ints
         if not math.isfinite(value):
@@ -250,12 +266,22 @@ class Trainer:
             raise self._stop("the update made parameters inf or NaN (or the optimizer state; try a smaller learning rate)")
         return {"loss": value, "grad_norm": norm}, params, opt_state, state
 
-    def fit(self, batch_fn: Callable[[int, Any], Any], steps: int, *, log: Callable[[dict], None] | None = None,
-            time_budget: float | None = None) -> list[dict[str, float]]:
+    def fit(
+        self,
+        batch_fn: Callable[[int, Any], Any],
+        steps: int,
+        *,
+        log: Callable[[dict], None] | None = None,
+        time_budget: float | None = None,
+    ) -> list[dict[str, float]]:
         """Run until ``steps`` steps have been taken in total (or ``time_budget`` seconds pass)."""
         steps = check_positive_int("steps", steps, minimum=0)
-        if time_budget is not None and (isinstance(time_budget, bool) or not isinstance(time_budget, (int, float))
-                                        or not math.isfinite(time_budget) or time_budget <= 0):
+        if time_budget is not None and (
+            isinstance(time_budget, bool)
+            or not isinstance(time_budget, (int, float))
+            or not math.isfinite(time_budget)
+            or time_budget <= 0
+        ):
             raise ValueError(f"time_budget must be a finite number of seconds > 0 or None; got {time_budget!r}")
         begin = time.perf_counter()
         records = []
@@ -275,8 +301,16 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint
         if path is None:
             raise ValueError("no checkpoint path: pass one here or to Trainer(checkpoint=...)")
-        return ckpt_io.save(path, self.model, optimizer=self.optimizer, opt_state=self.opt_state, step=self.step,
-                            carry=self.carry, rngs={"data": self.rng.bit_generator.state}, extra=extra)
+        return ckpt_io.save(
+            path,
+            self.model,
+            optimizer=self.optimizer,
+            opt_state=self.opt_state,
+            step=self.step,
+            carry=self.carry,
+            rngs={"data": self.rng.bit_generator.state},
+            extra=extra,
+        )
 
     def resume(self, path: str | Path | None = None) -> ckpt_io.Checkpoint:
         """Restore parameters, optimizer state, step, RNG states and carried state from ``path``."""
@@ -285,7 +319,11 @@ class Trainer:
             raise ValueError("no checkpoint path: pass one here or to Trainer(checkpoint=...)")
         ckpt = ckpt_io.load(path)
         opt = ckpt.meta["optimizer"]
-        if opt is None or opt["type"] != type(self.optimizer).__name__ or opt["config"] != ckpt_io._json_safe(self.optimizer.config()):
+        if (
+            opt is None
+            or opt["type"] != type(self.optimizer).__name__
+            or opt["config"] != ckpt_io._json_safe(self.optimizer.config())
+        ):
             raise ckpt_io.CheckpointError(
                 f"checkpoint optimizer {None if opt is None else (opt['type'], opt['config'])} does not match "
                 f"{type(self.optimizer).__name__} {self.optimizer.config()}"

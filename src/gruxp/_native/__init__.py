@@ -31,8 +31,18 @@ register(CpuRoute())
 register(JaxRoute())
 
 
-def cpu_plan(steps: int, batch: int, inputs: int, hidden: int, *, num_layers: int = 1, bidirectional: bool = False,
-             dtype: str = "float32", reset_after: bool = True, machine=None) -> list:
+def cpu_plan(
+    steps: int,
+    batch: int,
+    inputs: int,
+    hidden: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dtype: str = "float32",
+    reset_after: bool = True,
+    machine=None,
+) -> list:
     """The CPU route's plan for each layer of a GRU call, under the settings in effect here, on this
     machine or on ``machine`` (a :class:`gruxp._native.machine.Machine`)."""
     from .._config import get_config
@@ -41,6 +51,15 @@ def cpu_plan(steps: int, batch: int, inputs: int, hidden: int, *, num_layers: in
 
     config = get_config()
     D = 2 if bidirectional else 1
-    return [plan(Shape(steps, batch, inputs if layer == 0 else D * hidden, hidden, D), dtype, machine or this_machine(),
-                 reset_after=reset_after, fuser=config["fuser"], force=config["cpu_plan"], max_workers=config["max_workers"])
-            for layer in range(num_layers)]
+    return [
+        plan(
+            Shape(steps, batch, inputs if layer == 0 else D * hidden, hidden, D),
+            dtype,
+            machine or this_machine(),
+            reset_after=reset_after,
+            fuser=config["fuser"],
+            force=config["cpu_plan"],
+            max_workers=config["max_workers"],
+        )
+        for layer in range(num_layers)
+    ]

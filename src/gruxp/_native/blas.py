@@ -68,7 +68,9 @@ def _library_file(package: str) -> str | None:
         return None
     folder = os.path.join(spec.submodule_search_locations[0], "lib")
     try:
-        names = sorted(n for n in os.listdir(folder) if n.startswith("libscipy_openblas") and n.endswith((".so", ".dylib", ".dll")))
+        names = sorted(
+            n for n in os.listdir(folder) if n.startswith("libscipy_openblas") and n.endswith((".so", ".dylib", ".dll"))
+        )
     except OSError:
         return None
     return os.path.realpath(os.path.join(folder, names[0])) if names else None
@@ -93,21 +95,56 @@ def library() -> Library | None:
             continue
         try:
             dll = ctypes.CDLL(path)
-            text = lambda name: getattr(dll, name)  # noqa: E731
+            text = functools.partial(getattr, dll)
             for name in (f"scipy_openblas_get_corename{suffix}", f"scipy_openblas_get_config{suffix}"):
                 text(name).restype = ctypes.c_char_p
             config = text(f"scipy_openblas_get_config{suffix}")().decode()
             index = ctypes.c_int64 if "USE64BITINT" in config else ctypes.c_int32
-            gemm = _functions(dll, "gemm", suffix, ["int", "int", "int", "index", "index", "index", "real", "pointer", "index",
-                                                    "pointer", "index", "real", "pointer", "index"], index)
-            gemv = _functions(dll, "gemv", suffix, ["int", "int", "index", "index", "real", "pointer", "index", "pointer", "index",
-                                                    "real", "pointer", "index"], index)
-            set_threads, get_threads = text(f"scipy_openblas_set_num_threads{suffix}"), text(f"scipy_openblas_get_num_threads{suffix}")
+            gemm = _functions(
+                dll,
+                "gemm",
+                suffix,
+                [
+                    "int",
+                    "int",
+                    "int",
+                    "index",
+                    "index",
+                    "index",
+                    "real",
+                    "pointer",
+                    "index",
+                    "pointer",
+                    "index",
+                    "real",
+                    "pointer",
+                    "index",
+                ],
+                index,
+            )
+            gemv = _functions(
+                dll,
+                "gemv",
+                suffix,
+                ["int", "int", "index", "index", "real", "pointer", "index", "pointer", "index", "real", "pointer", "index"],
+                index,
+            )
+            set_threads, get_threads = (
+                text(f"scipy_openblas_set_num_threads{suffix}"),
+                text(f"scipy_openblas_get_num_threads{suffix}"),
+            )
         except (OSError, AttributeError):
             continue
         set_threads.argtypes, set_threads.restype, get_threads.restype = [ctypes.c_int], None, ctypes.c_int
-        found = Library(path, config.split()[1] if config.startswith("OpenBLAS ") else config,
-                        text(f"scipy_openblas_get_corename{suffix}")().decode(), gemm, gemv, get_threads, set_threads)
+        found = Library(
+            path,
+            config.split()[1] if config.startswith("OpenBLAS ") else config,
+            text(f"scipy_openblas_get_corename{suffix}")().decode(),
+            gemm,
+            gemv,
+            get_threads,
+            set_threads,
+        )
         found.set_threads(1)
         if _answers_exactly(found):
             return found
@@ -149,7 +186,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     lib = library()
     dtype = a.dtype
     if lib is None or dtype != b.dtype or dtype not in lib.gemm or a.ndim not in (1, 2) or b.ndim != 2:
-        raise TypeError(f"gruxp's BLAS multiplies 2-D float32/float64 arrays of one dtype; got {a.dtype}{a.shape} @ {b.dtype}{b.shape}")
+        raise TypeError(
+            f"gruxp's BLAS multiplies 2-D float32/float64 arrays of one dtype; got {a.dtype}{a.shape} @ {b.dtype}{b.shape}"
+        )
     vector = a.ndim == 1
     a2 = a[None, :] if vector else a
     (M, K), N = a2.shape, b.shape[1]

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .._namespace import is_numpy_namespace
 from .._config import get_config
+from .._namespace import is_numpy_namespace
 from ..functional._cell import activations, folded_bias, gates_backward, gates_forward, input_grad, masked_state, param_grads
 from ..functional._routes import Route
 from ..functional._sequence import direction_result, previous_states
@@ -64,8 +64,9 @@ def _numpy_forward_step(gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_ou
     H = h.shape[1]
     gi = gi + b_in
     np.add(gh[:, 2 * H :], b_hn, out=ghn_out)
-    h_new, r, z, n = gates_forward(gi[:, :H], gi[:, H : 2 * H], gi[:, 2 * H :], gh[:, :H], gh[:, H : 2 * H], ghn_out, h,
-                                   _numpy_sigmoid, np.tanh)
+    h_new, r, z, n = gates_forward(
+        gi[:, :H], gi[:, H : 2 * H], gi[:, 2 * H :], gh[:, :H], gh[:, H : 2 * H], ghn_out, h, _numpy_sigmoid, np.tanh
+    )
     if not active.all():
         h_new = masked_state(active[:, None], h_new, h, np.where)
     for buffer, value in ((r_out, r), (z_out, z), (n_out, n), (h_out, h_new)):
@@ -82,8 +83,15 @@ def _numpy_backward_step(gz, prod, active_prev, carry, d_out, active, h_prev, r,
     if not active.all():
         g = masked_state(active[:, None], g, np.zeros((), g.dtype), np.where)
     d_r, d_z, d_an, d_gn, gz_new = gates_backward(g, h_prev, r, z, n, gh_n)
-    for buffer, value in ((d_i[:, :H], d_r), (d_i[:, H : 2 * H], d_z), (d_i[:, 2 * H :], d_an),
-                          (d_h[:, :H], d_r), (d_h[:, H : 2 * H], d_z), (d_h[:, 2 * H :], d_gn), (gz, gz_new)):
+    for buffer, value in (
+        (d_i[:, :H], d_r),
+        (d_i[:, H : 2 * H], d_z),
+        (d_i[:, 2 * H :], d_an),
+        (d_h[:, :H], d_r),
+        (d_h[:, H : 2 * H], d_z),
+        (d_h[:, 2 * H :], d_gn),
+        (gz, gz_new),
+    ):
         np.copyto(buffer, value)
 
 
@@ -183,8 +191,15 @@ def previous_states_view(hs, h0, *, reverse: bool):
     ``h0`` beside ``hs`` in one tape block; else None (the caller copies)."""
     T, B, H = hs.shape
     block = hs.base
-    if not (isinstance(block, np.ndarray) and h0.base is block and block.ndim == 1 and hs.flags.c_contiguous
-            and h0.flags.c_contiguous and h0.shape == (B, H) and h0.dtype == hs.dtype):
+    if not (
+        isinstance(block, np.ndarray)
+        and h0.base is block
+        and block.ndim == 1
+        and hs.flags.c_contiguous
+        and h0.flags.c_contiguous
+        and h0.shape == (B, H)
+        and h0.dtype == hs.dtype
+    ):
         return None
     row = B * H * hs.itemsize
     if h0.ctypes.data != hs.ctypes.data + (T * row if reverse else -row):
@@ -194,13 +209,21 @@ def previous_states_view(hs, h0, *, reverse: bool):
     return np.reshape(block[start : start + T * B * H], (T, B, H))
 
 
+def _one_thread(plan: Plan) -> None:
+    lib = blas.library()
+    if plan.blas == "gruxp" and lib is not None:
+        lib.one_thread()
+
+
 class Executor:
     """Runs one fuser's loops over a layer's directions, exactly as a :class:`Plan` says."""
 
     def __init__(self, fuser: Fuser):
         self.fuser = fuser
-        self._python_loops = {name: time_loops(fuser.forward_step, fuser.backward_step, gemm)
-                              for name, gemm in (("numpy", _numpy_matmul), ("gruxp", _gruxp_matmul))}
+        self._python_loops = {
+            name: time_loops(fuser.forward_step, fuser.backward_step, gemm)
+            for name, gemm in (("numpy", _numpy_matmul), ("gruxp", _gruxp_matmul))
+        }
 
     def _loops(self, p: Plan) -> tuple:
         if p.compiled:
@@ -214,12 +237,13 @@ class Executor:
     # -- forward -------------------------------------------------------------------------------
     def forward(self, plan: Plan, calls: list[dict]) -> list:
         """Each direction's ``(out, h_T, DirectionTape or None)``, as the core's direction function returns them."""
-        if plan.blas == "gruxp":
-            blas.library().one_thread()
+        _one_thread(plan)
         jobs = [self._forward_job(plan, d, call) for d, call in enumerate(calls)]
         workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
-        return [direction_result(*result, mask=call["mask"], record=call["record"], xp=call["xp"])
-                for (_, result), call in zip(jobs, calls, strict=True)]
+        return [
+            direction_result(*result, mask=call["mask"], record=call["record"], xp=call["xp"])
+            for (_, result), call in zip(jobs, calls, strict=True)
+        ]
 
     def _forward_job(self, plan: Plan, d: int, call: dict) -> tuple[list, tuple]:
         """One direction's forward: its buffers, and a task per piece of the batch."""
@@ -249,10 +273,11 @@ class Executor:
         active = _active(call["mask"], T, B)
         h = np.ascontiguousarray(h0)
         tape = (hs, r, z, n, ghn)
-        tasks = [partial(self._forward_rows, plan, x, h[b0:b1], w_ih, b_in, w, b_hn, active, tape, b0, b1, call["reverse"], record)
-                 for b0, b1 in plan.pieces]
-        states = tape if record else (hs,)
-        return tasks, (x, h0, hs[0 if call["reverse"] else T - 1], states)
+        tasks = [
+            partial(self._forward_rows, plan, x, h[b0:b1], w_ih, b_in, w, b_hn, active, tape, b0, b1, call["reverse"], record)
+            for b0, b1 in plan.pieces
+        ]
+        return tasks, (x, h0, hs[0 if call["reverse"] else T - 1], tape if record else (hs,))
 
     def _forward_rows(self, plan: Plan, x, h, w_ih, b_in, w, b_hn, active, tape, b0, b1, reverse, record) -> None:
         """Rows b0:b1 of a direction from their start state ``h``: the input pre-activations a chunk
@@ -287,8 +312,7 @@ class Executor:
     def backward(self, plan: Plan, calls: list[dict]) -> list:
         """Each direction's ``((grads, dx or None), dh0)``, as the core's direction function returns them:
         the loops over every piece first, then the GEMMs after them, cut into blocks."""
-        if plan.blas == "gruxp":
-            blas.library().one_thread()
+        _one_thread(plan)
         jobs = [self._backward_job(plan, d, call) for d, call in enumerate(calls)]
         workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
         finished = [self._finish_job(plan, call, *loop_result) for (_, loop_result), call in zip(jobs, calls, strict=True)]
@@ -322,8 +346,26 @@ class Executor:
         def rows(b0: int, b1: int) -> None:
             if d_source is not None:
                 np.copyto(d_out[:, b0:b1], d_source[:, b0:b1])
-            loop(gz[b0:b1], prod[b0:b1], first_active[b0:b1], carry[b0:b1], d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w,
-                 call["reverse"], b0, b1, plan.back_panel)
+            loop(
+                gz[b0:b1],
+                prod[b0:b1],
+                first_active[b0:b1],
+                carry[b0:b1],
+                d_out,
+                active,
+                h_prev,
+                r,
+                z,
+                n,
+                gh_n,
+                d_i,
+                d_h,
+                w,
+                call["reverse"],
+                b0,
+                b1,
+                plan.back_panel,
+            )
 
         last = active[T - 1 if call["reverse"] else 0]  # of the last step processed
         return [partial(rows, b0, b1) for b0, b1 in plan.pieces], (d_i, d_h, h_prev, gz, prod, carry, last)
@@ -341,15 +383,16 @@ class Executor:
         dx = np.empty((rows, I), x.dtype) if call["need_dx"] else None
 
         def grads(k: int, c0: int, c1: int) -> None:
-            blocks[k] = param_grads(d_i2[:, c0:c1], d_h2[:, c0:c1], x2, h2, None, reset_after=True, bias=call["bias"], xp=call["xp"],
-                                    matmul=matmul)
+            blocks[k] = param_grads(
+                d_i2[:, c0:c1], d_h2[:, c0:c1], x2, h2, None, reset_after=True, bias=call["bias"], xp=call["xp"], matmul=matmul
+            )
 
-        def inputs(r0: int, r1: int) -> None:
-            input_grad(d_i2[r0:r1], params["weight_ih"], matmul=partial(matmul, out=dx[r0:r1]))
+        def inputs(out: np.ndarray, r0: int, r1: int) -> None:
+            input_grad(d_i2[r0:r1], params["weight_ih"], matmul=partial(matmul, out=out[r0:r1]))
 
         tasks = [partial(grads, k, c0, c1) for k, (c0, c1) in enumerate(cut(3 * H, plan.grad_blocks))]
         if dx is not None:
-            tasks += [partial(inputs, r0, r1) for r0, r1 in cut(rows, plan.grad_blocks)]
+            tasks += [partial(inputs, dx, r0, r1) for r0, r1 in cut(rows, plan.grad_blocks)]
 
         def result():
             g = blocks[0] if len(blocks) == 1 else {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
@@ -359,6 +402,10 @@ class Executor:
             return (g, None if dx is None else np.reshape(dx, (T, B, I))), dh0
 
         return tasks, result
+
+
+def _product_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    blas.matmul(a, b, out=out)
 
 
 _executors: dict = {}
@@ -390,8 +437,15 @@ class CpuRoute(Route):
     def plan_for(steps: int, batch: int, inputs: int, hidden: int, directions: int, dtype, *, reset_after: bool) -> Plan:
         """The plan for one layer under the settings in effect here (see :func:`gruxp.config_context`)."""
         config = get_config()
-        return make_plan(Shape(steps, batch, inputs, hidden, directions), dtype, this_machine(), reset_after=reset_after,
-                         fuser=config["fuser"], force=config["cpu_plan"], max_workers=config["max_workers"])
+        return make_plan(
+            Shape(steps, batch, inputs, hidden, directions),
+            dtype,
+            this_machine(),
+            reset_after=reset_after,
+            fuser=config["fuser"],
+            force=config["cpu_plan"],
+            max_workers=config["max_workers"],
+        )
 
     def matmul(self, a, b):
         """``a @ b`` on gruxp's BLAS, the result cut into blocks by :func:`gruxp._native.plan.product_plan`
@@ -406,15 +460,16 @@ class CpuRoute(Route):
         if blocks == 1:
             return blas.matmul(a, b, out=out)
         if axis == 0:
-            tasks = [partial(blas.matmul, a[r0:r1], b, out=out[r0:r1]) for r0, r1 in cut(M, blocks)]
+            parts = [(a[r0:r1], b, out[r0:r1]) for r0, r1 in cut(M, blocks)]
         else:
-            tasks = [partial(blas.matmul, a, b[:, c0:c1], out=out[:, c0:c1]) for c0, c1 in cut(N, blocks)]
-        workers.run(tasks, threads)
+            parts = [(a, b[:, c0:c1], out[:, c0:c1]) for c0, c1 in cut(N, blocks)]
+        workers.run([partial(_product_into, *part) for part in parts], threads)
         return out
 
     def layer_forward(self, forward, calls):
         x, w_hh = calls[0]["x"], calls[0]["p"]["weight_hh"]
-        plan = self.plan_for(*x.shape, w_hh.shape[1], len(calls), x.dtype, reset_after=calls[0]["reset_after"])
+        T, B, I = x.shape
+        plan = self.plan_for(T, B, I, w_hh.shape[1], len(calls), x.dtype, reset_after=calls[0]["reset_after"])
         if plan.route == "generic":
             return super().layer_forward(forward, calls)
         return _executor(plan.fuser, x.dtype).forward(plan, calls)

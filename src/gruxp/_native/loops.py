@@ -41,8 +41,9 @@ def time_loops(forward_step, backward_step, gemm):
             t = T - 1 - s if reverse else s
             k = t if record else 0
             gemm(h, w, gh, panel)
-            forward_step(gi[t], b_in, gh, b_hn, h, active[t, b0:b1], hs[t, b0:b1], r[k, b0:b1], z[k, b0:b1], n[k, b0:b1],
-                         ghn[k, b0:b1])
+            forward_step(
+                gi[t], b_in, gh, b_hn, h, active[t, b0:b1], hs[t, b0:b1], r[k, b0:b1], z[k, b0:b1], n[k, b0:b1], ghn[k, b0:b1]
+            )
             h = hs[t, b0:b1]
 
     def backward_loop(gz, prod, first_active, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h, w, reverse, b0, b1, panel):
@@ -54,8 +55,21 @@ def time_loops(forward_step, backward_step, gemm):
         active_prev = first_active
         for s in range(T):
             t = s if reverse else T - 1 - s
-            backward_step(gz, prod, active_prev, carry, d_out[t if d_out.shape[0] == T else 0, b0:b1], active[t, b0:b1],
-                          h_prev[t, b0:b1], r[t, b0:b1], z[t, b0:b1], n[t, b0:b1], gh_n[t, b0:b1], d_i[t, b0:b1], d_h[t, b0:b1])
+            backward_step(
+                gz,
+                prod,
+                active_prev,
+                carry,
+                d_out[t if d_out.shape[0] == T else 0, b0:b1],
+                active[t, b0:b1],
+                h_prev[t, b0:b1],
+                r[t, b0:b1],
+                z[t, b0:b1],
+                n[t, b0:b1],
+                gh_n[t, b0:b1],
+                d_i[t, b0:b1],
+                d_h[t, b0:b1],
+            )
             gemm(d_h[t, b0:b1], w, prod, panel)
             active_prev = active[t, b0:b1]
 

@@ -38,8 +38,10 @@ class Machine:
 
 def _quota() -> int | None:
     """The CPUs a cgroup CPU quota grants (v2 ``cpu.max``, v1 ``cfs_quota_us``), rounded up; None without one."""
-    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()[:2]),
-                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")])):
+    for path, parse in (
+        ("/sys/fs/cgroup/cpu.max", lambda t: t.split()[:2]),
+        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")]),
+    ):
         text = _read(path)
         if text is None:
             continue

@@ -25,6 +25,7 @@ would not notice a change to the shared functions, which live in another file.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numba
 import numpy as np
@@ -34,9 +35,15 @@ from ..functional import _cell
 
 __all__ = ["fuser"]
 
-_JIT = dict(error_model="numpy", fastmath={"contract"})
+_JIT: dict[str, Any] = dict(error_model="numpy", fastmath={"contract"})
 
-for _helper in (_cell.reset_update_gates, _cell.candidate_blend, _cell.candidate_blend_backward, _cell.sigmoid_grad, _cell.tanh_grad):
+for _helper in (
+    _cell.reset_update_gates,
+    _cell.candidate_blend,
+    _cell.candidate_blend_backward,
+    _cell.sigmoid_grad,
+    _cell.tanh_grad,
+):
     register_jitable(inline="always", **_JIT)(_helper)
 _gates_forward = numba.njit(inline="always", **_JIT)(_cell.gates_forward)
 _gates_backward = numba.njit(inline="always", **_JIT)(_cell.gates_backward)
@@ -47,11 +54,22 @@ _masked_state = numba.njit(inline="always", **_JIT)(_cell.masked_state)
 def select(live, new, old):  # the scalar ``where`` that masked_state takes
     return new if live else old
 
+
 # -- float32: Eigen's / XLA's rational tanh, clamped where it evaluates to ±1 (with FMA) ---------------
 _f = np.float32
 _CLAMP32, _HALF32, _ONE32, _ZERO32 = _f(7.99881172180175781), _f(0.5), _f(1.0), _f(0.0)
-_A32 = tuple(_f(c) for c in (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
-                             -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16))
+_A32 = tuple(
+    _f(c)
+    for c in (
+        4.89352455891786e-03,
+        6.37261928875436e-04,
+        1.48572235717979e-05,
+        5.12229709037114e-08,
+        -8.60467152213735e-11,
+        2.00018790482477e-13,
+        -2.76076847742355e-16,
+    )
+)
 _B32 = tuple(_f(c) for c in (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06))
 _a1, _a3, _a5, _a7, _a9, _a11, _a13 = _A32
 _b0, _b2, _b4, _b6 = _B32
@@ -85,7 +103,12 @@ def tanh_grad32(t):
 _P0, _P1, _P2 = -9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3
 _Q0, _Q1, _Q2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3
 _E_P0, _E_P1, _E_P2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1
-_E_Q0, _E_Q1, _E_Q2, _E_Q3 = 3.00198505138664455042e-6, 2.52448340349684104192e-3, 2.27265548208155028766e-1, 2.00000000000000000009e0
+_E_Q0, _E_Q1, _E_Q2, _E_Q3 = (
+    3.00198505138664455042e-6,
+    2.52448340349684104192e-3,
+    2.27265548208155028766e-1,
+    2.00000000000000000009e0,
+)
 _LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634073599, 6.93145751953125e-1, 1.42860682030941723212e-6
 
 
@@ -123,7 +146,9 @@ def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
             live = active[b]
             for j in range(H):
                 gh_n = gh_nb[j] + b_hn[j]
-                h_new, r, z, n = _gates_forward(gi_r[j] + b_r[j], gi_z[j] + b_z[j], gi_n[j] + b_n[j], gh_r[j], gh_z[j], gh_n, hb[j], sigmoid, tanh)
+                h_new, r, z, n = _gates_forward(
+                    gi_r[j] + b_r[j], gi_z[j] + b_z[j], gi_n[j] + b_n[j], gh_r[j], gh_z[j], gh_n, hb[j], sigmoid, tanh
+                )
                 ho[j] = _masked_state(live, h_new, hb[j], select)
                 ro[j], zo[j], no[j], go[j] = r, z, n, gh_n
 
@@ -163,8 +188,22 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
             cblas_gemv(ROW_MAJOR, TRANS, K, N, 1.0, b.ctypes.data, N, a.ctypes.data, 1, 0.0, c.ctypes.data, 1)
         elif panel > 0:
             for j in range(0, N, panel):
-                cblas_gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, min(panel, N - j), K, 1.0, a.ctypes.data, K, b[:, j:].ctypes.data, N, 0.0,
-                           c[:, j:].ctypes.data, N)
+                cblas_gemm(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    NO_TRANS,
+                    M,
+                    min(panel, N - j),
+                    K,
+                    1.0,
+                    a.ctypes.data,
+                    K,
+                    b[:, j:].ctypes.data,
+                    N,
+                    0.0,
+                    c[:, j:].ctypes.data,
+                    N,
+                )
         else:
             cblas_gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
 
@@ -183,8 +222,10 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
     def product(a, b, c, panel):  # the loops' GEMM, alone (tests)
         gemm(a, b, c, panel)
 
-    loops = tuple(tuple(numba.njit(nogil=True, **_JIT)(loop) for loop in time_loops(forward_step, backward_step, g))
-                  for g in (gemm, gemm_transposed))
+    loops = tuple(
+        tuple(numba.njit(nogil=True, **_JIT)(loop) for loop in time_loops(forward_step, backward_step, g))
+        for g in (gemm, gemm_transposed)
+    )
     return (*loops, product)
 
 

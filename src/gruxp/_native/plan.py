@@ -17,7 +17,6 @@ Every threshold is in :class:`Rules`, with its reason; the measurements that cho
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,8 +91,9 @@ class Plan:
     loop compiled, GEMMs called from it), ``blas`` (``"gruxp"``: gruxp's own OpenBLAS, one thread
     a call; ``"numpy"``: NumPy's matmul), ``pieces`` (the batch's row ranges, each a recurrence of
     its own), ``chunk`` (steps per input GEMM), ``panel`` and ``back_panel`` (column width of a
-    forward and a backward step's GEMM, 0 for one call), ``transposed`` (each step's product formed as W hᵀ), ``grad_blocks`` (column
-    blocks of the weight-gradient GEMMs, and row blocks of dx). Scheduling: ``workers``.
+    forward and a backward step's GEMM, 0 for one call), ``transposed`` (each step's product formed
+    as W hᵀ), ``grad_blocks`` (column blocks of the weight-gradient GEMMs, and row blocks of dx).
+    Scheduling: ``workers``.
     """
 
     route: str
@@ -112,8 +112,18 @@ class Plan:
     @property
     def arithmetic(self) -> tuple:
         """The choices that decide a result's bits (all but ``workers``)."""
-        return (self.route, self.fuser, self.compiled, self.blas, self.pieces, self.chunk, self.panel, self.back_panel,
-                self.transposed, self.grad_blocks)
+        return (
+            self.route,
+            self.fuser,
+            self.compiled,
+            self.blas,
+            self.pieces,
+            self.chunk,
+            self.panel,
+            self.back_panel,
+            self.transposed,
+            self.grad_blocks,
+        )
 
 
 def cut(n: int, parts: int) -> tuple:
@@ -131,8 +141,17 @@ def _itemsize(dtype: str) -> int:
     return {"float32": 4, "float64": 8}[dtype]
 
 
-def plan(shape: Shape, dtype: Any, machine: Machine, *, reset_after: bool = True, fuser: str = "auto",
-         force: Mapping[str, Any] | None = None, max_workers: int | None = None, rules: Rules = RULES) -> Plan:
+def plan(
+    shape: Shape,
+    dtype: Any,
+    machine: Machine,
+    *,
+    reset_after: bool = True,
+    fuser: str = "auto",
+    force: Mapping[str, Any] | None = None,
+    max_workers: int | None = None,
+    rules: Rules = RULES,
+) -> Plan:
     """The CPU route's plan for one layer (see the module docstring for what each choice may read).
 
     ``fuser`` is the setting (``"auto"``, ``"numba"``, ``"numpy"``); ``force`` replaces chosen
@@ -148,24 +167,51 @@ def plan(shape: Shape, dtype: Any, machine: Machine, *, reset_after: bool = True
     work = shape.work
     if fuser == "auto":
         fuser = "numba" if machine.numba and work >= rules.numba_min_work else "numpy"
-        why.append(f"fuser: {fuser} — " + ("numba installed, T·B·H² ≥ " f"{rules.numba_min_work:,}" if fuser == "numba" else
-                                            "numba not installed" if not machine.numba else
-                                            f"T·B·H² = {work:,} < {rules.numba_min_work:,}, numba's compile would not pay"))
+        why.append(
+            f"fuser: {fuser} — "
+            + (
+                f"numba installed, T·B·H² ≥ {rules.numba_min_work:,}"
+                if fuser == "numba"
+                else "numba not installed"
+                if not machine.numba
+                else f"T·B·H² = {work:,} < {rules.numba_min_work:,}, numba's compile would not pay"
+            )
+        )
     else:
         if fuser == "numba" and not machine.numba:
-            raise ImportError("fuser='numba' was asked for, but numba is not installed (pip install numba, or gruxp's fast extra)")
+            raise ImportError(
+                "fuser='numba' was asked for, but numba is not installed (pip install numba, or gruxp's fast extra)"
+            )
         why.append(f"fuser: {fuser} — asked for")
     blas = "gruxp" if machine.blas else "numpy"
-    why.append(f"blas: {blas} — " + (f"gruxp's own OpenBLAS ({machine.blas} kernel), one thread a call" if machine.blas else
-                                      "gruxp's OpenBLAS (scipy-openblas64) is not available: NumPy's matmul and its threads"))
+    why.append(
+        f"blas: {blas} — "
+        + (
+            f"gruxp's own OpenBLAS ({machine.blas} kernel), one thread a call"
+            if machine.blas
+            else "gruxp's OpenBLAS (scipy-openblas64) is not available: NumPy's matmul and its threads"
+        )
+    )
     compiled = fuser == "numba" and blas == "gruxp"
-    why.append("loop: " + ("compiled whole, its GEMMs called from it (the GIL released)" if compiled else
-                           "Python, one GEMM call and one fused pass per step"))
+    why.append(
+        "loop: "
+        + (
+            "compiled whole, its GEMMs called from it (the GIL released)"
+            if compiled
+            else "Python, one GEMM call and one fused pass per step"
+        )
+    )
     pieces = 1
     if compiled and work >= rules.piece_min_work and B >= 2 * rules.piece_min_rows:
         pieces = max(1, min(machine.cpus // D, B // rules.piece_min_rows))
-    why.append(f"pieces: {pieces} — " + (f"the batch cut for {machine.cpus} CPUs, {D} direction(s) each, ≥ {rules.piece_min_rows} rows a piece"
-                                         if pieces > 1 else "one piece" + ("" if compiled else " (the loop holds the GIL)")))
+    why.append(
+        f"pieces: {pieces} — "
+        + (
+            f"the batch cut for {machine.cpus} CPUs, {D} direction(s) each, ≥ {rules.piece_min_rows} rows a piece"
+            if pieces > 1
+            else "one piece" + ("" if compiled else " (the loop holds the GIL)")
+        )
+    )
     grad_blocks = 1
     if blas == "gruxp" and work >= rules.piece_min_work:
         grad_blocks = max(1, min(machine.cpus // D, 3 * H // rules.grad_min_columns))
@@ -185,22 +231,40 @@ def plan(shape: Shape, dtype: Any, machine: Machine, *, reset_after: bool = True
         chunks = -(-T * rows * 3 * H * itemsize // rules.chunk_bytes)
         chunk = min(T, max(-(-T // max(1, chunks)), -(-rules.chunk_min_rows_per_input * I // rows)))
         lo, hi = rules.transposed_rows
-        transposed = (machine.blas in rules.transposed_kernels and name in rules.transposed_dtypes and H >= rules.transposed_min_hidden
-                      and lo <= rows <= hi)
+        transposed = (
+            machine.blas in rules.transposed_kernels
+            and name in rules.transposed_dtypes
+            and H >= rules.transposed_min_hidden
+            and lo <= rows <= hi
+        )
         if not transposed and machine.blas in rules.small_gemm_kernels and rows >= 2 and rows * 3 * H * H > rules.small_gemm:
             # (rows, H) @ (H, 3H) forward, (rows, 3H) @ (3H, H) backward: panels of N within M·N·K
             width, back_width = rules.small_gemm // (rows * H) // 16 * 16, rules.small_gemm // (rows * 3 * H) // 16 * 16
             panel, back_panel = (width if width >= 16 else 0), (back_width if 16 <= back_width < H else 0)
-    chunk, panel, back_panel = int(forced.pop("chunk", chunk)), int(forced.pop("panel", panel)), int(forced.pop("back_panel", back_panel))
+    chunk, panel, back_panel = (
+        int(forced.pop("chunk", chunk)),
+        int(forced.pop("panel", panel)),
+        int(forced.pop("back_panel", back_panel)),
+    )
     transposed, grad_blocks = bool(forced.pop("transposed", transposed)), int(forced.pop("grad_blocks", grad_blocks))
     if not compiled and (transposed or panel or back_panel):
         raise ValueError("transposed products and column panels are the compiled loop's (fuser numba with gruxp's BLAS)")
     if not 1 <= chunk <= T or panel < 0 or back_panel < 0 or not 1 <= grad_blocks <= 3 * H:
         raise ValueError(f"chunk must be in 1..{T}, panel ≥ 0 and grad_blocks in 1..{3 * H}; got {chunk}, {panel}, {grad_blocks}")
-    why.append(f"chunk: {chunk} step(s) per input GEMM" + (" (~two L2 caches of pre-activations)" if compiled and chunk < T else ""))
-    why.append("product: " + ("W hᵀ, transposed (few columns run faster on this kernel)" if transposed else
-                              f"h Wᵀ in column panels of {panel} (the kernel's small-matrix path)" if panel else "h Wᵀ, one call")
-               + (f"; backward in panels of {back_panel}" if back_panel else ""))
+    why.append(
+        f"chunk: {chunk} step(s) per input GEMM" + (" (~two L2 caches of pre-activations)" if compiled and chunk < T else "")
+    )
+    why.append(
+        "product: "
+        + (
+            "W hᵀ, transposed (few columns run faster on this kernel)"
+            if transposed
+            else f"h Wᵀ in column panels of {panel} (the kernel's small-matrix path)"
+            if panel
+            else "h Wᵀ, one call"
+        )
+        + (f"; backward in panels of {back_panel}" if back_panel else "")
+    )
     why.append(f"grad blocks: {grad_blocks} column block(s) of the weight gradients, row block(s) of dx")
     tasks = max(D * pieces, 2 * D * grad_blocks)
     workers = 1  # NumPy's BLAS runs its own threads; small work is not worth handing to another thread
@@ -208,14 +272,17 @@ def plan(shape: Shape, dtype: Any, machine: Machine, *, reset_after: bool = True
         workers = max(1, min(tasks, machine.usable, max_workers or machine.usable))
     if "workers" in forced:
         workers = max(1, int(forced.pop("workers")))
-    why.append(f"workers: {workers} thread(s) at once — {machine.usable} CPU(s) usable now (scheduling only: the same bits for any)")
+    why.append(
+        f"workers: {workers} thread(s) at once — {machine.usable} CPU(s) usable now (scheduling only: the same bits for any)"
+    )
     if forced:
         raise ValueError(f"unknown plan field {sorted(forced)[0]!r}")
     return Plan("fused", fuser, compiled, blas, ranges, chunk, panel, back_panel, transposed, grad_blocks, workers, tuple(why))
 
 
-def product_plan(M: int, N: int, K: int, machine: Machine, *, max_workers: int | None = None,
-                 rules: Rules = RULES) -> tuple[int, int, int]:
+def product_plan(
+    M: int, N: int, K: int, machine: Machine, *, max_workers: int | None = None, rules: Rules = RULES
+) -> tuple[int, int, int]:
     """``(axis, blocks, workers)`` for a product (M, K) @ (K, N) on gruxp's BLAS: the result cut into
     ``blocks`` ranges of its rows (axis 0) or columns (axis 1), whichever are more; the cut from
     the shapes and the machine's CPUs, ``workers`` from the CPUs usable now (scheduling only)."""

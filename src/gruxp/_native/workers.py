@@ -53,7 +53,7 @@ class _Batch:
                 return
             try:
                 self.tasks[i]()
-            except BaseException as exc:  # noqa: BLE001 (handed to the caller)
+            except BaseException as exc:  # handed to the caller, after every task ran
                 with self.lock:
                     self.error = self.error or exc
             finally:

@@ -28,11 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import click
     except ImportError:
-        _fail("the gruxp command needs its command-line extra: pip install 'gruxp[cli]'", EXIT_USAGE)
+        _fail('the gruxp command needs its command-line extra: pip install ".[cli,plot]" in the clone of gruxp', EXIT_USAGE)
+    from ..checkpoint import CheckpointError
+    from .backends import BackendError
     from .commands import cli
     from .corpus import CorpusError
-    from .backends import BackendError
-    from ..checkpoint import CheckpointError
 
     debug = os.environ.get("GRUXP_DEBUG") == "1"
     try:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BACKENDS = {  # name -> (module, pip hint)
-    "numpy": ("numpy", "numpy"),
-    "array_api_strict": ("array_api_strict", "array-api-strict"),
-    "torch": ("torch", "torch"),
-    "jax": ("jax.numpy", "'gruxp[jax]', or '.[jax]' in a clone of gruxp"),
-    "cupy": ("cupy", "'gruxp[cuda12]' or 'gruxp[cuda13]', or '.[cuda12]' / '.[cuda13]' in a clone of gruxp"),
+BACKENDS = {  # name -> (module, how to install it, from a clone of gruxp)
+    "numpy": ("numpy", "pip install numpy"),
+    "array_api_strict": ("array_api_strict", "pip install array-api-strict"),
+    # a plain `pip install torch` fetches a CUDA build of several GB: name the CPU build
+    "torch": ("torch", "for the CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu"),
+    "jax": ("jax.numpy", 'pip install ".[jax]" in the clone of gruxp'),
+    "cupy": ("cupy", 'pip install ".[cuda12]" or ".[cuda13]" in the clone of gruxp, for your CUDA version'),
 }
 
 
@@ -26,7 +27,7 @@ def load(name: str, device: str | None = None, dtype: str = "float32") -> tuple[
     try:
         xp = importlib.import_module(module)
     except ImportError as exc:
-        raise BackendError(f"backend {name!r} is not installed (pip install {hint}): {exc}") from exc
+        raise BackendError(f"backend {name!r} is not installed ({hint}): {exc}") from exc
     if name == "jax":
         import jax
 

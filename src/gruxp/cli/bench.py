@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ def _contenders(name, *, batch, seq_len, hidden, layers, dtype, state):
 
 
 def run(names: list[str], *, batch: int, seq_len: int, hidden: int, layers: int, rounds: int, dtype: str) -> None:
+    torch: Any
     try:
         import torch
     except ImportError:
@@ -63,23 +65,32 @@ def run(names: list[str], *, batch: int, seq_len: int, hidden: int, layers: int,
             out.backward(tg)
 
         theirs = (t_forward, t_train)
+    # every backend loaded first: one that is missing is refused before any row is printed
+    ours = {
+        name: _contenders(name, batch=batch, seq_len=seq_len, hidden=hidden, layers=layers, dtype=dtype, state=state)
+        for name in names
+    }
     flops = flops_forward(batch, seq_len, hidden, hidden, layers)
     pools = "; ".join(describe_pool(i) for i in info)
     print(f"B={batch} T={seq_len} I=H={hidden} layers={layers} {dtype}, median of {rounds} rounds; thread pools: {pools}")
     print("| backend | mode | ms per call | ms per step | GFLOP/s | torch.nn.GRU ms | ratio to torch |")
     print("|---|---|---|---|---|---|---|")
-    for name in names:
-        ours = _contenders(name, batch=batch, seq_len=seq_len, hidden=hidden, layers=layers, dtype=dtype, state=state)
-        for mode, index, work in (("forward", 0, flops), ("forward+backward", 1, 3 * flops)):
-            mine, ref, ratios = [], [], []
-            for _ in range(rounds):
-                settle(ours[index])
-                mine.append(per_call(ours[index]))
-                if theirs is not None:
-                    settle(theirs[index])
-                    ref.append(per_call(theirs[index]))
-                    ratios.append(mine[-1] / ref[-1])
-            ms = statistics.median(mine) * 1e3
-            torch_ms = f"{statistics.median(ref) * 1e3:.2f}" if ref else "(torch not installed)"
-            ratio = f"{statistics.median(ratios):.2f}×" if ratios else "-"
+    for mode, index, work in (("forward", 0, flops), ("forward+backward", 1, 3 * flops)):
+        # each round times the reference once, then every backend: one torch figure per size and mode
+        mine: dict[str, list[float]] = {name: [] for name in ours}
+        ratios: dict[str, list[float]] = {name: [] for name in ours}
+        ref: list[float] = []
+        for _ in range(rounds):
+            if theirs is not None:
+                settle(theirs[index])
+                ref.append(per_call(theirs[index]))
+            for name, fns in ours.items():
+                settle(fns[index])
+                mine[name].append(per_call(fns[index]))
+                if ref:
+                    ratios[name].append(mine[name][-1] / ref[-1])
+        torch_ms = f"{statistics.median(ref) * 1e3:.2f}" if ref else "(torch not installed)"
+        for name in ours:
+            ms = statistics.median(mine[name]) * 1e3
+            ratio = f"{statistics.median(ratios[name]):.2f}×" if ratios[name] else "-"
             print(f"| {name} | {mode} | {ms:.2f} | {ms / seq_len:.3f} | {work / (ms / 1e3) / 1e9:.1f} | {torch_ms} | {ratio} |")

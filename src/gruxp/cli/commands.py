@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import signal
-import importlib.util
 import sys
 import threading
 import time
@@ -66,8 +66,16 @@ class _Progress:
         initial = 0 if self.by_time else start_step
         unit = "s" if self.by_time else "step"
         fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}{postfix}]" if self.by_time else None
-        self.bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, file=sys.stderr,
-                        mininterval=0.5, bar_format=fmt, disable=None)
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit=unit,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=0.5,
+            bar_format=fmt,
+            disable=None,
+        )
         self.started = time.perf_counter()
 
     def advance(self, **postfix: str) -> None:
@@ -126,8 +134,13 @@ def _plot(metrics: Path, png: Path, *, baseline: float | None, ylabel: str, base
 
 @cli.command()
 @click.option("--data", type=str, default=None, help="A text file or folder (default: the Python standard library's sources).")
-@click.option("--task", type=click.Choice(["lm", "adding", "copy"]), default="lm", show_default=True,
-              help="lm: character language model; adding / copy: the synthetic memory benchmarks.")
+@click.option(
+    "--task",
+    type=click.Choice(["lm", "adding", "copy"]),
+    default="lm",
+    show_default=True,
+    help="lm: character language model; adding / copy: the synthetic memory benchmarks.",
+)
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="numpy", show_default=True)
 @click.option("--device", type=str, default=None, help="e.g. cuda:0 (torch), gpu (jax), 0 (cupy), device1 (array_api_strict).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
@@ -135,12 +148,16 @@ def _plot(metrics: Path, png: Path, *, baseline: float | None, ylabel: str, base
 @click.option("--layers", type=POSITIVE_INT, default=2, show_default=True)
 @click.option("--embed", type=POSITIVE_INT, default=64, show_default=True, help="Embedding size (lm and copy).")
 @click.option("--dropout", type=FiniteFloat(0.0, 1.0, max_open=True), default=0.0, show_default=True)
-@click.option("--seq-len", type=POSITIVE_INT, default=None, help="Window length (lm, default 64) or sequence length T (tasks, default 50).")
+@click.option(
+    "--seq-len", type=POSITIVE_INT, default=None, help="Window length (lm, default 64) or sequence length T (tasks, default 50)."
+)
 @click.option("--batch", type=POSITIVE_INT, default=32, show_default=True)
 @click.option("--lr", type=POSITIVE_FLOAT, default=3e-3, show_default=True)
 @click.option("--clip", type=POSITIVE_FLOAT, default=1.0, show_default=True, help="Gradient clipping by global norm.")
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Train until this step (default: use the time budget).")
-@click.option("--time-budget", type=POSITIVE_FLOAT, default=None, help="Seconds of training (default 240 when --steps is not given).")
+@click.option(
+    "--time-budget", type=POSITIVE_FLOAT, default=None, help="Seconds of training (default 240 when --steps is not given)."
+)
 @click.option("--eval-every", type=POSITIVE_INT, default=250, show_default=True)
 @click.option("--sample-every", type=POSITIVE_INT, default=500, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -170,16 +187,20 @@ def _resume_setup(ctx, opts, ckpt_path, task, xp, device):
     ckpt = checkpoint.load(ckpt_path)
     at = ckpt.meta["step"]
     if opts["steps"] is not None and at >= opts["steps"]:
-        raise click.UsageError(f"{ckpt_path} is already at step {at}: --steps {opts['steps']} leaves nothing to do "
-                               f"(--steps counts from the start of training; pass more than {at})")
+        raise click.UsageError(
+            f"{ckpt_path} is already at step {at}: --steps {opts['steps']} leaves nothing to do "
+            f"(--steps counts from the start of training; pass more than {at})"
+        )
     extra = ckpt.meta.get("extra", {})
     if extra.get("task") != task:
         raise checkpoint.CheckpointError(f"{ckpt_path} was saved by task {extra.get('task')!r}, not {task!r}")
     saved = extra.get("options", {})
     for name in (*STRUCTURE, "seq_len", "batch", "lr", "dtype"):
         if _explicit(ctx, name) and name in saved and saved[name] != opts[name]:
-            raise click.UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's {saved[name]}; "
-                                   f"a resumed run keeps its model and optimizer")
+            raise click.UsageError(
+                f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's {saved[name]}; "
+                f"a resumed run keeps its model and optimizer"
+            )
     for name in (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip"):
         if name in saved:
             opts[name] = saved[name]
@@ -198,16 +219,28 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
     else:
         data = opts["data"]
         text = corpus_mod.build(data)
-        model = lm.build_model(len(text.vocab), hidden=opts["hidden"], layers=opts["layers"], embed=opts["embed"],
-                               dropout=opts["dropout"], xp=xp, device=device, dtype=opts["dtype"], seed=opts["seed"])
+        model = lm.build_model(
+            len(text.vocab),
+            hidden=opts["hidden"],
+            layers=opts["layers"],
+            embed=opts["embed"],
+            dropout=opts["dropout"],
+            xp=xp,
+            device=device,
+            dtype=opts["dtype"],
+            seed=opts["seed"],
+        )
         optimizer = optim.AdamW(lr=opts["lr"], weight_decay=0.01)
     B, T = opts["batch"], opts["seq_len"]
     if text.train.size < B * T + 1:
-        raise corpus_mod.CorpusError(f"the training text has {text.train.size} characters; --batch {B} × --seq-len {T} needs at least {B * T + 1}")
+        raise corpus_mod.CorpusError(
+            f"the training text has {text.train.size} characters; --batch {B} × --seq-len {T} needs at least {B * T + 1}"
+        )
     if text.valid.size < 2:
         raise corpus_mod.CorpusError("the corpus is too short to hold out a validation part")
-    trainer = gruxp.Trainer(model, losses.cross_entropy, optimizer, clip_norm=opts["clip"], stateful=True,
-                            checkpoint=ckpt_path, seed=opts["seed"])
+    trainer = gruxp.Trainer(
+        model, losses.cross_entropy, optimizer, clip_norm=opts["clip"], stateful=True, checkpoint=ckpt_path, seed=opts["seed"]
+    )
     if opts["resume"]:
         trainer.resume(ckpt_path)
     batches = stream_windows(text.train, batch_size=B, window=T, xp=xp, device=device)
@@ -215,15 +248,32 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
     options = {k: opts[k] for k in (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip")}
     extra = {"task": "lm", "vocab": text.vocab, "data": data, "corpus": text.source, "unigram_bits": baseline, "options": options}
     n_params = sum(int(np.prod(v.shape)) for v in model.params.values())
-    print(f"corpus: {text.source}: {text.train.size:,} training and {text.valid.size:,} validation characters, vocabulary {len(text.vocab)}")
-    print(f"model: embedding {opts['embed']} → GRU {opts['layers']}×{opts['hidden']} → linear, {n_params:,} parameters, "
-          f"{opts['backend']} {opts['dtype']}; batch {B} × window {T}, AdamW lr {opts['lr']}")
+    print(
+        f"corpus: {text.source}: {text.train.size:,} training and {text.valid.size:,} validation characters, "
+        f"vocabulary {len(text.vocab)}"
+    )
+    print(
+        f"model: embedding {opts['embed']} → GRU {opts['layers']}×{opts['hidden']} → linear, {n_params:,} parameters, "
+        f"{opts['backend']} {opts['dtype']}; batch {B} × window {T}, AdamW lr {opts['lr']}"
+    )
     print(f"unigram baseline: {baseline:.3f} bits/char on the validation text")
     metrics = out / "metrics.csv"
-    _loop(trainer, batches, opts, out, metrics, extra, baseline=baseline, unit=Unit("chars", "chars_s", "chars_per_s", B * T),
-          evaluate=lambda: lm.bits_per_char(lm.evaluate(model, text.valid, seq_len=T, batch=B, max_chars=100_000)),
-          to_metric=lm.bits_per_char, metric_name="bits/char",
-          sampler=lambda: lm.sample(model, text.vocab, length=240, temperature=0.8, prime="def ", rng=np.random.default_rng(trainer.step)))
+    _loop(
+        trainer,
+        batches,
+        opts,
+        out,
+        metrics,
+        extra,
+        baseline=baseline,
+        unit=Unit("chars", "chars_s", "chars_per_s", B * T),
+        evaluate=lambda: lm.bits_per_char(lm.evaluate(model, text.valid, seq_len=T, batch=B, max_chars=100_000)),
+        to_metric=lm.bits_per_char,
+        metric_name="bits/char",
+        sampler=lambda: lm.sample(
+            model, text.vocab, length=240, temperature=0.8, prime="def ", rng=np.random.default_rng(trainer.step)
+        ),
+    )
 
 
 RECENT = 20  # the training figure beside each validation score: the mean loss of the last 20 steps
@@ -267,6 +317,15 @@ class _StopRequest:
             signal.signal(number, handler)
 
 
+def _last_seconds(metrics: Path) -> float:
+    """The training time metrics.csv had reached (0 where it is missing or holds no rows)."""
+    try:
+        rows = list(csv.DictReader(metrics.read_text().splitlines()))
+        return float(rows[-1]["seconds"]) if rows else 0.0
+    except (OSError, KeyError, ValueError):
+        return 0.0
+
+
 def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evaluate, to_metric, metric_name, sampler) -> None:
     """The shared training loop: progress, evaluation, samples, checkpoints, metrics, plot, signals."""
     steps, budget = opts["steps"], opts["time_budget"]
@@ -275,7 +334,9 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evalua
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)  # only now: a run refused earlier leaves no folder behind
     progress = _Progress(steps=steps, budget=budget if steps is None else None, start_step=trainer.step)
-    started, window_losses, window_items, window_start = time.perf_counter(), [], 0, time.perf_counter()
+    window_losses: list[float] = []
+    started, window_items, window_start = time.perf_counter(), 0, time.perf_counter()
+    earlier = 0.0 if fresh else _last_seconds(metrics)  # metrics.csv's clock goes on across --resume
     total_items, last_valid = 0, None
     # With a time budget and no explicit periods, evaluate (and sample) by the clock as well, about 8
     # (and 4) times per run, so a slow or loaded machine still gets a curve, not one point.
@@ -290,14 +351,26 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evalua
         recent = window_losses[-RECENT:]  # the mean since the last evaluation would lag far behind
         train_metric = to_metric(float(np.mean(recent)))
         speed = window_items / max(time.perf_counter() - window_start, 1e-9)
-        row = {"step": trainer.step, "seconds": round(time.perf_counter() - started, 2), "train": round(train_metric, 5),
-               "valid": round(last_valid, 5), unit.column: round(speed, 1)}
+        row = {
+            "step": trainer.step,
+            "seconds": round(earlier + time.perf_counter() - started, 2),
+            "train": round(train_metric, 5),
+            "valid": round(last_valid, 5),
+            unit.column: round(speed, 1),
+        }
         _write_metrics(metrics, row, fresh=fresh)
         fresh = False
-        _plot(metrics, out / "loss.png", baseline=baseline, ylabel=metric_name,
-              baseline_label="unigram baseline" if sampler is not None else "memoryless baseline")
-        progress.write(f"step {trainer.step}: train {train_metric:.3f} {metric_name} (mean of the last {len(recent)} "
-                       f"steps), validation {last_valid:.3f} {metric_name} (baseline {baseline:.3f}){' [final]' if final else ''}")
+        _plot(
+            metrics,
+            out / "loss.png",
+            baseline=baseline,
+            ylabel=metric_name,
+            baseline_label="unigram baseline" if sampler is not None else "memoryless baseline",
+        )
+        progress.write(
+            f"step {trainer.step}: train {train_metric:.3f} {metric_name} (mean of the last {len(recent)} "
+            f"steps), validation {last_valid:.3f} {metric_name} (baseline {baseline:.3f}){' [final]' if final else ''}"
+        )
         window_losses, window_items, window_start = [], 0, time.perf_counter()
 
     with _StopRequest() as stop:
@@ -312,15 +385,19 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evalua
                 window_items += unit.per_step
                 total_items += unit.per_step
                 speed = total_items / (time.perf_counter() - started)
-                progress.advance(loss=f"{to_metric(result['loss']):.3f} {metric_name}", **{unit.short: f"{speed:,.0f}"},
-                                 step=str(trainer.step))
+                progress.advance(
+                    loss=f"{to_metric(result['loss']):.3f} {metric_name}", **{unit.short: f"{speed:,.0f}"}, step=str(trainer.step)
+                )
                 now = time.perf_counter()
                 if stop.received is None and (trainer.step % opts["eval_every"] == 0 or now - last_eval >= eval_seconds):
                     trainer.save(extra=extra)
                     record()
                     last_eval = time.perf_counter()
-                if stop.received is None and sampler is not None and (
-                        trainer.step % opts["sample_every"] == 0 or now - last_sample >= sample_seconds):
+                if (
+                    stop.received is None
+                    and sampler is not None
+                    and (trainer.step % opts["sample_every"] == 0 or now - last_sample >= sample_seconds)
+                ):
                     last_sample = now
                     progress.write(f"--- sample at step {trainer.step} ---\n{sampler()}\n---")
         except KeyboardInterrupt:  # outside the main thread no handler is installed
@@ -345,10 +422,13 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evalua
         return
     if sampler is not None:
         print(f"--- sample ---\n{sampler()}\n---")
-    print(f"done: {new_steps} steps{resumed}, now at step {trainer.step}, in {elapsed:.0f} s, "
-          f"{total_items / max(elapsed, 1e-9):,.0f} {unit.name}/s; "
-          f"validation {last_valid:.3f} {metric_name} vs baseline {baseline:.3f}; "
-          f"checkpoint {trainer.checkpoint}, metrics {metrics}" + (f", plot {out / 'loss.png'}" if (out / "loss.png").exists() else ""))
+    print(
+        f"done: {new_steps} steps{resumed}, now at step {trainer.step}, in {elapsed:.0f} s, "
+        f"{total_items / max(elapsed, 1e-9):,.0f} {unit.name}/s; "
+        f"validation {last_valid:.3f} {metric_name} vs baseline {baseline:.3f}; "
+        f"checkpoint {trainer.checkpoint}, metrics {metrics}"
+        + (f", plot {out / 'loss.png'}" if (out / "loss.png").exists() else "")
+    )
 
 
 def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
@@ -362,8 +442,15 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
         ckpt, extra, model = _resume_setup(ctx, opts, ckpt_path, opts["task"], xp, device)
         optimizer = optimizer_from_checkpoint(ckpt)
     else:
-        model = task.build(hidden=opts["hidden"], layers=opts["layers"], embed=opts["embed"], xp=xp, device=device,
-                           dtype=opts["dtype"], seed=opts["seed"])
+        model = task.build(
+            hidden=opts["hidden"],
+            layers=opts["layers"],
+            embed=opts["embed"],
+            xp=xp,
+            device=device,
+            dtype=opts["dtype"],
+            seed=opts["seed"],
+        )
         optimizer = optim.Adam(lr=opts["lr"])
     T, B = opts["seq_len"], opts["batch"]
     trainer = gruxp.Trainer(model, task.loss, optimizer, clip_norm=opts["clip"], checkpoint=ckpt_path, seed=opts["seed"])
@@ -385,8 +472,20 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
         finally:
             model.train()
 
-    _loop(trainer, batches, opts, out, out / "metrics.csv", extra, baseline=baseline,
-          unit=Unit("sequences", "seq_s", "sequences_per_s", B), evaluate=evaluate, to_metric=lambda v: v, metric_name=task.metric, sampler=None)
+    _loop(
+        trainer,
+        batches,
+        opts,
+        out,
+        out / "metrics.csv",
+        extra,
+        baseline=baseline,
+        unit=Unit("sequences", "seq_s", "sequences_per_s", B),
+        evaluate=evaluate,
+        to_metric=lambda v: v,
+        metric_name=task.metric,
+        sampler=None,
+    )
 
 
 @cli.command("sample")
@@ -397,7 +496,9 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="numpy", show_default=True)
 @click.option("--device", type=str, default=None)
-def sample_cmd(checkpoint_path: str, temperature: float, length: int, prime: str, seed: int, backend: str, device: str | None) -> None:
+def sample_cmd(
+    checkpoint_path: str, temperature: float, length: int, prime: str, seed: int, backend: str, device: str | None
+) -> None:
     """Generate text from a language-model checkpoint."""
     model, extra = _load_lm(checkpoint_path, backend, device)
     text = lm.sample(model, extra["vocab"], length=length, temperature=temperature, prime=prime, rng=np.random.default_rng(seed))
@@ -419,27 +520,43 @@ def eval_cmd(checkpoint_path: str, data: str, backend: str, device: str | None) 
     seq_len = extra.get("options", {}).get("seq_len", 64)
     nats = lm.evaluate(model, ids, seq_len=seq_len, batch=32, max_chars=len(ids))
     unknown = int(np.sum(ids == len(extra["vocab"]) - 1)) if extra["vocab"][-1] == corpus_mod.UNKNOWN else 0
-    click.echo(f"{source}: {len(ids):,} characters ({unknown:,} outside the vocabulary): "
-               f"loss {nats:.4f} nats/char, {lm.bits_per_char(nats):.4f} bits/char")
+    click.echo(
+        f"{source}: {len(ids):,} characters ({unknown:,} outside the vocabulary): "
+        f"loss {nats:.4f} nats/char, {lm.bits_per_char(nats):.4f} bits/char"
+    )
 
 
 def _load_lm(path: str, backend: str, device: str | None):
     ckpt = checkpoint.load(path)
     extra = ckpt.meta.get("extra", {})
     if extra.get("task") != "lm" or "vocab" not in extra:
-        raise checkpoint.CheckpointError(f"{path} holds a model of task {extra.get('task', 'none (not from gruxp train)')!r}, "
-                                         "not a language model from 'gruxp train'")
+        raise checkpoint.CheckpointError(
+            f"{path} holds a model of task {extra.get('task', 'none (not from gruxp train)')!r}, "
+            "not a language model from 'gruxp train'"
+        )
     xp, dev = load(backend, device, ckpt.meta["dtype"])
     return checkpoint.build_model(ckpt, xp=xp, device=dev), extra
 
 
 @cli.command()
-@click.option("--plan", "plan_shape", type=POSITIVE_INT, nargs=4, default=None, metavar="B T I H",
-              help="Print the CPU route's plan for a call of this shape (batch, steps, inputs, hidden) and why.")
+@click.option(
+    "--plan",
+    "plan_shape",
+    type=POSITIVE_INT,
+    nargs=4,
+    default=None,
+    metavar="B T I H",
+    help="Print the CPU route's plan for a call of this shape (batch, steps, inputs, hidden) and why.",
+)
 @click.option("--layers", type=POSITIVE_INT, default=1, show_default=True, help="With --plan: the number of layers.")
 @click.option("--bidirectional", is_flag=True, help="With --plan: a bidirectional GRU.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True, help="With --plan.")
-@click.option("--cpus", type=POSITIVE_INT, default=None, help="With --plan: plan for a machine of this many CPUs (all usable) instead of this one.")
+@click.option(
+    "--cpus",
+    type=POSITIVE_INT,
+    default=None,
+    help="With --plan: plan for a machine of this many CPUs (all usable) instead of this one.",
+)
 def info(plan_shape: tuple[int, int, int, int] | None, layers: int, bidirectional: bool, dtype: str, cpus: int | None) -> None:
     """Versions, the backends of the matrix and their devices, NumPy's BLAS and gruxp's; or, with
     --plan, what the CPU route will run for a call of that shape."""
@@ -466,8 +583,11 @@ def _cpu_step() -> str:
     if not config["fast_routes"]:
         return "generic code (fast_routes=False, GRUXP_FAST_ROUTES=0)"
     lib = library()
-    blas = (f"gruxp's own OpenBLAS {lib.version} ({lib.kernel} kernel, one thread a call)" if lib else
-            "NumPy's matmul (gruxp's OpenBLAS not installed: pip install scipy-openblas64, or gruxp's fast extra)")
+    blas = (
+        f"gruxp's own OpenBLAS {lib.version} ({lib.kernel} kernel, one thread a call)"
+        if lib
+        else "NumPy's matmul (gruxp's OpenBLAS not installed: pip install scipy-openblas64, or gruxp's fast extra)"
+    )
     if importlib.util.find_spec("numba") is None or config["fuser"] == "numpy":
         return f"NumPy buffers, not fused (pip install numba, or the fast extra, for the fused step); {blas}"
     import numba
@@ -488,13 +608,17 @@ def _print_plan(shape: tuple[int, int, int, int], *, layers: int, bidirectional:
     where = f"this machine ({machine.cpus} CPUs, {machine.usable} usable now)" if cpus is None else f"a machine of {cpus} CPUs"
     direction = "bidirectional" if bidirectional else "unidirectional"
     click.echo(f"CPU plan for B={B}, T={T}, I={I}, H={H}, {layers} layer(s), {direction}, {dtype}, on {where}:")
-    for layer, plan in enumerate(cpu_plan(T, B, I, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype, machine=machine)):
+    for layer, plan in enumerate(
+        cpu_plan(T, B, I, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype, machine=machine)
+    ):
         click.echo(f"layer {layer}: {'fused loop' if plan.route == 'fused' else 'generic code'}")
         click.echo(describe(plan))
 
 
 @cli.command()
-@click.option("--backends", default="numpy", show_default=True, help="Comma-separated: numpy, torch, jax, array_api_strict, cupy.")
+@click.option(
+    "--backends", default="numpy", show_default=True, help="Comma-separated: numpy, torch, jax, array_api_strict, cupy."
+)
 @click.option("--batch", type=POSITIVE_INT, default=32, show_default=True)
 @click.option("--seq-len", type=POSITIVE_INT, default=100, show_default=True)
 @click.option("--hidden", type=POSITIVE_INT, default=256, show_default=True, help="Hidden size, also the input size.")
@@ -512,4 +636,3 @@ def bench(backends: str, batch: int, seq_len: int, hidden: int, layers: int, rou
         if name not in BACKENDS:
             raise click.UsageError(f"unknown backend {name!r} in --backends; choose from {', '.join(BACKENDS)}")
     bench_mod.run(names, batch=batch, seq_len=seq_len, hidden=hidden, layers=layers, rounds=rounds, dtype=dtype)
-

@@ -87,11 +87,18 @@ def _files(data: str | None) -> tuple[list[Path], str]:
     return [path], str(path)
 
 
+BINARY_PROBE = 8000  # bytes looked at for a NUL, as git decides that a file is binary
+
+
 def _read_one(path: Path) -> str:
+    """The text of the one file ``--data`` names; a binary file (a NUL byte in its first 8000) is refused."""
     try:
-        return _read(path)
+        text = _read(path)
     except OSError as exc:
         raise CorpusError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+    if "\x00" in text[:BINARY_PROBE]:
+        raise CorpusError(f"{str(path)!r} is not a text file (it holds NUL bytes, as binaries do): name a text file or a folder")
+    return text
 
 
 def read_whole(data: str, *, budget: int = 6_000_000) -> tuple[str, str]:
@@ -120,7 +127,9 @@ def read_paths(data: str | None, *, budget: int = 6_000_000) -> tuple[list[str],
         cut = int(len(text) * 0.95)
         return [text[:cut]], [text[cut:]], source
     stride = max(1, len(files) // max(1, budget // 20_000))  # an even spread when there is more than the budget
-    train, valid, size = [], [], 0
+    train: list[str] = []
+    valid: list[str] = []
+    size = 0
     for i, f in enumerate(files[::stride]):
         try:
             text = _read(f)

@@ -16,8 +16,9 @@ from gruxp import losses
 from gruxp.testing import to_numpy
 
 
-def build_model(vocab_size: int, *, hidden: int, layers: int, embed: int, dropout: float, xp: Any, device: Any,
-                dtype: str, seed: int) -> gruxp.Sequential:
+def build_model(
+    vocab_size: int, *, hidden: int, layers: int, embed: int, dropout: float, xp: Any, device: Any, dtype: str, seed: int
+) -> gruxp.Sequential:
     place = dict(xp=xp, device=device, dtype=dtype)
     return gruxp.Sequential(
         embed=gruxp.Embedding(vocab_size, embed, seed=seed, **place),
@@ -53,8 +54,9 @@ def evaluate(model: gruxp.Sequential, ids: np.ndarray, *, seq_len: int, batch: i
     return total / count
 
 
-def sample(model: gruxp.Sequential, vocab: list[str], *, length: int, temperature: float, prime: str,
-           rng: np.random.Generator) -> str:
+def sample(
+    model: gruxp.Sequential, vocab: list[str], *, length: int, temperature: float, prime: str, rng: np.random.Generator
+) -> str:
     """Generate ``length`` characters after ``prime`` (temperature-scaled softmax, host RNG)."""
     from .corpus import encode_text
 

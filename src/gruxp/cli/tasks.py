@@ -40,9 +40,11 @@ def _adding_batch(rng: np.random.Generator, batch: int, steps: int) -> tuple[np.
 
 def _adding_model(*, hidden, layers, embed, xp, device, dtype, seed) -> gruxp.Sequential:
     place = dict(xp=xp, device=device, dtype=dtype)
-    return gruxp.Sequential(gru=gruxp.GRU(2, hidden, layers, batch_first=True, seed=seed, **place),
-                            last=gruxp.LastStep(batch_first=True),
-                            head=gruxp.Linear(hidden, 1, seed=seed + 1, **place))
+    return gruxp.Sequential(
+        gru=gruxp.GRU(2, hidden, layers, batch_first=True, seed=seed, **place),
+        last=gruxp.LastStep(batch_first=True),
+        head=gruxp.Linear(hidden, 1, seed=seed + 1, **place),
+    )
 
 
 def _copy_batch(rng: np.random.Generator, batch: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,13 +59,21 @@ def _copy_batch(rng: np.random.Generator, batch: int, steps: int) -> tuple[np.nd
 
 def _copy_model(*, hidden, layers, embed, xp, device, dtype, seed) -> gruxp.Sequential:
     place = dict(xp=xp, device=device, dtype=dtype)
-    return gruxp.Sequential(embed=gruxp.Embedding(10, embed, seed=seed, **place),
-                            gru=gruxp.GRU(embed, hidden, layers, batch_first=True, seed=seed + 1, **place),
-                            head=gruxp.Linear(hidden, 9, seed=seed + 2, **place))
+    return gruxp.Sequential(
+        embed=gruxp.Embedding(10, embed, seed=seed, **place),
+        gru=gruxp.GRU(embed, hidden, layers, batch_first=True, seed=seed + 1, **place),
+        head=gruxp.Linear(hidden, 9, seed=seed + 2, **place),
+    )
 
 
 TASKS = {
     "adding": Task("adding problem", "MSE", _adding_model, _adding_batch, losses.mse, lambda steps: 1.0 / 6.0),
-    "copy": Task("copying memory", "nats/step", _copy_model, _copy_batch, losses.cross_entropy,
-                 lambda steps: 10 * math.log(8) / (steps + 20)),
+    "copy": Task(
+        "copying memory",
+        "nats/step",
+        _copy_model,
+        _copy_batch,
+        losses.cross_entropy,
+        lambda steps: 10 * math.log(8) / (steps + 20),
+    ),
 }

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 from .._checks import check_array, check_params, check_shape
 from .._namespace import device_of, namespace_of, resolve_xp
+from .._typing import Array
 from ._params import cell_param_shapes
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 
-def sigmoid(x: Any, *, xp: ModuleType) -> Any:
+def sigmoid(x: Array, *, xp: ModuleType) -> Any:
     """Logistic function through tanh: within 2 eps absolute, in [0, 1], no overflow for any x."""
     return 0.5 * xp.tanh(0.5 * x) + 0.5
 
@@ -81,19 +82,19 @@ def activations(xp: ModuleType) -> tuple[Callable, Callable]:
 # each other, so that a compiler can inline them.
 
 
-def reset_update_gates(gi_r: Any, gi_z: Any, gh_r: Any, gh_z: Any, sigmoid: Callable) -> tuple[Any, Any]:
+def reset_update_gates(gi_r: Any, gi_z: Any, gh_r: Any, gh_z: Any, sigmoid: Callable) -> tuple[Array, Array]:
     """``(r, z)`` from the input and recurrent pre-activations of the reset and update gates."""
     return sigmoid(gi_r + gh_r), sigmoid(gi_z + gh_z)
 
 
-def candidate_blend(a_n: Any, z: Any, h: Any, tanh: Callable) -> tuple[Any, Any]:
+def candidate_blend(a_n: Any, z: Any, h: Array, tanh: Callable) -> tuple[Array, Array]:
     """``(h', n)``: the candidate n = tanh(a_n) and the new state h' = n + z ⊙ (h − n)."""
     n = tanh(a_n)
     return n + z * (h - n), n
 
 
 def gates_forward(
-    gi_r: Any, gi_z: Any, gi_n: Any, gh_r: Any, gh_z: Any, gh_n: Any, h: Any, sigmoid: Callable, tanh: Callable
+    gi_r: Any, gi_z: Any, gi_n: Any, gh_r: Any, gh_z: Any, gh_n: Any, h: Array, sigmoid: Callable, tanh: Callable
 ) -> tuple[Any, Any, Any, Any]:
     """``(h', r, z, n)`` of a reset_after step from its six pre-activation blocks and h.
 
@@ -116,7 +117,7 @@ def tanh_grad(t: Any) -> Any:
 
 
 def candidate_blend_backward(
-    g: Any, h: Any, z: Any, n: Any, dsigmoid: Callable = sigmoid_grad, dtanh: Callable = tanh_grad
+    g: Array, h: Array, z: Any, n: Any, dsigmoid: Callable = sigmoid_grad, dtanh: Callable = tanh_grad
 ) -> tuple[Any, Any, Any]:
     """Backward of :func:`candidate_blend` (and of z's sigmoid) for g = dL/dh'.
 
@@ -130,7 +131,7 @@ def candidate_blend_backward(
 
 
 def gates_backward(
-    g: Any, h: Any, r: Any, z: Any, n: Any, gh_n: Any, dsigmoid: Callable = sigmoid_grad, dtanh: Callable = tanh_grad
+    g: Array, h: Array, r: Array, z: Any, n: Any, gh_n: Any, dsigmoid: Callable = sigmoid_grad, dtanh: Callable = tanh_grad
 ) -> tuple[Any, Any, Any, Any, Any]:
     """Backward of :func:`gates_forward`: ``(d_r, d_z, d_an, d_ghn, gz)``.
 
@@ -145,7 +146,7 @@ def gates_backward(
 class StepCache(NamedTuple):
     """What one step's backward needs besides h_prev: the gate values (B, H)."""
 
-    r: Any  # σ(reset pre-activation)
+    r: Array  # σ(reset pre-activation)
     z: Any  # σ(update pre-activation)
     n: Any  # candidate state
     gh_n: Any  # W_hn h + b_hn, reset_after only (None otherwise)
@@ -158,10 +159,10 @@ class StepGrads(NamedTuple):
     d_z: Any  # (B, H) of the update gate's pre-activation
     d_an: Any  # (B, H) of the candidate's pre-activation: the input block W_in x + b_in
     d_ghn: Any  # (B, H) of the recurrent candidate block: da_n ⊙ r (reset_after) or da_n (reset_before)
-    dh: Any  # (B, H) of the state the step started from
+    dh: Array  # (B, H) of the state the step started from
 
 
-def folded_bias(b_ih: Any, b_hh: Any, *, reset_after: bool, xp: ModuleType) -> tuple[Any, Any]:
+def folded_bias(b_ih: Array, b_hh: Array, *, reset_after: bool, xp: ModuleType) -> tuple[Array, Array]:
     """(input-side bias, b_hn kept inside the step): recurrent biases outside the reset product are
     added once to all T·B input rows instead of once per step."""
     if b_ih is None:
@@ -173,7 +174,7 @@ def folded_bias(b_ih: Any, b_hh: Any, *, reset_after: bool, xp: ModuleType) -> t
     return b_ih + xp.concat([b_hh[: 2 * H], zeros]), b_hh[2 * H :]
 
 
-def step_forward(gi: Any, h: Any, w_hh: Any, b_hn: Any, *, reset_after: bool, xp: ModuleType) -> tuple[Any, StepCache]:
+def step_forward(gi: Array, h: Array, w_hh: Array, b_hn: Array, *, reset_after: bool, xp: ModuleType) -> tuple[Any, StepCache]:
     """h' from the input pre-activations ``gi`` (B, 3H) (with :func:`folded_bias` added) and ``h`` (B, H)."""
     H = h.shape[-1]
     sigmoid, tanh = activations(xp)
@@ -189,7 +190,7 @@ def step_forward(gi: Any, h: Any, w_hh: Any, b_hn: Any, *, reset_after: bool, xp
     return h_new, StepCache(r, z, n, None)
 
 
-def step_backward(g: Any, h: Any, cache: StepCache, w_hh: Any, *, reset_after: bool, xp: ModuleType) -> StepGrads:
+def step_backward(g: Array, h: Array, cache: StepCache, w_hh: Array, *, reset_after: bool, xp: ModuleType) -> StepGrads:
     """Gradients of one step, given ``g`` = dL/dh' and the state ``h`` it started from.
 
     The recurrent part of dL/dh is one GEMM: [d_r, d_z, d_ghn] (B, 3H) @ W_hh (3H, H).
@@ -219,7 +220,16 @@ def _product(a: Any, b: Any) -> Any:
 
 
 def param_grads(
-    d_i: Any, d_h: Any, x: Any, h: Any, r: Any, *, reset_after: bool, bias: bool, xp: ModuleType, matmul: Callable | None = None
+    d_i: Array,
+    d_h: Array,
+    x: Array,
+    h: Array,
+    r: Array,
+    *,
+    reset_after: bool,
+    bias: bool,
+    xp: ModuleType,
+    matmul: Callable | None = None,
 ) -> dict[str, Any]:
     """Weight and bias gradients from the stacked pre-activation gradients and the matching inputs.
 
@@ -241,7 +251,9 @@ def param_grads(
     d_hh = xp.matrix_transpose(d_h)
     grads = {
         "weight_ih": matmul(xp.matrix_transpose(d_i), x),
-        "weight_hh": matmul(d_hh, h) if reset_after else xp.concat([matmul(d_hh[: 2 * H, :], h), matmul(d_hh[2 * H :, :], r * h)], axis=0),
+        "weight_hh": matmul(d_hh, h)
+        if reset_after
+        else xp.concat([matmul(d_hh[: 2 * H, :], h), matmul(d_hh[2 * H :, :], r * h)], axis=0),
     }
     if bias:
         # Column sums as a GEMV with a ones vector: BLAS is several times faster than a reduction
@@ -252,7 +264,7 @@ def param_grads(
     return grads
 
 
-def input_grad(d_i: Any, w_ih: Any, *, matmul: Callable | None = None) -> Any:
+def input_grad(d_i: Array, w_ih: Array, *, matmul: Callable | None = None) -> Any:
     """dL/dx (rows, I) from the input side's pre-activation gradients ``d_i`` (rows, 3H)."""
     return (matmul or _product)(d_i, w_ih)
 
@@ -261,8 +273,8 @@ class CellTape(NamedTuple):
     """Everything :func:`gru_cell_backward` needs, recorded by :func:`gru_cell_forward`."""
 
     params: Mapping[str, Any]
-    x: Any  # (B, I)
-    h: Any  # (B, H)
+    x: Array  # (B, I)
+    h: Array  # (B, H)
     cache: StepCache
     reset_after: bool
     unbatched: bool
@@ -307,7 +319,7 @@ def _cell_step(params, x, h, *, reset_after, xp):
     return step_forward(gi, h, params["weight_hh"], b_hn, reset_after=reset_after, xp=xp)
 
 
-def gru_cell(params: Mapping[str, Any], x: Any, h: Any = None, *, reset_after: bool = True, xp: Any = None) -> Any:
+def gru_cell(params: Mapping[str, Any], x: Array, h: Array = None, *, reset_after: bool = True, xp: Any = None) -> Any:
     """One GRU step without recording anything for backward.
 
     Shapes: x (B, I) or unbatched (I,); h and the result (B, H) or (H,). ``h=None`` means zeros.
@@ -318,7 +330,7 @@ def gru_cell(params: Mapping[str, Any], x: Any, h: Any = None, *, reset_after: b
 
 
 def gru_cell_forward(
-    params: Mapping[str, Any], x: Any, h: Any = None, *, reset_after: bool = True, xp: Any = None
+    params: Mapping[str, Any], x: Array, h: Array = None, *, reset_after: bool = True, xp: Any = None
 ) -> tuple[Any, CellTape]:
     """One GRU step that also returns the :class:`CellTape` for :func:`gru_cell_backward`."""
     xp, xb, hb, unbatched, _ = _cell_inputs(params, x, h, xp=xp)
@@ -327,7 +339,7 @@ def gru_cell_forward(
     return (h_new[0, ...] if unbatched else h_new), tape
 
 
-def gru_cell_backward(tape: CellTape, dh: Any, *, xp: Any = None) -> tuple[dict[str, Any], Any, Any]:
+def gru_cell_backward(tape: CellTape, dh: Array, *, xp: Any = None) -> tuple[dict[str, Array], Array, Array]:
     """Exact gradients of Σ(h'·dh): ``(grads, dx, dh_prev)``, grads keyed like the params."""
     if not isinstance(tape, CellTape):
         raise TypeError(f"tape must be the CellTape returned by gru_cell_forward; got {type(tape).__name__}")

@@ -6,12 +6,14 @@ every created array with ``dtype=`` and ``device=``, no Python branch on array v
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from .._namespace import concrete_bool, device_of, dtype_name, index_dtype, namespace_of
+from .._typing import Array
 from ._params import host_rng
 from ._routes import route_for
 
@@ -30,7 +32,7 @@ __all__ = [
 ONE_HOT_BUDGET = 1 << 22
 
 
-def linear(params: dict, x: Any, *, xp: ModuleType) -> Any:
+def linear(params: Mapping[str, Any], x: Array, *, xp: ModuleType) -> Any:
     """y = x Wᵀ + b over the last axis; x (..., in) -> (..., out)."""
     w = params["weight"]
     lead, n_in = tuple(x.shape[:-1]), x.shape[-1]
@@ -40,7 +42,7 @@ def linear(params: dict, x: Any, *, xp: ModuleType) -> Any:
     return xp.reshape(y, lead + (w.shape[0],))
 
 
-def linear_backward(params: dict, x: Any, dy: Any, *, xp: ModuleType) -> tuple[dict, Any]:
+def linear_backward(params: Mapping[str, Any], x: Array, dy: Array, *, xp: ModuleType) -> tuple[dict, Any]:
     """Gradients of Σ y·dy: ({weight, bias}, dx)."""
     w = params["weight"]
     n_out, n_in = w.shape
@@ -52,7 +54,7 @@ def linear_backward(params: dict, x: Any, dy: Any, *, xp: ModuleType) -> tuple[d
     return grads, xp.reshape(product(dy2, w), tuple(x.shape))
 
 
-def as_index(ids: Any, *, xp: ModuleType) -> Any:
+def as_index(ids: Array, *, xp: ModuleType) -> Any:
     """Integer ids in the namespace's default integer dtype (int64; int32 on JAX without x64), so
     comparisons with a vocabulary size never wrap (uint8 ids and V = 300: ``arange(300, dtype=uint8)``
     holds 256 twice over). An id past that dtype's range becomes negative here, and the range checks
@@ -61,7 +63,7 @@ def as_index(ids: Any, *, xp: ModuleType) -> Any:
     return ids if ids.dtype == wide else xp.astype(ids, wide)
 
 
-def check_ids(ids: Any, num_embeddings: int, *, name: str = "ids") -> None:
+def check_ids(ids: Array, num_embeddings: int, *, name: str = "ids") -> None:
     xp = namespace_of(ids, what=name)
     if not xp.isdtype(ids.dtype, "integral"):
         raise TypeError(f"{name} must be an integer array; got dtype {dtype_name(ids.dtype)}")
@@ -71,14 +73,16 @@ def check_ids(ids: Any, num_embeddings: int, *, name: str = "ids") -> None:
         raise ValueError(f"{name} must lie in [0, {num_embeddings}); got values outside it")
 
 
-def embedding(params: dict, ids: Any, *, xp: ModuleType) -> Any:
+def embedding(params: Mapping[str, Any], ids: Array, *, xp: ModuleType) -> Any:
     """Rows of ``weight`` (V, E) picked by integer ``ids`` of any shape -> (*ids.shape, E)."""
     w = params["weight"]
     flat = xp.take(w, xp.reshape(ids, (-1,)), axis=0)
     return xp.reshape(flat, tuple(ids.shape) + (w.shape[1],))
 
 
-def embedding_backward(params: dict, ids: Any, dy: Any, *, xp: ModuleType, padding_idx: int | None = None) -> dict:
+def embedding_backward(
+    params: Mapping[str, Any], ids: Array, dy: Array, *, xp: ModuleType, padding_idx: int | None = None
+) -> dict:
     """dW[v] = Σ over positions with id v of dy: one-hot GEMMs in bounded blocks (repeats add up).
 
     The row ``padding_idx`` gets no gradient (PyTorch's ``nn.Embedding(padding_idx=...)``).

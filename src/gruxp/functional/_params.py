@@ -46,7 +46,7 @@ def gru_param_shapes(
 
 def cell_param_shapes(input_size: int, hidden_size: int, *, bias: bool = True) -> dict[str, tuple[int, ...]]:
     """Ordered ``{name: shape}`` of a single cell: ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``."""
-    shapes = {"weight_ih": (3 * hidden_size, input_size), "weight_hh": (3 * hidden_size, hidden_size)}
+    shapes: dict[str, tuple[int, ...]] = {"weight_ih": (3 * hidden_size, input_size), "weight_hh": (3 * hidden_size, hidden_size)}
     if bias:
         shapes |= {"bias_ih": (3 * hidden_size,), "bias_hh": (3 * hidden_size,)}
     return shapes

@@ -17,7 +17,7 @@ Nothing is mutated: per-step results are collected in lists and stacked.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
 from .._namespace import device_of, namespace_of, resolve_xp
+from .._typing import Array
 from ._cell import StepCache, folded_bias, input_grad, masked_state, param_grads, step_backward, step_forward
 from ._layers import dropout_mask
 from ._params import gru_param_shapes
@@ -57,10 +58,10 @@ class GRUConfig(NamedTuple):
 class DirectionTape(NamedTuple):
     """One layer-direction's record, all arrays time-major in time order (not processing order)."""
 
-    x: Any  # (T, B, I_k) the layer's input
-    h0: Any  # (B, H)
+    x: Array  # (T, B, I_k) the layer's input
+    h0: Array  # (B, H)
     hs: Any  # (T, B, H) state after each step (frozen past a sequence's length)
-    r: Any  # (T, B, H) reset gate
+    r: Array  # (T, B, H) reset gate
     z: Any  # (T, B, H) update gate
     n: Any  # (T, B, H) candidate
     gh_n: Any  # (T, B, H) reset_after only, else None
@@ -221,21 +222,34 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
         # The tape keeps its own x and h0: an edit of the caller's arrays between forward and
         # backward cannot change the gradients (the copy also makes a batch-first x time-major).
         x, h0 = xp.asarray(x, copy=True), xp.asarray(h0, copy=True)
-    layer_in, h_n, layers = x, [], []
+    layer_in = x
+    finals: list[Any] = []
+    layers: list[tuple] = []
     for layer in range(L):
-        calls = [dict(x=layer_in, h0=h0[layer * D + d, ...], p=_direction_params(params, layer, d), mask=mask, reverse=bool(d),
-                      reset_after=config.reset_after, record=record, xp=xp) for d in range(D)]
+        calls = [
+            dict(
+                x=layer_in,
+                h0=h0[layer * D + d, ...],
+                p=_direction_params(params, layer, d),
+                mask=mask,
+                reverse=bool(d),
+                reset_after=config.reset_after,
+                record=record,
+                xp=xp,
+            )
+            for d in range(D)
+        ]
         outs, h_Ts, tapes = zip(*route.layer_forward(direction_forward_loop, calls), strict=True)
-        h_n += h_Ts
+        finals += h_Ts
         layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
         if record and D == 2 and mask is None and layer < L - 1 and route.shares_states:
             # each direction's states are now a slice of the next layer's input, which the tape
             # keeps anyway: keep only that (not the last layer's: the caller gets its output)
-            tapes = [t._replace(hs=layer_in[..., d * H : (d + 1) * H]) for d, t in enumerate(tapes)]
+            tapes = tuple(t._replace(hs=layer_in[..., d * H : (d + 1) * H]) for d, t in enumerate(tapes))
         if drop is not None and layer < L - 1:
             layer_in = layer_in * drop[layer, ...]
         layers.append(tuple(tapes))
-    out, h_n = layer_in, xp.stack(h_n, axis=0)
+    out, h_n = layer_in, xp.stack(finals, axis=0)
     if record and out is layers[-1][0].hs:
         out = xp.asarray(out, copy=True)  # the caller may edit what it gets; the tape's states stay
     if unbatched:
@@ -269,8 +283,8 @@ def _config(params, *, num_layers, bias, batch_first, bidirectional, reset_after
 
 def gru(
     params: Mapping[str, Any],
-    x: Any,
-    h0: Any = None,
+    x: Array,
+    h0: Array = None,
     *,
     lengths: Any = None,
     num_layers: int = 1,
@@ -281,11 +295,13 @@ def gru(
     dropout: float = 0.0,
     rng: Any = None,
     xp: Any = None,
-) -> tuple[Any, Any]:
+) -> tuple[Array, Array]:
     """Inference: ``(out, h_n)`` of a stacked GRU; nothing is kept for backward.
 
-    Shapes
-    ------
+    Notes
+    -----
+    Shapes, by axis names (T steps, B sequences, I inputs, H hidden units, L layers, D directions):
+
     x: (T, B, I), (B, T, I) with ``batch_first``, or unbatched (T, I).
     h0, h_n: (L·D, B, H) or unbatched (L·D, H); ``h0=None`` means zeros.
     out: (T, B, D·H), (B, T, D·H) or (T, D·H).
@@ -295,7 +311,9 @@ def gru(
     each output of every layer but the last with probability p (scaled by 1/(1−p)), as PyTorch's
     ``nn.GRU(dropout=p)`` in training; masks come from ``rng`` (a seed or NumPy Generator).
     """
-    config = _config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after)
+    config = _config(
+        params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after
+    )
     namespace = namespace_of(params["weight_ih_l0"], what="params")
     differentiable = route_for(namespace).differentiable(namespace)
     if differentiable is not None:  # JAX: jax.grad through this call uses gruxp's backward
@@ -305,14 +323,14 @@ def gru(
     return out, h_n
 
 
-def _backward_for_vjp(tape: GRUTape, d_out: Any, d_hn: Any) -> tuple[dict[str, Any], Any, Any]:
+def _backward_for_vjp(tape: GRUTape, d_out: Array, d_hn: Array) -> tuple[dict[str, Array], Array, Array]:
     return gru_backward(tape, d_out, d_hn)
 
 
 def gru_forward(
     params: Mapping[str, Any],
-    x: Any,
-    h0: Any = None,
+    x: Array,
+    h0: Array = None,
     *,
     lengths: Any = None,
     num_layers: int = 1,
@@ -323,15 +341,17 @@ def gru_forward(
     dropout: float = 0.0,
     rng: Any = None,
     xp: Any = None,
-) -> tuple[Any, Any, GRUTape]:
+) -> tuple[Array, Array, GRUTape]:
     """Like :func:`gru`, and also return the :class:`GRUTape` that :func:`gru_backward` needs."""
-    config = _config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after)
+    config = _config(
+        params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after
+    )
     return _run(params, x, h0, lengths, config, record=True, xp=xp, dropout=dropout, rng=rng)
 
 
 def gru_backward(
-    tape: GRUTape, d_out: Any = None, d_hn: Any = None, *, input_grad: bool = True
-) -> tuple[dict[str, Any], Any, Any]:
+    tape: GRUTape, d_out: Array = None, d_hn: Array = None, *, input_grad: bool = True
+) -> tuple[dict[str, Array], Array, Array]:
     """Exact gradients of Σ(out·d_out) + Σ(h_n·d_hn): ``(grads, dx, dh0)``.
 
     ``grads`` has the keys of the params; ``dx`` and ``dh0`` have the shapes of ``x`` and ``h0``
@@ -361,10 +381,21 @@ def gru_backward(
     dh0s: list[Any] = [None] * (config.num_layers * D)
     d_layer = d_out
     for layer in range(config.num_layers - 1, -1, -1):
-        calls = [dict(tape=tape.layers[layer][d], d_out=None if d_layer is None else (d_layer if D == 1 else d_layer[..., d * H : (d + 1) * H]),
-                      d_hT=None if d_hn is None else d_hn[layer * D + d, ...], p=_direction_params(params, layer, d), mask=tape.mask,
-                      reverse=bool(d), reset_after=config.reset_after, bias=config.bias, need_dx=layer > 0 or input_grad, xp=xp)
-                 for d in range(D)]
+        calls = [
+            dict(
+                tape=tape.layers[layer][d],
+                d_out=None if d_layer is None else (d_layer if D == 1 else d_layer[..., d * H : (d + 1) * H]),
+                d_hT=None if d_hn is None else d_hn[layer * D + d, ...],
+                p=_direction_params(params, layer, d),
+                mask=tape.mask,
+                reverse=bool(d),
+                reset_after=config.reset_after,
+                bias=config.bias,
+                need_dx=layer > 0 or input_grad,
+                xp=xp,
+            )
+            for d in range(D)
+        ]
         d_in = None
         for direction, ((g, dx), dh0) in enumerate(route.layer_backward(direction_backward_loop, calls)):
             names = _names(layer, direction)
