@@ -43,12 +43,23 @@ def main() -> None:
                 configs.append(name)
         labels = configs
         for m, mode in enumerate(("forward", "train")):
-            values = [next(r["ratio"] for r in rows if r["mode"] == mode and
-                           f"{r['B']},{r['T']},{r['H']}" + (" 2bi" if r["bidirectional"] else "") == c) for c in configs]
+            values = [
+                next(
+                    r["ratio"]
+                    for r in rows
+                    if r["mode"] == mode and f"{r['B']},{r['T']},{r['H']}" + (" 2bi" if r["bidirectional"] else "") == c
+                )
+                for c in configs
+            ]
             offset = (2 * k + m - 1.5) * width
-            left.bar([i + offset for i in range(len(configs))], values, width,
-                     label=f"{'inference' if mode == 'forward' else 'training'}, {kernel}", alpha=1.0 if k == 0 else 0.55,
-                     color=("tab:blue", "tab:orange")[m])
+            left.bar(
+                [i + offset for i in range(len(configs))],
+                values,
+                width,
+                label=f"{'inference' if mode == 'forward' else 'training'}, {kernel}",
+                alpha=1.0 if k == 0 else 0.55,
+                color=("tab:blue", "tab:orange")[m],
+            )
     left.axhline(1.0, color="black", linewidth=0.8)
     left.set_xticks(range(len(labels)), labels)
     left.set_xlabel("B, T, I=H (float32, batch_first)")

@@ -602,7 +602,9 @@ def test_bench_times_the_reference_once_per_size_and_mode(tmp_path):
     proc = gruxp_cmd(
         "bench", "--backends", "numpy,array_api_strict", "--batch", 2, "--seq-len", 4, "--hidden", 8, "--rounds", 2, cwd=tmp_path
     )
-    rows = [ln.split("|")[1:-1] for ln in proc.stdout.splitlines() if ln.startswith("| numpy") or ln.startswith("| array_api_strict")]
+    rows = [
+        ln.split("|")[1:-1] for ln in proc.stdout.splitlines() if ln.startswith("| numpy") or ln.startswith("| array_api_strict")
+    ]
     assert len(rows) == 4
     by_mode = {}
     for cells in rows:
@@ -612,7 +614,10 @@ def test_bench_times_the_reference_once_per_size_and_mode(tmp_path):
 
 def test_bench_refuses_a_missing_backend_before_any_row(tmp_path):
     env = _without(tmp_path, "jax")
-    proc = _run(["-m", "gruxp", "bench", "--backends", "numpy,jax", "--batch", "2", "--seq-len", "4", "--hidden", "8",
-                 "--rounds", "1"], tmp_path, env)
+    proc = _run(
+        ["-m", "gruxp", "bench", "--backends", "numpy,jax", "--batch", "2", "--seq-len", "4", "--hidden", "8", "--rounds", "1"],
+        tmp_path,
+        env,
+    )
     assert_one_line_error(proc, "backend 'jax' is not installed", 'pip install ".[jax]"')
     assert "| numpy |" not in proc.stdout and proc.stdout.strip() == ""

@@ -375,8 +375,13 @@ SCAN_CASES += [Case(bidirectional=True, unbatched=True), Case(num_layers=2, rese
 def _scan_params():
     """float64 (the stated bound) for every case; float32 for two in the quick run, the rest in the full one."""
     quick32 = {Case(num_layers=1, T=6, B=3), Case(num_layers=2, bidirectional=True, T=6, B=3)}
-    return [pytest.param(case, dtype, id=f"{case.id}-{dtype}", marks=() if dtype == "float64" or case in quick32 else pytest.mark.slow)
-            for dtype in ("float64", "float32") for case in SCAN_CASES]
+    return [
+        pytest.param(
+            case, dtype, id=f"{case.id}-{dtype}", marks=() if dtype == "float64" or case in quick32 else pytest.mark.slow
+        )
+        for dtype in ("float64", "float32")
+        for case in SCAN_CASES
+    ]
 
 
 @pytest.mark.parametrize("case, dtype", _scan_params())

@@ -15,8 +15,10 @@ FD_CASES = [
     Case(T=3, B=2, I=2, H=2, reset_after=False),
     # the two largest: slow to compile on JAX, so there in the full run only (the other three stay quick)
     pytest.param(Case(T=3, B=3, I=2, H=2, num_layers=2, bidirectional=True, ragged=True), marks=pytest.mark.slow_on("jax")),
-    pytest.param(Case(T=3, B=3, I=2, H=2, num_layers=2, bidirectional=True, ragged=True, reset_after=False, batch_first=True),
-                 marks=pytest.mark.slow_on("jax")),
+    pytest.param(
+        Case(T=3, B=3, I=2, H=2, num_layers=2, bidirectional=True, ragged=True, reset_after=False, batch_first=True),
+        marks=pytest.mark.slow_on("jax"),
+    ),
     Case(T=3, B=1, I=2, H=2, bidirectional=True, unbatched=True, bias=False),
 ]
 

@@ -1,6 +1,7 @@
 """Property tests over random small shapes (hypothesis), on every backend."""
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

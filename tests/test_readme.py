@@ -68,8 +68,11 @@ def test_the_readme_and_docs_have_runnable_blocks():
 
 
 def _all_blocks():
-    return [pytest.param(line, code, expected, id=f"{page.relative_to(ROOT)}:{line}")
-            for page in PAGES for line, code, expected in blocks(page)]
+    return [
+        pytest.param(line, code, expected, id=f"{page.relative_to(ROOT)}:{line}")
+        for page in PAGES
+        for line, code, expected in blocks(page)
+    ]
 
 
 @pytest.mark.parametrize("line, code, expected", _all_blocks())

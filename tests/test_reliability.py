@@ -334,9 +334,9 @@ def test_concurrent_saves_from_separate_processes_all_succeed(tmp_path):
 
     path = tmp_path / "m.npz"
     code = (
-        "import sys; sys.path.insert(0, {tests!r}); import numpy as np; from test_reliability import _saves; "
-        "_saves({path!r}, 20, int(sys.argv[1]))"
-    ).format(tests=str(Path(__file__).parent), path=str(path))
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_reliability import _saves; "
+        f"_saves({str(path)!r}, 20, int(sys.argv[1]))"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(k * 1000)], stderr=subprocess.PIPE, text=True) for k in range(2)]
     results = [(p.communicate(timeout=300)[1], p.returncode) for p in procs]
     assert all(rc == 0 for _, rc in results), results
@@ -425,3 +425,69 @@ def test_trainer_history_is_bounded():
     trainer = gruxp.Trainer(_regressor(), losses.mse, optim.SGD(lr=1e-3), history_size=3)
     trainer.fit(_batch, 5)
     assert [r["step"] for r in trainer.history] == [3, 4, 5]
+
+
+# -- hostile checkpoints: the cost of refusing one is bounded by the file ----------------------------
+def _rewrite_meta(path, change):
+    """Rewrite a checkpoint's JSON metadata with ``change(meta)``, the arrays as they are."""
+    import io
+
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    meta = json.loads(bytes(np.load(path)["__meta__"]).decode())
+    change(meta)
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    members["__meta__.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def _cost_of(code: str) -> tuple[float, float, str]:
+    """(seconds, MiB of peak memory over the start, stderr) of ``code`` run in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import resource, time, gruxp\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; start = time.perf_counter()\n"
+        f"{code}\n"
+        "print(time.perf_counter() - start, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
+    seconds, mib = proc.stdout.split()[-2:]
+    return float(seconds), float(mib), proc.stderr
+
+
+REFUSE = (
+    "try:\n    gruxp.checkpoint.build_model(gruxp.checkpoint.load({path!r}))\n    raise SystemExit('not refused')\n"
+    "except gruxp.CheckpointError as exc:\n    import sys; print(exc, file=sys.stderr)"
+)
+
+
+def test_a_member_listed_many_times_is_refused_at_once(tmp_path):
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, gruxp.GRU(512, 1024, seed=0))  # ~19 MB of parameters
+    _rewrite_meta(path, lambda meta: meta.update(members=meta["members"][:1] * 1000))
+    seconds, mib, err = _cost_of(REFUSE.format(path=str(path)))
+    assert "each member named once" in err
+    assert seconds < 1.0 and mib < 100, (seconds, mib)
+
+
+@pytest.mark.parametrize("model", ["GRU", "language model"])
+def test_a_config_larger_than_the_stored_arrays_is_refused_before_allocating(tmp_path, model):
+    path = tmp_path / "m.npz"
+    if model == "GRU":
+        checkpoint.save(path, gruxp.GRU(4, 8, seed=0))
+        _rewrite_meta(path, lambda meta: meta["model"]["config"].update(input_size=8000, hidden_size=8000))
+    else:
+        lm = gruxp.Sequential(
+            embed=gruxp.Embedding(50, 8, seed=0), gru=gruxp.GRU(8, 16, 2, batch_first=True, seed=1), head=gruxp.Linear(16, 50, seed=2)
+        )
+        checkpoint.save(path, lm, extra={"task": "lm", "vocab": [chr(65 + i) for i in range(50)]})
+        _rewrite_meta(path, lambda meta: meta["model"]["config"][1]["args"].update(hidden_size=10000))
+    assert path.stat().st_size < 64 * 1024
+    seconds, mib, err = _cost_of(REFUSE.format(path=str(path)))
+    assert "do not fit its own model config" in err
+    assert seconds < 1.0 and mib < 100, (seconds, mib)

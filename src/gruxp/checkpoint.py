@@ -318,7 +318,7 @@ def _validate_meta(meta: Any, path: Path) -> dict:
         "an object of RNG states",
     )
     need(isinstance(meta.get("extra"), dict), "extra", "an object")
-    members = meta.get("members")
+    members: Any = meta.get("members")
     need(
         isinstance(members, list)
         and all(
@@ -330,6 +330,7 @@ def _validate_meta(meta: Any, path: Path) -> dict:
         "members",
         "a list of 'param/...', 'optim/<slot>/...' and 'carry/...' names",
     )
+    need(len(set(members)) == len(members), "members", "each member named once")
     return meta
 
 
@@ -432,13 +433,25 @@ def build_model(ckpt: Checkpoint, *, xp: Any = None, device: Any = None, dtype: 
     dtype = ckpt.meta["dtype"] if dtype is None else dtype
     config = ckpt.meta["model"]["config"]
     try:
+        if kind == "Sequential" and not (
+            isinstance(config, list) and all(isinstance(e, dict) and isinstance(e.get("args"), dict) for e in config)
+        ):
+            raise CheckpointError(f"checkpoint's Sequential config is malformed: {str(config)[:80]}")
+        if kind != "Sequential" and not isinstance(config, dict):
+            raise CheckpointError(f"checkpoint's {kind} config is malformed: {str(config)[:80]}")
+        # The config's parameter shapes against the stored arrays' before anything is allocated: a
+        # small file cannot make the model it declares cost more than the file holds.
+        declared = types[kind].param_shapes(config)
+        stored = {name: tuple(a.shape) for name, a in ckpt.params.items()}
+        if declared != stored:
+            wrong = sorted(n for n in declared.keys() | stored.keys() if declared.get(n) != stored.get(n))
+            raise CheckpointError(
+                f"checkpoint's parameters do not fit its own model config: {wrong[0]!r} is declared "
+                f"{declared.get(wrong[0], 'absent')} but stored {stored.get(wrong[0], 'absent')}"
+            )
         if kind == "Sequential":
-            if not isinstance(config, list) or not all(isinstance(e, dict) and isinstance(e.get("args"), dict) for e in config):
-                raise CheckpointError(f"checkpoint's Sequential config is malformed: {str(config)[:80]}")
             model = types[kind].from_config(config, xp=xp, device=device, dtype=dtype)
         else:
-            if not isinstance(config, dict):
-                raise CheckpointError(f"checkpoint's {kind} config is malformed: {str(config)[:80]}")
             model = types[kind](**config, xp=xp, device=device, dtype=dtype)
         model.load_state_dict(ckpt.params)
     except CheckpointError:

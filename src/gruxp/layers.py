@@ -60,8 +60,11 @@ class Linear(Module):
         self.bias = check_bool("bias", bias)
         self._place(xp, device, dtype, seed, lambda rng: F.uniform_init(self._param_shapes(), 1.0 / math.sqrt(in_features), rng))
 
-    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"weight": (self.out_features, self.in_features), **({"bias": (self.out_features,)} if self.bias else {})}
+    @classmethod
+    def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        n_in = check_positive_int("in_features", config.get("in_features"))
+        n_out = check_positive_int("out_features", config.get("out_features"))
+        return {"weight": (n_out, n_in), **({"bias": (n_out,)} if check_bool("bias", config.get("bias", True)) else {})}
 
     def config(self) -> dict[str, Any]:
         return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias)
@@ -123,8 +126,14 @@ class Embedding(Module):
 
         self._place(xp, device, dtype, seed, draw)
 
-    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"weight": (self.num_embeddings, self.embedding_dim)}
+    @classmethod
+    def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {
+            "weight": (
+                check_positive_int("num_embeddings", config.get("num_embeddings")),
+                check_positive_int("embedding_dim", config.get("embedding_dim")),
+            )
+        }
 
     def config(self) -> dict[str, Any]:
         config = dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim)
@@ -241,7 +250,7 @@ class SequentialTape(NamedTuple):
     owner: Any = None
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (GRU, Linear, Embedding, Dropout, LastStep)}
+LAYER_TYPES: dict[str, Any] = {cls.__name__: cls for cls in (GRU, Linear, Embedding, Dropout, LastStep)}
 
 
 class Sequential:
@@ -323,6 +332,18 @@ class Sequential:
 
     def config(self) -> list[dict[str, Any]]:
         return [{"name": n, "type": type(layer).__name__, "args": layer.config()} for n, layer in self.layers.items()]
+
+    @classmethod
+    def param_shapes(cls, config: list[dict[str, Any]]) -> dict[str, tuple[int, ...]]:
+        """``{name: shape}`` of the flat parameters of a Sequential built from ``config``, without building it."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for entry in config:
+            kind = LAYER_TYPES.get(str(entry.get("type")))
+            if kind is None:
+                raise ValueError(f"unknown layer type {entry.get('type')!r}; known: {sorted(LAYER_TYPES)}")
+            if issubclass(kind, Module):
+                shapes.update({f"{entry['name']}.{k}": v for k, v in kind.param_shapes(entry["args"]).items()})
+        return shapes
 
     @classmethod
     def from_config(cls, config: list[dict[str, Any]], *, xp: Any = None, device: Any = None, dtype: Any = None) -> Sequential:

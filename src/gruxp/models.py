@@ -43,13 +43,19 @@ class Module(Modal):
     """What every layer with parameters shares: placement, modes, state dicts, moves, tape ownership.
 
     A subclass sets its structure, then calls :meth:`_place` with a host initialiser; it provides
-    :meth:`_param_shapes` and :meth:`config` (the constructor's keyword arguments, JSON-able).
+    :meth:`param_shapes` and :meth:`config` (the constructor's keyword arguments, JSON-able).
     """
 
     params: dict[str, Any]
 
-    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+    @classmethod
+    def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        """``{name: shape}`` of the parameters of a layer built from ``config`` (the constructor's
+        keyword arguments, as :meth:`config` returns them), computed without building it."""
         raise NotImplementedError
+
+    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.param_shapes(self.config())
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this layer's structure (not its placement)."""
@@ -215,8 +221,15 @@ class GRU(Module):
             return getattr(structure, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return self.structure.param_shapes()
+    @classmethod
+    def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        return F.gru_param_shapes(
+            check_positive_int("input_size", config.get("input_size")),
+            check_positive_int("hidden_size", config.get("hidden_size")),
+            check_positive_int("num_layers", config.get("num_layers", 1)),
+            bias=check_bool("bias", config.get("bias", True)),
+            bidirectional=check_bool("bidirectional", config.get("bidirectional", False)),
+        )
 
     def config(self) -> dict[str, Any]:
         return {**self.structure._asdict(), "dropout": self.dropout}
@@ -313,8 +326,13 @@ class GRUCell(Module):
         self.reset_after = check_bool("reset_after", reset_after)
         self._place(xp, device, dtype, seed, lambda rng: F.uniform_init(self._param_shapes(), 1.0 / math.sqrt(hidden_size), rng))
 
-    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return F.cell_param_shapes(self.input_size, self.hidden_size, bias=self.bias)
+    @classmethod
+    def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        return F.cell_param_shapes(
+            check_positive_int("input_size", config.get("input_size")),
+            check_positive_int("hidden_size", config.get("hidden_size")),
+            bias=check_bool("bias", config.get("bias", True)),
+        )
 
     def config(self) -> dict[str, Any]:
         return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias, reset_after=self.reset_after)
