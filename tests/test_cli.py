@@ -621,3 +621,17 @@ def test_bench_refuses_a_missing_backend_before_any_row(tmp_path):
     )
     assert_one_line_error(proc, "backend 'jax' is not installed", 'pip install ".[jax]"')
     assert "| numpy |" not in proc.stdout and proc.stdout.strip() == ""
+
+
+def test_a_tiny_temperature_samples_the_most_likely_character(trained):
+    run = trained / "run" / "checkpoint.npz"
+    tiny = gruxp_cmd("sample", run, "--temperature", "1e-320", "--length", 40, "--seed", 1, cwd=trained)
+    small = gruxp_cmd("sample", run, "--temperature", "1e-6", "--length", 40, "--seed", 2, cwd=trained)
+    assert tiny.stderr == "" and "nan" not in tiny.stdout.lower()
+    assert tiny.stdout == small.stdout  # both greedy: the seed no longer matters
+
+
+def test_a_one_character_corpus_is_too_short_not_empty(tmp_path):
+    (tmp_path / "one.txt").write_text("a")
+    proc = gruxp_cmd("train", "--data", "one.txt", "--steps", 1, *TINY, "--out", "run", cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "holds only 1 character(s): too short to train on")

@@ -202,3 +202,36 @@ def test_compiled_step_keeps_the_good_state_on_overflow_and_skips_dropout():
     dropping = gruxp.Trainer(model(0.5), losses.mse, optim.SGD(lr=0.01))
     dropping.fit(data, 2)  # masks are drawn on the host each step: the eager step runs
     assert dropping._compiled is None and dropping.step == 2
+
+
+def test_the_compiled_step_compiles_once_for_any_ragged_lengths():
+    """Lengths are traced, not static: 20 steps of random ragged batches run one compiled program,
+    and train exactly as the NumPy model does on the same batches (float64)."""
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    from gruxp import losses, optim
+
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((4, 6, 2)), rng.standard_normal((4, 1)), rng.integers(1, 7, size=4)) for _ in range(20)]
+
+    def train(xp):
+        model = gruxp.Sequential(
+            gru=gruxp.GRU(2, 5, 2, bidirectional=True, batch_first=True, seed=0, xp=xp, dtype="float64"),
+            last=gruxp.LastStep(batch_first=True),
+            head=gruxp.Linear(10, 1, seed=1, xp=xp, dtype="float64"),
+        )
+        trainer = gruxp.Trainer(model, losses.mse, optim.Adam(lr=0.01), clip_norm=1.0)
+        records = [trainer.train_step(gruxp.Batch(xp.asarray(x), xp.asarray(y), lengths)) for x, y, lengths in batches]
+        return trainer, records
+
+    reference, want = train(np)
+    trainer, got = train(jnp)
+    assert trainer._compiled is not None and trainer._compiled._cache_size() == 1
+    assert len({tuple(lengths) for _, _, lengths in batches}) == 20  # every batch a new ragged pattern
+    for a, b in zip(got, want, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-12 * abs(b["loss"])
+    for k, v in reference.model.state_dict().items():
+        np.testing.assert_allclose(trainer.model.state_dict()[k], v, rtol=1e-11, atol=1e-13, err_msg=k)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=6\]; got \[0\]"):
+        trainer.train_step(gruxp.Batch(jnp.asarray(batches[0][0]), jnp.asarray(batches[0][1]), np.array([0, 3, 3, 3])))

@@ -11,6 +11,7 @@ import pytest
 
 import gruxp
 from gruxp import checkpoint, losses, optim
+from gruxp.testing import to_numpy
 from gruxp.training import NonFiniteLossError, stream_windows
 
 
@@ -483,7 +484,9 @@ def test_a_config_larger_than_the_stored_arrays_is_refused_before_allocating(tmp
         _rewrite_meta(path, lambda meta: meta["model"]["config"].update(input_size=8000, hidden_size=8000))
     else:
         lm = gruxp.Sequential(
-            embed=gruxp.Embedding(50, 8, seed=0), gru=gruxp.GRU(8, 16, 2, batch_first=True, seed=1), head=gruxp.Linear(16, 50, seed=2)
+            embed=gruxp.Embedding(50, 8, seed=0),
+            gru=gruxp.GRU(8, 16, 2, batch_first=True, seed=1),
+            head=gruxp.Linear(16, 50, seed=2),
         )
         checkpoint.save(path, lm, extra={"task": "lm", "vocab": [chr(65 + i) for i in range(50)]})
         _rewrite_meta(path, lambda meta: meta["model"]["config"][1]["args"].update(hidden_size=10000))
@@ -491,3 +494,67 @@ def test_a_config_larger_than_the_stored_arrays_is_refused_before_allocating(tmp
     seconds, mib, err = _cost_of(REFUSE.format(path=str(path)))
     assert "do not fit its own model config" in err
     assert seconds < 1.0 and mib < 100, (seconds, mib)
+
+
+# -- clearer errors ----------------------------------------------------------------------------------
+def test_lengths_must_be_readable_values_and_are_reported_as_given():
+    gru = gruxp.GRU(2, 3, seed=0)
+    x = np.ones((4, 2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"got \[9223372036854775809\] at positions \[0\]"):
+        gru(x, lengths=np.array([2**63 + 1, 3], dtype=np.uint64))  # not its wrapped int64 value
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="lengths must be concrete host values.*on device 'meta'"):
+        gru(x, lengths=torch.tensor([4, 3], device="meta"))
+
+
+def test_lengths_traced_by_jax_jit_build_the_mask_in_the_program():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    model = gruxp.GRU(2, 3, 2, bidirectional=True, xp=jnp, dtype="float64", seed=0)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 3, 2)))
+    lengths = np.array([5, 2, 1])
+    eager = gruxp.functional.gru(model.params, x, lengths=lengths, num_layers=2, bidirectional=True)
+    jitted = jax.jit(lambda p, x, n: gruxp.functional.gru(p, x, lengths=n, num_layers=2, bidirectional=True))
+    for a, b in zip(jitted(model.params, x, jnp.asarray(lengths)), eager, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-14)
+    with pytest.raises(ValueError, match=r"lengths must have shape \(3,\)"):
+        jitted(model.params, x, jnp.asarray([5, 2]))
+
+
+def test_float_weights_from_an_integer_dtype_are_refused(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    gru = gruxp.GRU(2, 3, seed=0)
+    state = gru.state_dict()
+    path = tmp_path / "gru.safetensors"
+    safetensors_numpy.save_file({k: v.view(np.int32) for k, v in state.items()}, str(path))  # the header says I32
+    with pytest.raises(TypeError, match="'weight_ih_l0' must be a floating-point array.*got dtype int32"):
+        gru.load_state_dict(gruxp.interop.load_safetensors(path))
+    np.testing.assert_array_equal(gru.state_dict()["weight_ih_l0"], state["weight_ih_l0"])  # nothing changed
+
+
+@pytest.mark.skip_on(jax="JAX arrays are immutable: nothing can be edited")
+@pytest.mark.parametrize("fast", [True, False], ids=["routes", "generic"])
+@pytest.mark.parametrize(
+    "case", [dict(), dict(bidirectional=True, num_layers=2), dict(batch_first=True)], ids=["uni", "bi2", "bf"]
+)
+def test_editing_out_x_or_h0_between_forward_and_backward_changes_no_gradient(backend, case, fast):
+    """The tape keeps its own copies of x, h0 and the states: the caller's arrays are theirs to edit."""
+    gru = gruxp.GRU(3, 4, seed=0, xp=backend.xp, device=backend.device, dtype="float64", **case)
+    rng = np.random.default_rng(0)
+    shape = (5, 2, 3) if not case.get("batch_first") else (2, 5, 3)
+    LD = 2 * case.get("num_layers", 1) if case.get("bidirectional") else case.get("num_layers", 1)
+    host_x, host_h0 = rng.standard_normal(shape), rng.standard_normal((LD, 2, 4))
+    with gruxp.config_context(fast_routes=fast):
+        out, _, tape = gru.forward(backend.asarray(host_x), backend.asarray(host_h0))
+        d_out = backend.asarray(rng.standard_normal(tuple(out.shape)))
+        want = gru.backward(tape, d_out)
+        x, h0 = backend.asarray(host_x), backend.asarray(host_h0)
+        out, _, tape = gru.forward(x, h0)
+        out[...] = 1.0  # the caller edits everything it holds
+        x[...] = 0.0
+        h0[...] = 5.0
+        got = gru.backward(tape, d_out)
+    for a, b in zip([*got[0].values(), got[1], got[2]], [*want[0].values(), want[1], want[2]], strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))

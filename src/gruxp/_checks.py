@@ -6,6 +6,7 @@ array values), so they cost microseconds and never break ``jax.jit`` tracing.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -88,29 +89,53 @@ def check_params(
     return xp, device, dtype
 
 
+def is_traced(a: Any) -> bool:
+    """Whether ``a`` is a JAX tracer (an abstract value inside ``jax.jit``): its values cannot be read."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(a, jax.core.Tracer)
+
+
 def check_lengths(lengths: Any, *, batch: int, steps: int) -> np.ndarray:
     """Host int64 lengths of shape (B,) with 1 <= len <= T, from a list, NumPy or any integer array.
 
-    Lengths are host metadata, as in PyTorch's ``pack_padded_sequence``, even for GPU inputs.
+    Lengths are host metadata, as in PyTorch's ``pack_padded_sequence``, even for GPU inputs: their
+    values must be readable here (under ``jax.jit``, see :func:`check_traced_lengths`).
     """
     if isinstance(lengths, (list, tuple)):
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in lengths):
             bad = next(v for v in lengths if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)))
             raise TypeError(f"lengths must hold integers; got {type(bad).__name__} {bad!r}")
-        host = np.asarray(lengths, dtype=np.int64).reshape(-1) if lengths else np.zeros(0, np.int64)
+        values = [int(v) for v in lengths]
     else:
         try:
             host = to_numpy(lengths)
-        except Exception as exc:  # anything that is no array at all
-            raise TypeError(f"lengths must be a list of ints or an integer array; got {type(lengths).__name__}") from exc
+        except Exception as exc:  # no array at all, or one whose values cannot be read (a meta-device tensor)
+            where = getattr(lengths, "device", None)
+            raise TypeError(
+                "lengths must be concrete host values: a list of ints, or an integer array whose values can be read "
+                f"(lengths decide which steps run); got {type(lengths).__name__}"
+                + (f" on device {str(where)!r}" if where is not None else "")
+                + f" ({type(exc).__name__}: {exc})"
+            ) from exc
         if host.dtype.kind not in "iu":
             raise TypeError(f"lengths must be integers; got dtype {host.dtype}")
-        host = host.astype(np.int64)
-    if host.shape != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},) (one length per sequence, B={batch}); got {host.shape}")
-    bad = (host < 1) | (host > steps)
-    if bad.any():
-        raise ValueError(
-            f"lengths must lie in [1, T={steps}]; got {host[bad].tolist()} at positions {np.flatnonzero(bad).tolist()}"
-        )
-    return host
+        values = [int(v) for v in host.reshape(-1)] if host.ndim == 1 else []
+        if host.ndim != 1:
+            raise ValueError(f"lengths must have shape ({batch},) (one length per sequence, B={batch}); got {host.shape}")
+    if len(values) != batch:
+        raise ValueError(f"lengths must have shape ({batch},) (one length per sequence, B={batch}); got ({len(values)},)")
+    bad = [(i, v) for i, v in enumerate(values) if not 1 <= v <= steps]  # Python ints: a uint64 past 2^63 stays itself
+    if bad:
+        raise ValueError(f"lengths must lie in [1, T={steps}]; got {[v for _, v in bad]} at positions {[i for i, _ in bad]}")
+    return np.asarray(values, dtype=np.int64)
+
+
+def check_traced_lengths(lengths: Any, *, batch: int, xp: ModuleType) -> Any:
+    """Lengths traced by ``jax.jit`` (a compiled training step whose batches are ragged): shape (B,)
+    and an integer dtype are checked; the values cannot be read there (check them on the host, as
+    :class:`gruxp.Trainer` does, before the compiled step)."""
+    if not xp.isdtype(lengths.dtype, "integral"):
+        raise TypeError(f"lengths must be integers; got dtype {lengths.dtype}")
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},) (one length per sequence, B={batch}); got {tuple(lengths.shape)}")
+    return lengths

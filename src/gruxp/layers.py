@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import functional as F
-from ._checks import check_array, check_bool, check_lengths, check_positive_int, check_shape
+from ._checks import check_array, check_bool, check_lengths, check_positive_int, check_shape, check_traced_lengths, is_traced
 from ._namespace import device_of, namespace_of, same_device, to_numpy
 from ._typing import Array
 from .functional._layers import check_ids, dropout_mask, embedding, embedding_backward, last_step_mask, linear, linear_backward
@@ -213,8 +213,11 @@ class LastStep(Modal):
         if self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
         T, B = x.shape[0], x.shape[1]
-        host = None if lengths is None else check_lengths(lengths, batch=B, steps=T)
-        select = last_step_mask(host, T, B, xp=xp, device=device_of(x))
+        if lengths is not None and is_traced(lengths):
+            checked = check_traced_lengths(lengths, batch=B, xp=xp)
+        else:
+            checked = None if lengths is None else check_lengths(lengths, batch=B, steps=T)
+        select = last_step_mask(checked, T, B, xp=xp, device=device_of(x))
         zero = xp.zeros((), dtype=x.dtype, device=device_of(x))
         return xp.sum(xp.where(select, x, zero), axis=0), _Tape({}, select, out_shape=(B, x.shape[2]))
 

@@ -100,8 +100,11 @@ class Module(Modal):
                 host = to_numpy(mapping[key])
             except Exception as exc:
                 raise TypeError(f"load_state_dict: {key!r} is not an array ({type(mapping[key]).__name__})") from exc
-            if host.dtype.kind not in "fiu":
-                raise TypeError(f"load_state_dict: {key!r} must be a real numeric array; got dtype {host.dtype}")
+            if host.dtype.kind != "f":
+                raise TypeError(
+                    f"load_state_dict: {key!r} must be a floating-point array (the parameters are); got dtype {host.dtype}"
+                    + (" (a weights file whose dtype field says integers where floats were written?)" if host.dtype.kind in "iu" else "")
+                )
             if host.shape != shape:
                 raise ValueError(f"load_state_dict: {key!r} must have shape {shape}; got {host.shape}")
             new[key] = from_numpy(host, xp=self.xp, device=self.device, dtype=self.dtype)

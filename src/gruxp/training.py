@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import checkpoint as ckpt_io
-from ._checks import check_positive_int
+from ._checks import check_lengths, check_positive_int
 from ._typing import Array
 from .functional._routes import route_for
 from .optim import OPTIMIZERS, clip_grad_norm
@@ -206,8 +206,16 @@ class Trainer:
         if compiler is None or dropping:
             return None
         if self._compiled is None:
-            self._compiled = compiler(self._pure_step, static_argnames=("lengths",))
+            # lengths are traced, not static: a new ragged pattern reuses the program (one compile per shape)
+            self._compiled = compiler(self._pure_step)
         return self._compiled
+
+    def _steps_and_batch(self, x: Array) -> tuple[int, int]:
+        """(T, B) of a batch's input, batch-first or time-major as the model's recurrent layers read it."""
+        batch_first = next((layer.batch_first for layer in self.model.layers.values() if hasattr(layer, "batch_first")), False)
+        if x.ndim < 2:
+            raise ValueError(f"a batch with lengths needs x of shape (T, B, ...) or (B, T, ...); got {tuple(x.shape)}")
+        return (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
 
     def _pure_step(self, params: dict, opt_state: dict, x: Array, target: Array, carry: dict, *, lengths: Any) -> tuple:
         """The step as a pure function of arrays (what the compiler traces). The model's own
@@ -231,9 +239,18 @@ class Trainer:
         return new_params, new_state, state, loss, norm, finite
 
     def _run_compiled(self, compiled: Callable, batch: Batch) -> tuple[dict, dict, dict, dict]:
-        lengths = None if batch.lengths is None else tuple(int(v) for v in np.asarray(batch.lengths).reshape(-1))
+        lengths = None
+        if batch.lengths is not None:  # checked here, on the host: inside the program their values cannot be read
+            T, B = self._steps_and_batch(batch.x)
+            lengths = self.model.xp.asarray(check_lengths(batch.lengths, batch=B, steps=T), device=self.model.device)
+        placed = route_for(self.model.xp).placed
         params, opt_state, state, loss, norm, finite = compiled(
-            self.model.params, self.opt_state, batch.x, batch.target, self.carry if self.stateful else {}, lengths=lengths
+            placed(self.model.params),
+            placed(self.opt_state),
+            batch.x,
+            batch.target,
+            placed(self.carry if self.stateful else {}),
+            lengths=lengths,
         )
         value, norm = float(loss), float(norm)  # the host syncs, outside the compiled step
         opt_state = {k: (v if isinstance(v, Mapping) else int(v)) for k, v in opt_state.items()}  # counters stay ints

@@ -71,6 +71,13 @@ class JaxRoute(Route):
 
         return jax.jit
 
+    def placed(self, tree: Any) -> Any:
+        import jax
+
+        return jax.tree_util.tree_map(
+            lambda a: jax.device_put(a, next(iter(a.devices()))) if isinstance(a, jax.Array) else a, tree
+        )
+
 
 def gru_with_analytic_vjp(params, x, h0, *, run: Callable, backward: Callable, run_options: dict) -> tuple[Any, Any]:
     """``(out, h_n)`` of the functional GRU as a ``jax.custom_vjp``: ``jax.grad``, ``jax.vjp`` and

@@ -146,7 +146,13 @@ def build(data: str | None, *, budget: int = 6_000_000, vocab: list[str] | None 
     train_texts, valid_texts, source = read_paths(data, budget=budget)
     train_text, valid_text = "\n".join(train_texts), "\n".join(valid_texts)
     if not train_text.strip():
-        raise CorpusError(f"the corpus {source!r} is empty")
+        total = sum(len(t) for t in (*train_texts, *valid_texts))
+        if not (train_text + valid_text).strip():
+            raise CorpusError(f"the corpus {source!r} is empty" + (f" (only {total} whitespace characters)" if total else ""))
+        raise CorpusError(
+            f"the corpus {source!r} holds only {total} character(s): too short to train on "
+            "(95% of it is the training text, 5% the validation text)"
+        )
     if vocab is None:
         common = [c for c, _ in Counter(train_text).most_common(MAX_VOCAB - 1)]
         vocab = sorted(common) + [UNKNOWN]

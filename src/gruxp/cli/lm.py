@@ -69,8 +69,9 @@ def sample(
         last = to_numpy(logits)[0, -1]
         out = []
         for _ in range(length):
-            z = last.astype(np.float64) / temperature
-            p = np.exp(z - z.max())
+            with np.errstate(over="ignore"):  # a tiny temperature sends the others to -inf: the most likely only
+                z = (last.astype(np.float64) - float(np.max(last))) / temperature
+            p = np.exp(z)
             p /= p.sum()
             nxt = int(rng.choice(len(vocab), p=p))
             out.append(vocab[nxt])

@@ -117,8 +117,11 @@ def dropout_mask(p: float, shape: tuple[int, ...], rng: Any, *, xp: ModuleType, 
     return xp.asarray(keep, dtype=dtype, device=device)
 
 
-def last_step_mask(lengths: np.ndarray | None, steps: int, batch: int, *, xp: ModuleType, device: Any) -> Any:
-    """Boolean (T, B, 1) selecting each sequence's last valid step (T−1 without lengths)."""
+def last_step_mask(lengths: Any, steps: int, batch: int, *, xp: ModuleType, device: Any) -> Any:
+    """Boolean (T, B, 1) selecting each sequence's last valid step (T−1 without lengths); ``lengths``
+    host values, or an array traced by ``jax.jit`` (the mask then built in the program)."""
+    if lengths is not None and not isinstance(lengths, np.ndarray):
+        return xp.arange(steps, dtype=lengths.dtype, device=device)[:, None, None] == (lengths - 1)[None, :, None]
     last = np.full(batch, steps - 1) if lengths is None else np.asarray(lengths) - 1
     select = np.arange(steps)[:, None, None] == last[None, :, None]
     return xp.asarray(select, dtype=xp.bool, device=device)

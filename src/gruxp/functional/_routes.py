@@ -76,6 +76,11 @@ class Route:
         """The namespace's compiler for a whole training step (``jax.jit``), or None."""
         return None
 
+    def placed(self, tree: Any) -> Any:
+        """``tree``'s arrays placed as a compiled step returns them (JAX: committed to their device),
+        so that a step's first call compiles the program every later call runs."""
+        return tree
+
 
 GENERIC = Route()
 _registered: list[Route] = []

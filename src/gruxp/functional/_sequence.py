@@ -23,7 +23,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_bool, check_lengths, check_params, check_positive_int, check_shape
+from .._checks import (
+    check_array,
+    check_bool,
+    check_lengths,
+    check_params,
+    check_positive_int,
+    check_shape,
+    check_traced_lengths,
+    is_traced,
+)
 from .._namespace import device_of, namespace_of, resolve_xp
 from .._typing import Array
 from ._cell import StepCache, folded_bias, input_grad, masked_state, param_grads, step_backward, step_forward
@@ -199,12 +208,15 @@ def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
         else:
             check_shape("h0", h0, (LD, B, H), "(num_layers·num_directions, B, H)")
     mask = None
-    if lengths is not None:
+    if lengths is not None and is_traced(lengths):  # inside jax.jit: the mask is built in the program
+        lengths = check_traced_lengths(lengths, batch=B, xp=xp)
+        mask = xp.arange(T, dtype=lengths.dtype, device=device_of(x))[:, None, None] < lengths[None, :, None]
+    elif lengths is not None:
         host = check_lengths(lengths, batch=B, steps=T)
         if (host < T).any():
-            valid = np.arange(T)[:, None, None] < host[None, :, None]
-            mask = xp.asarray(valid, dtype=xp.bool, device=device_of(x))
-            x = xp.where(mask, x, xp.zeros((), dtype=dtype, device=device_of(x)))
+            mask = xp.asarray(np.arange(T)[:, None, None] < host[None, :, None], dtype=xp.bool, device=device_of(x))
+    if mask is not None:
+        x = xp.where(mask, x, xp.zeros((), dtype=dtype, device=device_of(x)))
     return xp, x, h0, mask, unbatched
 
 
