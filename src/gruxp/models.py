@@ -101,9 +101,9 @@ class Module(Modal):
             except Exception as exc:
                 raise TypeError(f"load_state_dict: {key!r} is not an array ({type(mapping[key]).__name__})") from exc
             if host.dtype.kind != "f":
+                hint = " (a weights file whose dtype field says integers where floats were written?)" if host.dtype.kind in "iu" else ""
                 raise TypeError(
-                    f"load_state_dict: {key!r} must be a floating-point array (the parameters are); got dtype {host.dtype}"
-                    + (" (a weights file whose dtype field says integers where floats were written?)" if host.dtype.kind in "iu" else "")
+                    f"load_state_dict: {key!r} must be a floating-point array (the parameters are); got dtype {host.dtype}{hint}"
                 )
             if host.shape != shape:
                 raise ValueError(f"load_state_dict: {key!r} must have shape {shape}; got {host.shape}")
