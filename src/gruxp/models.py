@@ -101,7 +101,11 @@ class Module(Modal):
             except Exception as exc:
                 raise TypeError(f"load_state_dict: {key!r} is not an array ({type(mapping[key]).__name__})") from exc
             if host.dtype.kind != "f":
-                hint = " (a weights file whose dtype field says integers where floats were written?)" if host.dtype.kind in "iu" else ""
+                hint = (
+                    " (a weights file whose dtype field says integers where floats were written?)"
+                    if host.dtype.kind in "iu"
+                    else ""
+                )
                 raise TypeError(
                     f"load_state_dict: {key!r} must be a floating-point array (the parameters are); got dtype {host.dtype}{hint}"
                 )
