@@ -4,6 +4,7 @@
     python benchmarks/bench_cpu.py --quick               # 7 rounds, the first config only
     python benchmarks/bench_cpu.py --configs 2,0         # the third and first configs only
     python benchmarks/bench_cpu.py --backends numpy,torch,jax --out benchmarks/results
+    python benchmarks/bench_cpu.py --backends torch-module  # gruxp.torch.GRU, an nn.Module
 
 For each config and mode (inference forward; training step = forward with tape + backward,
 including the input gradient dx on both sides: torch's input requires grad) every
@@ -113,6 +114,25 @@ def contenders(config, backends):
 
     ours = {}
     for name in backends:
+        if name == "torch-module":  # gruxp.torch.GRU: an nn.Module, loss.backward() through gruxp's backward
+            import gruxp.torch as gt
+
+            module = gt.GRU(I, H, L, batch_first=True, bidirectional=bi)
+            module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+            x_module = torch.from_numpy(x_np.copy()).requires_grad_(True)
+
+            def module_forward(module=module):
+                with torch.no_grad():
+                    module(x_t)
+
+            def module_train(module=module, x=x_module):
+                module.zero_grad(set_to_none=True)
+                x.grad = None
+                out, _ = module(x)
+                out.backward(d_out_t)
+
+            ours[name] = (module_forward, module_train)
+            continue
         if name == "numpy":
             xp, conv = np, (lambda a: a)
         elif name == "torch":
@@ -218,7 +238,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="first config only, 7 rounds")
     parser.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS (0-4), in that order")
-    parser.add_argument("--backends", default="numpy,torch", help="gruxp namespaces to time (numpy, torch, jax)")
+    parser.add_argument(
+        "--backends",
+        default="numpy,torch",
+        help="gruxp namespaces to time (numpy, torch, jax), or torch-module (gruxp.torch.GRU)",
+    )
     parser.add_argument("--out", default=None, help="folder for the Markdown table and JSON")
     parser.add_argument("--kernel", default=None, help="OPENBLAS_CORETYPE for this run, as --kernel=Haswell (default: unset)")
     args = parser.parse_args()

@@ -209,7 +209,7 @@ def save(
     to one path from several threads or processes all succeed, and the last one wins).
     """
     path = Path(path)
-    arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
+    arrays = {f"param/{k}": v for k, v in model.state_dict(numpy=True).items()}
     optim_meta = None
     if optimizer is not None:
         scalars = {}

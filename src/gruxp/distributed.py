@@ -99,7 +99,7 @@ def predict(model: GRU, x: Array, *, lengths: Any = None, blas_threads: int | No
             raise ValueError(f"lengths must have shape ({x.shape[b_axis]},); got {lengths.shape}")
         if not np.issubdtype(lengths.dtype, np.integer):
             raise TypeError(f"lengths must be integers; got dtype {lengths.dtype}")
-    state = dask.delayed(model.state_dict(), pure=True)  # one task, referenced by every block
+    state = dask.delayed(model.state_dict(numpy=True), pure=True)  # one task, referenced by every block
     config = {k: v for k, v in model.config().items() if k != "dropout"}
     blocks = x.to_delayed().reshape(-1)
     len_blocks = [None] * len(blocks) if lengths is None else list(lengths.to_delayed().reshape(-1))
@@ -281,7 +281,11 @@ class DataParallel:
         # scheduler lists, and the scheduler retries a dead one for minutes; callback_timeout bounds
         # the call itself (Client.scatter's own timeout only bounds the wait for workers).
         [params] = self.client.sync(
-            self.client._scatter, [self.model.state_dict()], hash=False, timeout=self.timeout, callback_timeout=self.timeout
+            self.client._scatter,
+            [self.model.state_dict(numpy=True)],
+            hash=False,
+            timeout=self.timeout,
+            callback_timeout=self.timeout,
         )
         workers = self._workers()
         dtype = dtype_name(self.model.dtype)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._namespace import dtype_name, to_numpy
-from .layers import Embedding, Linear
+from .layers import Dropout, Embedding, LastStep, Linear, Sequential
 from .models import GRU, GRUCell
 
 __all__ = [
@@ -53,14 +53,32 @@ torch_to_keras_gates = _rzn_to_zrn
 
 # -- PyTorch ------------------------------------------------------------------------------------
 def from_torch(module: Any, *, xp: Any = None, device: Any = None, dtype: Any = None) -> Any:
-    """A gruxp layer equal to a ``torch.nn`` GRU, GRUCell, Linear or Embedding (weights copied)."""
+    """A gruxp layer equal to a ``torch.nn`` GRU, GRUCell, Linear, Embedding or Dropout, to a
+    ``gruxp.torch`` GRU, GRUCell or LastStep, or a gruxp Sequential equal to a ``gruxp.torch.Sequential``
+    of those (weights copied, values unchanged)."""
     import torch
 
+    from . import torch as gruxp_torch
+
     kind = type(module)
-    if kind is torch.nn.GRU:
+    place = dict(xp=xp, device=device, dtype=dtype)
+    if kind is gruxp_torch.Sequential:
+        return Sequential({name: from_torch(child, **place) for name, child in module.named_children()})
+    if kind is torch.nn.Dropout:
+        return Dropout(module.p)
+    if kind is gruxp_torch.LastStep:
+        return LastStep(batch_first=module.batch_first)
+    if kind is gruxp_torch.GRU:
+        layer: Any = GRU(
+            module.input_size, module.hidden_size, module.num_layers, bias=module.bias, batch_first=module.batch_first,
+            bidirectional=module.bidirectional, reset_after=module.reset_after, dropout=module.dropout, **place,
+        )  # fmt: skip
+    elif kind is gruxp_torch.GRUCell:
+        layer = GRUCell(module.input_size, module.hidden_size, bias=module.bias, reset_after=module.reset_after, **place)
+    elif kind is torch.nn.GRU:
         if getattr(module, "proj_size", 0):
             raise ValueError("torch.nn.GRU has no projections; proj_size must be 0")
-        layer: Any = GRU(
+        layer = GRU(
             module.input_size,
             module.hidden_size,
             module.num_layers,
@@ -86,15 +104,28 @@ def from_torch(module: Any, *, xp: Any = None, device: Any = None, dtype: Any = 
             module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx, xp=xp, device=device, dtype=dtype
         )
     else:
-        raise TypeError(f"from_torch converts nn.GRU, nn.GRUCell, nn.Linear and nn.Embedding; got {kind.__name__}")
-    layer.load_state_dict(module.state_dict())
+        raise TypeError(
+            "from_torch converts nn.GRU, nn.GRUCell, nn.Linear, nn.Embedding, nn.Dropout and gruxp.torch's GRU, GRUCell, "
+            f"LastStep and Sequential; got {kind.__name__}"
+        )
+    layer.load_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()})
     return layer
 
 
 def to_torch(layer: Any, *, dtype: Any = None) -> Any:
-    """The ``torch.nn`` module equal to a gruxp GRU (reset_after=True only), GRUCell, Linear or Embedding."""
+    """The ``torch.nn`` module equal to a gruxp GRU (reset_after=True only), GRUCell, Linear, Embedding
+    or Dropout; for a Sequential (the language model of ``gruxp train``), a ``gruxp.torch.Sequential``
+    of those (a ``LastStep`` becomes ``gruxp.torch.LastStep``), its parameters under the same names."""
     import torch
 
+    from . import torch as gruxp_torch
+
+    if isinstance(layer, Sequential):
+        return gruxp_torch.Sequential({name: to_torch(child, dtype=dtype) for name, child in layer.layers.items()})
+    if isinstance(layer, Dropout):
+        return torch.nn.Dropout(layer.p)
+    if isinstance(layer, LastStep):
+        return gruxp_torch.LastStep(batch_first=layer.batch_first)
     if getattr(layer, "reset_after", True) is False:
         raise ValueError("PyTorch has only the reset_after=True GRU; this model has reset_after=False")
     dtype = dtype or getattr(torch, dtype_name(layer.dtype))
@@ -116,8 +147,10 @@ def to_torch(layer: Any, *, dtype: Any = None) -> Any:
     elif isinstance(layer, Embedding):
         module = torch.nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx, dtype=dtype)
     else:
-        raise TypeError(f"to_torch converts GRU, GRUCell, Linear and Embedding; got {type(layer).__name__}")
-    module.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in layer.state_dict().items()})
+        raise TypeError(
+            f"to_torch converts GRU, GRUCell, Linear, Embedding, Dropout, LastStep and Sequential; got {type(layer).__name__}"
+        )
+    module.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in layer.state_dict(numpy=True).items()})
     return module
 
 
@@ -140,7 +173,7 @@ def save_safetensors(model: Any, path: str | os.PathLike, *, metadata: Mapping[s
     from .checkpoint import _json_safe, model_config
 
     path = Path(path)
-    tensors = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    tensors = {k: np.ascontiguousarray(v) for k, v in model.state_dict(numpy=True).items()}
     meta = {"format": "pt", "gruxp": json.dumps(_json_safe(model_config(model))), **dict(metadata or {})}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:

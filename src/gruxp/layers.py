@@ -314,8 +314,12 @@ class Sequential:
             if layer.params:
                 layer.params = {k: flat[f"{name}.{k}"] for k in layer.params}
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {k: to_numpy(v) for k, v in self.params.items()}
+    def state_dict(self, *, numpy: bool = False) -> dict[str, Any]:
+        """Copies of every layer's parameters under flat names (``gru.weight_ih_l0``), in the model's
+        own arrays; ``numpy=True``: host NumPy copies."""
+        if numpy:
+            return {k: to_numpy(v) for k, v in self.params.items()}
+        return {k: self.xp.asarray(v, copy=True) for k, v in self.params.items()}
 
     def load_state_dict(self, mapping: Mapping[str, Any]) -> None:
         """All-or-nothing: every layer is checked before any is changed."""

@@ -72,9 +72,13 @@ class Module(Modal):
         self.device = device_of(next(iter(self.params.values())))
         self._token = object()
 
-    def state_dict(self) -> dict[str, Any]:
-        """Host NumPy copies of the parameters, PyTorch's names and order."""
-        return {name: to_numpy(value) for name, value in self.params.items()}
+    def state_dict(self, *, numpy: bool = False) -> dict[str, Any]:
+        """Copies of the parameters, PyTorch's names and order, in the model's own arrays (torch
+        tensors for a model on torch, jax arrays on JAX: ``torch.nn.GRU.load_state_dict`` takes a
+        torch model's as it is); ``numpy=True``: host NumPy copies."""
+        if numpy:
+            return {name: to_numpy(value) for name, value in self.params.items()}
+        return {name: self.xp.asarray(value, copy=True) for name, value in self.params.items()}
 
     def load_state_dict(self, mapping: Mapping[str, Any]) -> None:
         """Replace every parameter from ``mapping`` (NumPy, CPU torch, any array-API/DLPack array).

@@ -72,7 +72,7 @@ class _Graph:
 
 def _gru_layers(g: _Graph, gru: GRU, x: str, *, lengths: str, h0: str | None, np_dtype: Any) -> tuple[str, str]:
     """Time-major x [T, B, I] → (out [T, B, D·H], h_n [L·D, B, H])."""
-    state = gru.state_dict()
+    state = gru.state_dict(numpy=True)
     H, L, D = gru.hidden_size, gru.num_layers, 2 if gru.bidirectional else 1
     h_parts = []
     for layer in range(L):
@@ -206,7 +206,7 @@ def export(
         if isinstance(layer, Dropout):
             continue
         if isinstance(layer, Embedding):
-            weight = g.const("embedding", layer.state_dict()["weight"].astype(np_dtype))
+            weight = g.const("embedding", layer.state_dict(numpy=True)["weight"].astype(np_dtype))
             (current,) = g.node("Gather", [weight, current], axis=0, stem="embedded")
             features = layer.embedding_dim
         elif isinstance(layer, GRU):
@@ -219,7 +219,7 @@ def export(
                 (current,) = g.node("Transpose", [current], perm=[1, 0, 2], stem="batch_major")
             features = D * layer.hidden_size
         else:  # Linear
-            st = layer.state_dict()
+            st = layer.state_dict(numpy=True)
             (current,) = g.node("MatMul", [current, g.const("weight_t", st["weight"].T.astype(np_dtype))], stem="linear")
             if layer.bias:
                 (current,) = g.node("Add", [current, g.const("bias", st["bias"].astype(np_dtype))], stem="linear")

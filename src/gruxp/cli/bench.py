@@ -42,7 +42,7 @@ def run(names: list[str], *, batch: int, seq_len: int, hidden: int, layers: int,
         torch = None
     info = blas_info()
     reference = gruxp.GRU(hidden, hidden, layers, batch_first=True, dtype=dtype, seed=0)
-    state = reference.state_dict()
+    state = reference.state_dict(numpy=True)
     theirs = None
     if torch is not None:
         torch.set_num_threads(blas_threads(info))

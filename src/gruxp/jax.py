@@ -1,0 +1,103 @@
+"""gruxp in JAX's idiom: a pure ``init`` and ``apply``, the parameters a plain pytree.
+
+``init(seed_or_key, input_size, hidden_size, ...) -> params`` draws a dict of jax arrays with
+PyTorch's names (what optax updates, what ``jax.tree_util`` maps over); ``apply(params, x, h0=None,
+*, lengths=None, ...) -> (out, h_n)`` is :func:`gruxp.functional.gru` with the structure read from
+the params (how many layers, one direction or two, with or without biases). Under ``jax.grad``
+its derivative is gruxp's analytic backward (a ``custom_vjp`` over the tape), under ``jax.jit`` the
+time loop is one ``lax.scan``. The names follow flax's ``Module.init`` / ``Module.apply``.
+
+Importing this module imports JAX; ``import gruxp`` does not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import functional as F
+from ._checks import check_bool, check_positive_int
+from ._typing import Array
+
+__all__ = ["apply", "init"]
+
+
+def init(
+    seed_or_key: Any,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    *,
+    bias: bool = True,
+    bidirectional: bool = False,
+    dtype: Any = "float32",
+) -> dict[str, Array]:
+    """Parameters of a GRU as a dict of jax arrays (PyTorch's names and shapes), U(−1/√H, 1/√H).
+
+    An int seed draws on the host exactly as ``gruxp.GRU(..., seed=seed)`` does on every backend (the
+    same numbers as the NumPy model); a ``jax.random`` key draws with JAX, one subkey per parameter.
+    """
+    shapes = F.gru_param_shapes(
+        check_positive_int("input_size", input_size),
+        check_positive_int("hidden_size", hidden_size),
+        check_positive_int("num_layers", num_layers),
+        bias=check_bool("bias", bias),
+        bidirectional=check_bool("bidirectional", bidirectional),
+    )
+    bound = 1.0 / hidden_size**0.5
+    if _is_key(seed_or_key):
+        keys = jax.random.split(seed_or_key, len(shapes))
+        return {
+            name: jax.random.uniform(key, shape, dtype=jnp.dtype(dtype), minval=-bound, maxval=bound)
+            for key, (name, shape) in zip(keys, shapes.items(), strict=True)
+        }
+    return F.init_params(shapes, hidden_size, seed=seed_or_key, xp=jnp, device=None, dtype=getattr(jnp, str(dtype)))
+
+
+def _is_key(a: Any) -> bool:
+    """A ``jax.random`` key: typed (``jax.random.key``) or raw (``PRNGKey``: two uint32)."""
+    if not isinstance(a, jax.Array):
+        return False
+    return bool(jnp.issubdtype(a.dtype, jax.dtypes.prng_key)) or (a.dtype == jnp.uint32 and a.shape == (2,))
+
+
+def _structure(params: Mapping[str, Any]) -> tuple[int, bool, bool]:
+    """(num_layers, bidirectional, bias) from the parameter names."""
+    if not isinstance(params, Mapping) or "weight_ih_l0" not in params:
+        raise ValueError("params must be the dict init returned (PyTorch's names: 'weight_ih_l0', ...)")
+    layers = 1 + max(int(m.group(1)) for m in (re.fullmatch(r"weight_ih_l(\d+)(_reverse)?", k) for k in params) if m)
+    return layers, "weight_ih_l0_reverse" in params, "bias_ih_l0" in params
+
+
+def apply(
+    params: Mapping[str, Array],
+    x: Array,
+    h0: Array = None,
+    *,
+    lengths: Any = None,
+    batch_first: bool = False,
+    reset_after: bool = True,
+    dropout: float = 0.0,
+    rng: Any = None,
+) -> tuple[Array, Array]:
+    """``(out, h_n)`` of the GRU whose parameters ``init`` made: a pure function, for ``jax.jit``,
+    ``jax.grad`` and ``jax.vmap``. Shapes and ``lengths`` as :class:`gruxp.GRU`'s; ``lengths`` may
+    be traced inside ``jax.jit`` (check their values before)."""
+    num_layers, bidirectional, bias = _structure(params)
+    return F.gru(
+        params,
+        x,
+        h0,
+        lengths=lengths,
+        num_layers=num_layers,
+        bias=bias,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        reset_after=reset_after,
+        dropout=dropout,
+        rng=rng,
+    )
