@@ -95,11 +95,11 @@ def test_training_equals_single_process(client, n_shards):
     dp.load_shards(load_regression_shard, n=n_shards)
     records = [dp.step() for _ in range(5)]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and records[-1]["loss"] < records[0]["loss"]
-    for k, v in reference.state_dict().items():
+    for k, v in reference.state_dict(numpy=True).items():
         if n_shards == 1:
-            np.testing.assert_array_equal(model.state_dict()[k], v, err_msg=k)  # the same operations
+            np.testing.assert_array_equal(model.state_dict(numpy=True)[k], v, err_msg=k)  # the same operations
         else:
-            np.testing.assert_allclose(model.state_dict()[k], v, rtol=0, atol=1e-12, err_msg=k)
+            np.testing.assert_allclose(model.state_dict(numpy=True)[k], v, rtol=0, atol=1e-12, err_msg=k)
 
 
 def load_lm_shard(i, n):
@@ -126,8 +126,8 @@ def test_language_model_with_ignore_index(client):
     dp.load_shards(load_lm_shard, n=2)
     for _ in range(3):
         dp.step()
-    for k, v in reference.state_dict().items():
-        np.testing.assert_allclose(model.state_dict()[k], v, rtol=0, atol=1e-12, err_msg=k)
+    for k, v in reference.state_dict(numpy=True).items():
+        np.testing.assert_allclose(model.state_dict(numpy=True)[k], v, rtol=0, atol=1e-12, err_msg=k)
 
 
 def test_a_task_runs_the_gru_on_one_thread_without_changing_the_worker(client):
@@ -167,8 +167,8 @@ def test_processes_cluster_pickles_everything():
         out, _, tape = reference.forward(x)
         grads = reference.backward(tape, losses.mse(out, y)[1])[0]
         reference.params, _ = opt.step(reference.params, grads, opt.init(reference.params))
-        for k, v in reference.state_dict().items():
-            np.testing.assert_allclose(model.state_dict()[k], v, rtol=0, atol=1e-12, err_msg=k)
+        for k, v in reference.state_dict(numpy=True).items():
+            np.testing.assert_allclose(model.state_dict(numpy=True)[k], v, rtol=0, atol=1e-12, err_msg=k)
         gru = gruxp.GRU(I, H, dtype="float64", seed=3)
         xs = np.random.default_rng(1).standard_normal((T, B, I))
         np.testing.assert_array_equal(gd.predict(gru, da.from_array(xs, chunks=(T, 6, I)))[0].compute(), gru(xs)[0])

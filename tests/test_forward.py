@@ -29,7 +29,7 @@ def test_forward_matches_reference(backend, dtype, case):
     h0 = backend.asarray(case.layout(host["h0"], seq=False), dtype)
     out, h_n = model(x, h0, lengths=host["lengths"])
     exp_out, exp_hn = ref.gru(
-        model.state_dict(),
+        model.state_dict(numpy=True),
         host["x"],
         host["h0"],
         num_layers=case.num_layers,

@@ -28,7 +28,7 @@ def _loss_fn(model, backend, case, host, *, wrt):
     base = {"x": case.layout(host["x"], seq=True), "h0": case.layout(host["h0"], seq=False)}
     d_out = case.layout(host["d_out"], seq=True)
     d_hn = case.layout(host["d_hn"], seq=False)
-    params = model.state_dict()
+    params = model.state_dict(numpy=True)
 
     def f(value):
         p = dict(params)
@@ -78,7 +78,7 @@ def test_cell_finite_differences(backend, reset_after, unbatched):
     x, h, dh = rng.standard_normal(shape(B, I)), rng.standard_normal(shape(B, H)), rng.standard_normal(shape(B, H))
     h_new, tape = cell.forward(backend.asarray(x), backend.asarray(h))
     grads, dx, dh_prev = cell.backward(tape, backend.asarray(dh))
-    params = cell.state_dict()
+    params = cell.state_dict(numpy=True)
 
     def loss(**override):
         p = {**params, **{k: v for k, v in override.items() if k in params}}
@@ -121,7 +121,7 @@ def test_gradients_agree_with_an_independent_reference(backend, dtype, case):
     got = {**grads, "x": dx, "h0": dh0}
     assert all(a.dtype == backend.dtype(dtype) for a in got.values())
     want = _reference.torch_gradients(
-        model.state_dict(),
+        model.state_dict(numpy=True),
         host["x"],
         host["h0"],
         host["d_out"],

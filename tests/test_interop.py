@@ -26,7 +26,7 @@ def test_torch_round_trips():
         assert type(back) is type(module)
         for k, v in module.state_dict().items():
             np.testing.assert_array_equal(back.state_dict()[k].numpy(), v.numpy())
-            np.testing.assert_array_equal(ours.state_dict()[k], v.numpy())
+            np.testing.assert_array_equal(ours.state_dict(numpy=True)[k], v.numpy())
     gru = interop.from_torch(modules[0], dtype="float64")
     out, _ = gru(X)
     assert_close(out, modules[0](torch.from_numpy(X))[0].detach().numpy(), rtol=1e-12, atol=1e-14, name="out")
@@ -49,15 +49,15 @@ def test_keras_round_trip_is_exact(reset_after, bias):
     for a, b in zip(again, weights, strict=True):
         np.testing.assert_array_equal(a, b)  # Keras → gruxp → Keras is exact
     if reset_after or not bias:
-        for k, v in gru.state_dict().items():
-            np.testing.assert_array_equal(back.state_dict()[k], v)  # so is gruxp → Keras → gruxp
+        for k, v in gru.state_dict(numpy=True).items():
+            np.testing.assert_array_equal(back.state_dict(numpy=True)[k], v)  # so is gruxp → Keras → gruxp
 
 
 def test_keras_gate_order_against_the_equations():
     """z, r, h columns in Keras: the update gate's block of the kernel is PyTorch's second row block."""
     gru = gruxp.GRU(2, 3, dtype="float64", seed=1)
     kernel, recurrent, bias = interop.to_keras(gru)
-    w = gru.state_dict()["weight_ih_l0"]
+    w = gru.state_dict(numpy=True)["weight_ih_l0"]
     np.testing.assert_array_equal(kernel[:, 0:3], w[3:6].T)  # z
     np.testing.assert_array_equal(kernel[:, 3:6], w[0:3].T)  # r
     np.testing.assert_array_equal(kernel[:, 6:9], w[6:9].T)  # h / n
@@ -117,5 +117,5 @@ def test_safetensors_of_a_whole_model(tmp_path):
         assert sorted(f.keys()) == sorted(model.params)
     twin = gruxp.Sequential(embed=gruxp.Embedding(9, 4, seed=5), gru=gruxp.GRU(4, 6, seed=6), head=gruxp.Linear(6, 9, seed=7))
     twin.load_state_dict(interop.load_safetensors(path))
-    for k, v in model.state_dict().items():
-        np.testing.assert_array_equal(twin.state_dict()[k], v)
+    for k, v in model.state_dict(numpy=True).items():
+        np.testing.assert_array_equal(twin.state_dict(numpy=True)[k], v)

@@ -168,8 +168,8 @@ def test_compiled_training_step_equals_the_numpy_step(opt):
     assert trainer._compiled is not None  # the compiled route ran
     for a, b in zip(got, want, strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-12 * abs(b["loss"]) and abs(a["grad_norm"] - b["grad_norm"]) <= 1e-12
-    for k, v in reference.model.state_dict().items():
-        np.testing.assert_allclose(trainer.model.state_dict()[k], v, rtol=1e-12, atol=1e-14, err_msg=k)
+    for k, v in reference.model.state_dict(numpy=True).items():
+        np.testing.assert_allclose(trainer.model.state_dict(numpy=True)[k], v, rtol=1e-12, atol=1e-14, err_msg=k)
     assert trainer.opt_state["step"] == 5
 
 
@@ -193,11 +193,11 @@ def test_compiled_step_keeps_the_good_state_on_overflow_and_skips_dropout():
         )
 
     trainer = gruxp.Trainer(model(), losses.mse, optim.SGD(lr=1e300))  # float32 parameters overflow at once
-    before = trainer.model.state_dict()
+    before = trainer.model.state_dict(numpy=True)
     with pytest.raises(gruxp.NonFiniteLossError, match="inf or NaN"):
         trainer.fit(data, 3)
     assert trainer._compiled is not None and trainer.step == 0
-    for k, v in trainer.model.state_dict().items():
+    for k, v in trainer.model.state_dict(numpy=True).items():
         np.testing.assert_array_equal(v, before[k])
     dropping = gruxp.Trainer(model(0.5), losses.mse, optim.SGD(lr=0.01))
     dropping.fit(data, 2)  # masks are drawn on the host each step: the eager step runs
@@ -231,7 +231,7 @@ def test_the_compiled_step_compiles_once_for_any_ragged_lengths():
     assert len({tuple(lengths) for _, _, lengths in batches}) == 20  # every batch a new ragged pattern
     for a, b in zip(got, want, strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-12 * abs(b["loss"])
-    for k, v in reference.model.state_dict().items():
-        np.testing.assert_allclose(trainer.model.state_dict()[k], v, rtol=1e-11, atol=1e-13, err_msg=k)
+    for k, v in reference.model.state_dict(numpy=True).items():
+        np.testing.assert_allclose(trainer.model.state_dict(numpy=True)[k], v, rtol=1e-11, atol=1e-13, err_msg=k)
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=6\]; got \[0\]"):
         trainer.train_step(gruxp.Batch(jnp.asarray(batches[0][0]), jnp.asarray(batches[0][1]), np.array([0, 3, 3, 3])))

@@ -22,7 +22,7 @@ def test_linear_finite_differences_and_torch(backend, bias):
     x, dy = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 3))
     y, tape = layer.forward(backend.asarray(x))
     grads, dx = layer.backward(tape, backend.asarray(dy))
-    state = layer.state_dict()
+    state = layer.state_dict(numpy=True)
 
     def loss(p, xv):
         return float(
@@ -61,8 +61,8 @@ def test_embedding_gradient_accumulates_repeated_ids(backend):
     want = np.zeros((7, 3))
     np.add.at(want, ids.reshape(-1), dy.reshape(-1, 3))
     assert_close(grads["weight"], want, rtol=1e-14, atol=1e-15, name="dW")
-    assert_close(y, emb.state_dict()["weight"][ids], rtol=0, atol=0, name="rows")
-    weight = emb.state_dict()["weight"]
+    assert_close(y, emb.state_dict(numpy=True)["weight"][ids], rtol=0, atol=0, name="rows")
+    weight = emb.state_dict(numpy=True)["weight"]
     numeric = numerical_gradient(lambda w: float(np.sum(w[ids] * dy)), weight)
     assert_close(grads["weight"], numeric, name="FD", **FD)
 
@@ -107,7 +107,7 @@ def test_gru_dropout_between_layers(backend):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 2, 3))
     gru = gruxp.GRU(3, 4, 3, dropout=0.4, **_place(backend, seed=7))
-    state = gru.state_dict()
+    state = gru.state_dict(numpy=True)
     rng_state = gru.rng.bit_generator.state
     out, h_n = gru(backend.asarray(x))
     # the same computation by hand, one layer at a time, masks drawn from the same host stream
@@ -137,7 +137,7 @@ def test_gru_dropout_gradients(backend):
     start = gru.rng.bit_generator.state
     _, _, tape = gru.forward(backend.asarray(case_x))
     grads, dx, _ = gru.backward(tape, backend.asarray(d_out))
-    state = gru.state_dict()
+    state = gru.state_dict(numpy=True)
 
     def loss(p, xv):
         rng = np.random.default_rng()
@@ -185,7 +185,7 @@ def test_full_model_finite_differences(backend):
     loss, dlogits = losses.cross_entropy(logits, backend.int_array(targets))
     grads, dx, d_state = model.backward(tape, dlogits)
     assert dx is None and set(grads) == set(model.params) and d_state["gru"].shape == (2, 2, 2)
-    state = model.state_dict()
+    state = model.state_dict(numpy=True)
     probe = _language_model(backend)
 
     def f(name):
@@ -210,10 +210,10 @@ def test_sequential_params_state_dict_and_errors(backend):
     with pytest.raises(ValueError, match=r"missing \['head.bias'\]"):
         model.params = {k: v for k, v in doubled.items() if k != "head.bias"}
     with pytest.raises(ValueError, match="load_state_dict: unexpected keys"):
-        model.load_state_dict({**model.state_dict(), "x.y": np.zeros(1)})
+        model.load_state_dict({**model.state_dict(numpy=True), "x.y": np.zeros(1)})
     with pytest.raises(ValueError, match="lives on .*float32.* build all layers with the same"):
         gruxp.Sequential(a=gruxp.Linear(2, 2, **_place(backend)), b=gruxp.Linear(2, 2, xp=backend.xp, device=backend.device))
     rebuilt = gruxp.Sequential.from_config(model.config(), xp=backend.xp, device=backend.device, dtype="float64")
-    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.load_state_dict(model.state_dict(numpy=True))
     ids = backend.int_array([[1, 2, 3]])
     np.testing.assert_array_equal(to_numpy(rebuilt(ids)[0]), to_numpy(model(ids)[0]))

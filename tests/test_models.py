@@ -12,11 +12,11 @@ from gruxp.testing import to_numpy
 
 def test_state_dict_round_trip_is_bit_exact(backend, dtype):
     model = gruxp.GRU(4, 3, 2, bidirectional=True, xp=backend.xp, device=backend.device, dtype=dtype, seed=5)
-    state = model.state_dict()
+    state = model.state_dict(numpy=True)
     assert all(type(v) is np.ndarray and v.dtype == np.dtype(dtype) for v in state.values())
     fresh = gruxp.GRU(4, 3, 2, bidirectional=True, xp=backend.xp, device=backend.device, dtype=dtype, seed=6)
     fresh.load_state_dict(state)
-    for k, v in fresh.state_dict().items():
+    for k, v in fresh.state_dict(numpy=True).items():
         np.testing.assert_array_equal(v, state[k])
     state["weight_ih_l0"][...] = 0.0  # a host copy: editing it leaves the model alone
     assert np.any(to_numpy(model.params["weight_ih_l0"]) != 0)
@@ -27,7 +27,7 @@ def test_to_moves_bit_exactly_and_keeps_the_width(backend, dtype):
     there = here.to(backend.xp, device=backend.device)
     assert there is not here and there.xp is backend.xp and there.dtype == backend.dtype(dtype)
     assert there.reset_after is False and there.params is not here.params
-    for k, v in here.state_dict().items():
+    for k, v in here.state_dict(numpy=True).items():
         np.testing.assert_array_equal(to_numpy(there.params[k]), v)
     x = np.random.default_rng(0).standard_normal((6, 2, 4))
     a, _ = here(np.asarray(x, dtype=dtype))
@@ -49,7 +49,7 @@ def test_load_state_dict_from_torch_and_other_backends(backend):
     source = gruxp.GRU(4, 3, 2, bidirectional=True, xp=backend.xp, device=backend.device, dtype="float64", seed=1)
     numpy_model = gruxp.GRU(4, 3, 2, bidirectional=True, dtype="float64")
     numpy_model.load_state_dict(source.params)  # arrays of any namespace/device
-    for k, v in source.state_dict().items():
+    for k, v in source.state_dict(numpy=True).items():
         np.testing.assert_array_equal(numpy_model.params[k], v)
 
 

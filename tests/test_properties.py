@@ -76,7 +76,7 @@ def test_directional_derivative(backend, c):
     d_out = rng.standard_normal((c["T"], c["B"], D * c["H"]))
     d_hn = rng.standard_normal((LD, c["B"], c["H"]))
     lengths = rng.integers(1, c["T"] + 1, size=c["B"])
-    state = model.state_dict()
+    state = model.state_dict(numpy=True)
     v = {k: rng.standard_normal(a.shape) for k, a in {**state, "x": x, "h0": h0}.items()}
 
     _, _, tape = model.forward(backend.asarray(x), backend.asarray(h0), lengths=lengths)

@@ -35,12 +35,12 @@ def test_overflowing_update_keeps_the_good_checkpoint_and_parameters(tmp_path):
     good.fit(_batch, 2)
     good.save()
     saved = path.read_bytes()
-    before = model.state_dict()
+    before = model.state_dict(numpy=True)
     trainer = gruxp.Trainer(model, losses.mse, optim.SGD(lr=1e300), checkpoint=path, checkpoint_every=1)
     with pytest.raises(NonFiniteLossError, match="the update made parameters inf or NaN .*was kept"):
         trainer.fit(_batch, 5)
     assert trainer.step == 0 and path.read_bytes() == saved  # the claim "was kept" is true
-    for k, v in model.state_dict().items():
+    for k, v in model.state_dict(numpy=True).items():
         np.testing.assert_array_equal(v, before[k])  # the model holds the last good parameters
 
 
@@ -123,7 +123,7 @@ def test_embedding_padding_idx_matches_torch():
 
     ref = torch.nn.Embedding(6, 3, padding_idx=0, dtype=torch.float64)
     emb = interop.from_torch(ref, dtype="float64")
-    assert emb.padding_idx == 0 and np.all(emb.state_dict()["weight"][0] == 0)
+    assert emb.padding_idx == 0 and np.all(emb.state_dict(numpy=True)["weight"][0] == 0)
     ids = np.array([[0, 2, 0, 5]])
     y, tape = emb.forward(ids)
     dy = np.random.default_rng(0).standard_normal((1, 4, 3))
@@ -355,7 +355,7 @@ def test_saving_through_a_symbolic_link_keeps_the_link(tmp_path):
     model.layers["head"].params = {k: v + 1 for k, v in model.layers["head"].params.items()}
     checkpoint.save(link, model)
     assert link.is_symlink() and os.readlink(link) == str(target)
-    np.testing.assert_array_equal(checkpoint.load(target).params["head.bias"], model.state_dict()["head.bias"])
+    np.testing.assert_array_equal(checkpoint.load(target).params["head.bias"], model.state_dict(numpy=True)["head.bias"])
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["real.npz"]
 
 
@@ -526,12 +526,12 @@ def test_lengths_traced_by_jax_jit_build_the_mask_in_the_program():
 def test_float_weights_from_an_integer_dtype_are_refused(tmp_path):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     gru = gruxp.GRU(2, 3, seed=0)
-    state = gru.state_dict()
+    state = gru.state_dict(numpy=True)
     path = tmp_path / "gru.safetensors"
     safetensors_numpy.save_file({k: v.view(np.int32) for k, v in state.items()}, str(path))  # the header says I32
     with pytest.raises(TypeError, match="'weight_ih_l0' must be a floating-point array.*got dtype int32"):
         gru.load_state_dict(gruxp.interop.load_safetensors(path))
-    np.testing.assert_array_equal(gru.state_dict()["weight_ih_l0"], state["weight_ih_l0"])  # nothing changed
+    np.testing.assert_array_equal(gru.state_dict(numpy=True)["weight_ih_l0"], state["weight_ih_l0"])  # nothing changed
 
 
 @pytest.mark.skip_on(jax="JAX arrays are immutable: nothing can be edited")

@@ -59,7 +59,7 @@ def test_nn_gru_parity(backend, num_layers, bidirectional, mode):
     case = Case(num_layers=num_layers, bidirectional=bidirectional, T=6, B=4, I=5, H=4, **MODES[mode])
     model = case.model(backend, "float64", seed=num_layers)
     host = host_case_inputs(case, seed=2)
-    want_out, want_hn, want_grads, want_dx, want_dh0 = _torch_run(case, model.state_dict(), host)
+    want_out, want_hn, want_grads, want_dx, want_dh0 = _torch_run(case, model.state_dict(numpy=True), host)
 
     x = backend.asarray(case.layout(host["x"], seq=True))
     h0 = backend.asarray(case.layout(host["h0"], seq=False))
@@ -83,7 +83,7 @@ def test_nn_grucell_parity(backend, bias, unbatched):
     I, H, B = 5, 4, 3
     cell = gruxp.GRUCell(I, H, bias=bias, xp=backend.xp, device=backend.device, dtype="float64", seed=9)
     net = torch.nn.GRUCell(I, H, bias=bias, dtype=torch.float64)
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in cell.state_dict().items()})
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in cell.state_dict(numpy=True).items()})
     shape = (lambda *s: s[1:]) if unbatched else (lambda *s: s)
     x, h, dh = rng.standard_normal(shape(B, I)), rng.standard_normal(shape(B, H)), rng.standard_normal(shape(B, H))
     xt, ht = torch.tensor(x, requires_grad=True), torch.tensor(h, requires_grad=True)
@@ -104,8 +104,8 @@ def test_same_seed_same_parameters_on_every_backend(backend):
     """Initialisation is drawn on the host: bit-identical across backends, PyTorch's U(±1/√H)."""
     model = gruxp.GRU(5, 16, 2, bidirectional=True, xp=backend.xp, device=backend.device, dtype="float64", seed=123)
     reference = gruxp.GRU(5, 16, 2, bidirectional=True, dtype="float64", seed=123)
-    state = model.state_dict()
+    state = model.state_dict(numpy=True)
     assert list(state) == [k for k, _ in torch.nn.GRU(5, 16, 2, bidirectional=True).named_parameters()]
-    for k, v in reference.state_dict().items():
+    for k, v in reference.state_dict(numpy=True).items():
         np.testing.assert_array_equal(state[k], v)
         assert np.all(np.abs(v) <= 0.25) and v.std() > 0.1  # 1/sqrt(16) = 0.25; U(-a, a) has std a/sqrt(3)

@@ -61,8 +61,8 @@ def test_resume_is_bit_identical(tmp_path):
     second.resume()
     assert second.step == 5 and set(second.carry) == {"gru"}
     second.fit(batches, 10)
-    for k, v in straight.model.state_dict().items():
-        np.testing.assert_array_equal(second_model.state_dict()[k], v, err_msg=k)
+    for k, v in straight.model.state_dict(numpy=True).items():
+        np.testing.assert_array_equal(second_model.state_dict(numpy=True)[k], v, err_msg=k)
     assert [r["loss"] for r in straight.history[5:]] == [r["loss"] for r in second.history]
 
 
@@ -72,7 +72,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     batches = stream_windows(TOKENS, batch_size=4, window=10)
     trainer.fit(batches, 2)
     saved = (tmp_path / "ck.npz").read_bytes()
-    before = model.state_dict()
+    before = model.state_dict(numpy=True)
     bad = {k: (v * np.nan if k == "head.bias" else v) for k, v in before.items()}
     model.load_state_dict(bad)
     with pytest.raises(
@@ -82,7 +82,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
         trainer.fit(batches, 4)
     assert trainer.step == 2
     assert (tmp_path / "ck.npz").read_bytes() == saved
-    for k, v in model.state_dict().items():
+    for k, v in model.state_dict(numpy=True).items():
         np.testing.assert_array_equal(v, bad[k])  # no update was applied
 
 
@@ -142,8 +142,8 @@ def test_checkpoint_round_trip_and_rebuild(tmp_path, backend):
     ck = checkpoint.load(path)
     assert ck.meta["step"] == 7 and ck.meta["extra"] == {"note": "x"} and ck.meta["optimizer"]["type"] == "AdamW"
     rebuilt = checkpoint.build_model(ck, xp=backend.xp, device=backend.device)
-    for k, v in model.state_dict().items():
-        np.testing.assert_array_equal(rebuilt.state_dict()[k], v)
+    for k, v in model.state_dict(numpy=True).items():
+        np.testing.assert_array_equal(rebuilt.state_dict(numpy=True)[k], v)
     assert [p for p in Path(tmp_path).iterdir()] == [path]  # no temporary file left behind
 
 
