@@ -1,6 +1,6 @@
-"""gruxp on JAX: compile time and run time of jitted forward and jax.grad, against flax and torch.
+"""gruxp on JAX: compile time and run time of jitted forward and jax.grad, against flax, Keras and torch.
 
-    pip install flax          # for this benchmark only: flax is not a gruxp dependency
+    pip install flax          # for this benchmark only: flax is not a gruxp dependency (Keras is a test one)
     python benchmarks/bench_jax.py [--out benchmarks/results] [--rounds 7]
 
 Two tables, float32, batch_first, I = H, same process:
@@ -12,7 +12,8 @@ Two tables, float32, batch_first, I = H, same process:
    (B, T, H) = (32, 100, 128) and (64, 100, 256): gruxp (``jax.jit(jax.grad(loss))``, which runs
    gruxp's analytic backward through a custom_vjp), ``flax.linen.RNN(flax.linen.GRUCell)`` under
    the same ``jax.jit(jax.grad(...))`` (JAX differentiates its scan), and ``torch.nn.GRU`` (oneDNN
-   or its own CPU kernel, autograd). Rounds interleave the three (A B C A B C ...).
+   or its own CPU kernel, autograd), and Keras 3's ``keras.layers.GRU`` on its JAX backend under
+   ``jax.jit(jax.grad(...))`` of its ``stateless_call``. Rounds interleave them (A B C D A B C D ...).
 
 OPENBLAS_* variables are irrelevant here (XLA and torch bring their own kernels). Results are
 printed as Markdown and, with ``--out``, written there as JSON and Markdown.
@@ -80,6 +81,30 @@ def flax_grad(B, T, H):
     return params, x, jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
+def keras_grad(B, T, H):
+    """Keras 3's GRU layer on its JAX backend, differentiated by JAX through ``stateless_call``."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise SystemExit(f"Keras runs on {keras.backend.backend()}; set KERAS_BACKEND=jax before anything imports it")
+    layer = keras.layers.GRU(H, return_sequences=True, reset_after=True)
+    layer.build((B, T, H))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((B, T, H)), dtype=jnp.float32)
+    weights = [v.value for v in layer.trainable_variables]
+    fixed = [v.value for v in layer.non_trainable_variables]  # the RNG seed state of its dropout
+
+    def loss(weights, x):
+        out, _ = layer.stateless_call(weights, fixed, x)
+        return jnp.sum(out * out)
+
+    return weights, x, jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
 def torch_step(B, T, H):
     import torch
 
@@ -114,16 +139,19 @@ def peer_table(rounds):
     for B, T, H in ((32, 100, 128), (64, 100, 256)):
         params, x, _, grad = gruxp_fns(B, T, H)
         f_params, f_x, f_grad = flax_grad(B, T, H)
+        k_weights, k_x, k_grad = keras_grad(B, T, H)
         t_step = torch_step(B, T, H)
-        timed(grad, params, x), timed(f_grad, f_params, f_x), t_step()  # compile, warm up
-        ours, theirs, torchs = [], [], []
+        timed(grad, params, x), timed(f_grad, f_params, f_x), timed(k_grad, k_weights, k_x), t_step()  # compile, warm up
+        ours, theirs, kerases, torchs = [], [], [], []
         for _ in range(rounds):
             ours.append(timed(grad, params, x))
             theirs.append(timed(f_grad, f_params, f_x))
+            kerases.append(timed(k_grad, k_weights, k_x))
             start = time.perf_counter()
             t_step()
             torchs.append(time.perf_counter() - start)
         ratio_flax = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+        ratio_keras = statistics.median(a / b for a, b in zip(ours, kerases, strict=True))
         ratio_torch = statistics.median(a / b for a, b in zip(ours, torchs, strict=True))
         rows.append(
             dict(
@@ -132,6 +160,8 @@ def peer_table(rounds):
                 H=H,
                 gruxp_ms=statistics.median(ours) * 1e3,
                 flax_ms=statistics.median(theirs) * 1e3,
+                keras_ms=statistics.median(kerases) * 1e3,
+                vs_keras=ratio_keras,
                 torch_ms=statistics.median(torchs) * 1e3,
                 vs_flax=ratio_flax,
                 vs_torch=ratio_torch,
@@ -185,12 +215,13 @@ def main() -> None:
     ]
     lines += [
         "",
-        "| B, T, I=H | gruxp jit(grad) ms | flax jit(grad) ms | torch ms | gruxp/flax | gruxp/torch |",
-        "|---|---|---|---|---|---|",
+        "| B, T, I=H | gruxp jit(grad) ms | flax jit(grad) ms | Keras jit(grad) ms | torch ms "
+        "| gruxp/flax | gruxp/Keras | gruxp/torch |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['B']},{r['T']},{r['H']} | {r['gruxp_ms']:.1f} | {r['flax_ms']:.1f} | {r['torch_ms']:.1f} | "
-        f"{r['vs_flax']:.2f}× | {r['vs_torch']:.2f}× |"
+        f"| {r['B']},{r['T']},{r['H']} | {r['gruxp_ms']:.1f} | {r['flax_ms']:.1f} | {r['keras_ms']:.1f} | {r['torch_ms']:.1f} | "
+        f"{r['vs_flax']:.2f}× | {r['vs_keras']:.2f}× | {r['vs_torch']:.2f}× |"
         for r in peers
     ]
     text = "\n".join(lines)

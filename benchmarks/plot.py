@@ -4,7 +4,7 @@
 
 Left: gruxp's time over torch.nn.GRU's on the CPU (bench_cpu.py; below 1 is faster), inference and
 training, for each config, with OpenBLAS's default kernel and with the Haswell kernel where measured.
-Right: gruxp's jax.jit(jax.grad) time over flax's and torch's (bench_jax.py).
+Right: gruxp's jax.jit(jax.grad) time over flax's, Keras's and torch's (bench_jax.py).
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def main() -> None:
     if jax is not None:
         peers = jax["peers"]
         names = [f"{p['B']},{p['T']},{p['H']}" for p in peers]
-        right.bar([i - 0.2 for i in range(len(peers))], [p["vs_flax"] for p in peers], 0.4, label="vs flax (jit(grad))")
-        right.bar([i + 0.2 for i in range(len(peers))], [p["vs_torch"] for p in peers], 0.4, label="vs torch.nn.GRU")
+        peers_named = [("vs flax", "vs_flax"), ("vs Keras", "vs_keras"), ("vs torch.nn.GRU", "vs_torch")]
+        for j, (label, field) in enumerate(p for p in peers_named if all(p[1] in row for row in peers)):
+            right.bar([i + (j - 1) * 0.27 for i in range(len(peers))], [row[field] for row in peers], 0.27, label=label)
         right.axhline(1.0, color="black", linewidth=0.8)
         right.set_xticks(range(len(peers)), names)
         right.set_xlabel("B, T, I=H")
