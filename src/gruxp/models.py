@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import functional as F
-from ._checks import check_bool, check_positive_int
+from ._checks import check_bool, check_dropout, check_positive_int
 from ._namespace import device_of, dtype_name, from_numpy, namespace_name, resolve_dtype, resolve_xp, to_numpy
 from ._typing import Array
 
@@ -211,18 +211,8 @@ class GRU(Module):
         dtype: Any = None,
         seed: Any = None,
     ) -> None:
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
-        self.dropout = float(dropout)
-        self.structure = F.GRUConfig(
-            check_positive_int("input_size", input_size),
-            check_positive_int("hidden_size", hidden_size),
-            check_positive_int("num_layers", num_layers),
-            check_bool("bias", bias),
-            check_bool("batch_first", batch_first),
-            check_bool("bidirectional", bidirectional),
-            check_bool("reset_after", reset_after),
-        )
+        self.dropout = check_dropout("dropout", dropout)
+        self.structure = F.GRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after)
         self._place(xp, device, dtype, seed, lambda rng: F.uniform_init(self._param_shapes(), 1.0 / math.sqrt(hidden_size), rng))
 
     def __getattr__(self, name: str) -> Any:
@@ -234,13 +224,8 @@ class GRU(Module):
 
     @classmethod
     def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        return F.gru_param_shapes(
-            check_positive_int("input_size", config.get("input_size")),
-            check_positive_int("hidden_size", config.get("hidden_size")),
-            check_positive_int("num_layers", config.get("num_layers", 1)),
-            bias=check_bool("bias", config.get("bias", True)),
-            bidirectional=check_bool("bidirectional", config.get("bidirectional", False)),
-        )
+        fields = {k: config[k] for k in F.GRUConfig._fields if k in config}
+        return F.GRUConfig.checked(**{"input_size": None, "hidden_size": None, **fields}).param_shapes()
 
     def config(self) -> dict[str, Any]:
         return {**self.structure._asdict(), "dropout": self.dropout}

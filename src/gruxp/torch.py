@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import functional as F
-from ._checks import check_bool, check_positive_int
+from ._checks import check_bool, check_dropout, check_positive_int
 
 __all__ = ["GRU", "GRUCell", "LastStep", "Sequential"]
 
@@ -54,6 +54,20 @@ def _random_generator(module: nn.Module) -> np.random.Generator | None:
     if not module.training:
         return None
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+
+def _register(module: nn.Module, shapes: Mapping[str, tuple[int, ...]], device: Any, dtype: Any) -> None:
+    """``module``'s parameters, PyTorch's names and shapes, initialised by its ``reset_parameters``."""
+    for name, shape in shapes.items():
+        module.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+    module.reset_parameters()  # type: ignore[operator]
+
+
+def _uniform(module: nn.Module, hidden_size: int) -> None:
+    bound = 1.0 / math.sqrt(hidden_size)
+    with torch.no_grad():
+        for weight in module.parameters():
+            weight.uniform_(-bound, bound)
 
 
 def _needs_graph(*tensors: torch.Tensor | None) -> bool:
@@ -136,6 +150,15 @@ class GRU(nn.Module):
     (torch.Size([4, 7, 5]), torch.Size([2, 4, 5]))
     """
 
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bias: bool
+    batch_first: bool
+    bidirectional: bool
+    reset_after: bool
+    dropout: float
+
     def __init__(
         self,
         input_size: int,
@@ -151,27 +174,15 @@ class GRU(nn.Module):
         reset_after: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
-        self.input_size = check_positive_int("input_size", input_size)
-        self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        self.num_layers = check_positive_int("num_layers", num_layers)
-        self.bias = check_bool("bias", bias)
-        self.batch_first = check_bool("batch_first", batch_first)
-        self.bidirectional = check_bool("bidirectional", bidirectional)
-        self.reset_after = check_bool("reset_after", reset_after)
-        self.dropout = float(dropout)
-        shapes = F.gru_param_shapes(input_size, hidden_size, num_layers, bias=bias, bidirectional=bidirectional)
-        for name, shape in shapes.items():
-            self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
-        self.reset_parameters()
+        self.dropout = check_dropout("dropout", dropout)
+        structure = F.GRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after)
+        for field, value in structure._asdict().items():  # input_size, ..., reset_after: nn.GRU's attributes
+            setattr(self, field, value)
+        _register(self, structure.param_shapes(), device, dtype)
 
     def reset_parameters(self) -> None:
         """U(−1/√H, 1/√H) for every parameter, from torch's generator (``nn.GRU``'s own rule)."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for weight in self.parameters():
-                weight.uniform_(-bound, bound)
+        _uniform(self, self.hidden_size)
 
     def flatten_parameters(self) -> None:
         """Nothing to do (``nn.GRU``'s cuDNN layout call, kept so that code calling it runs)."""
@@ -243,15 +254,11 @@ class GRUCell(nn.Module):
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.bias = check_bool("bias", bias)
         self.reset_after = check_bool("reset_after", reset_after)
-        for name, shape in F.cell_param_shapes(input_size, hidden_size, bias=bias).items():
-            self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
-        self.reset_parameters()
+        _register(self, F.cell_param_shapes(input_size, hidden_size, bias=bias), device, dtype)
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for weight in self.parameters():
-                weight.uniform_(-bound, bound)
+        """U(−1/√H, 1/√H) for every parameter, from torch's generator (``nn.GRUCell``'s own rule)."""
+        _uniform(self, self.hidden_size)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         names = tuple(name for name, _ in self.named_parameters(recurse=False))

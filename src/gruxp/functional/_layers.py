@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_dropout
 from .._namespace import concrete_bool, device_of, dtype_name, index_dtype, namespace_of
 from .._typing import Array
 from ._params import host_rng
@@ -109,8 +110,7 @@ def embedding_backward(
 def dropout_mask(p: float, shape: tuple[int, ...], rng: Any, *, xp: ModuleType, dtype: Any, device: Any) -> Any:
     """Inverted-dropout keep-mask (0 or 1/(1−p)) drawn on the host, so a seed fixes it on every
     backend, and moved to the device in one transfer. None when p == 0."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout must be a float in [0, 1); got {p!r}")
+    p = check_dropout("dropout", p)
     if p == 0.0 or 0 in shape:
         return None
     keep = (host_rng(rng).random(shape) >= p) / (1.0 - p)

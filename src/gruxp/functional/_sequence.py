@@ -54,6 +54,28 @@ class GRUConfig(NamedTuple):
     bidirectional: bool = False
     reset_after: bool = True
 
+    @classmethod
+    def checked(
+        cls,
+        input_size: Any,
+        hidden_size: Any,
+        num_layers: Any = 1,
+        bias: Any = True,
+        batch_first: Any = False,
+        bidirectional: Any = False,
+        reset_after: Any = True,
+    ) -> GRUConfig:
+        """The structure from user values, each checked (a ``TypeError``/``ValueError`` that names it)."""
+        return cls(
+            check_positive_int("input_size", input_size),
+            check_positive_int("hidden_size", hidden_size),
+            check_positive_int("num_layers", num_layers),
+            check_bool("bias", bias),
+            check_bool("batch_first", batch_first),
+            check_bool("bidirectional", bidirectional),
+            check_bool("reset_after", reset_after),
+        )
+
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
@@ -282,15 +304,7 @@ def _config(params, *, num_layers, bias, batch_first, bidirectional, reset_after
         raise ValueError(f"params['weight_ih_l0'] must have shape (3H, I); got {tuple(w.shape)}")
     if bias is None:
         bias = "bias_ih_l0" in params
-    return GRUConfig(
-        int(w.shape[1]),
-        int(w.shape[0]) // 3,
-        check_positive_int("num_layers", num_layers),
-        check_bool("bias", bias),
-        check_bool("batch_first", batch_first),
-        check_bool("bidirectional", bidirectional),
-        check_bool("reset_after", reset_after),
-    )
+    return GRUConfig.checked(int(w.shape[1]), int(w.shape[0]) // 3, num_layers, bias, batch_first, bidirectional, reset_after)
 
 
 def gru(
