@@ -40,7 +40,29 @@ from ._layers import dropout_mask
 from ._params import gru_param_shapes
 from ._routes import python_loop, route_for
 
-__all__ = ["GRUConfig", "DirectionTape", "GRUTape", "gru", "gru_forward", "gru_backward"]
+__all__ = ["Cell", "GRUConfig", "DirectionTape", "GRUTape", "gru", "gru_forward", "gru_backward", "run_stack", "backward_stack"]
+
+
+class Cell(NamedTuple):
+    """A recurrent cell as the stack driver and the routes see it: one definition per cell.
+
+    ``forward(x, h0, p, *, mask, reverse, record, xp, loop, **forward_options)`` runs one
+    layer-direction over x (T, B, I) from h0 (B, H) and returns ``(out, h_T, tape or None)``;
+    ``backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop, **backward_options)``
+    returns ``((grads with short names, dx or None), dh0)``. Both drive the cell's step with the
+    ``loop`` a route hands them. ``p`` holds the layer-direction's parameters by short name
+    (``weight_ih``, not ``weight_ih_l0_reverse``). ``forward_options(config, layer, direction, draws)``
+    and ``backward_options(config)`` give the cell's own keywords (``reset_after``, ``zoneout``, ...);
+    ``draws(config, shape, options, rng, xp, dtype, device)`` makes any random masks of a call on
+    the host (zoneout), once per call, before the layers run.
+    """
+
+    name: str
+    forward: Any
+    backward: Any
+    forward_options: Any
+    backward_options: Any
+    draws: Any = None
 
 
 class GRUConfig(NamedTuple):
@@ -80,6 +102,12 @@ class GRUConfig(NamedTuple):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def cell(self) -> Cell:
+        """The cell this structure stacks (the GRU's; :class:`LayerNormGRUConfig` and
+        :class:`MinGRUConfig` name theirs)."""
+        return GRU_CELL
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return gru_param_shapes(
             self.input_size, self.hidden_size, self.num_layers, bias=self.bias, bidirectional=self.bidirectional
@@ -99,7 +127,8 @@ class DirectionTape(NamedTuple):
 
 
 class GRUTape(NamedTuple):
-    """Everything :func:`gru_backward` needs; recorded by :func:`gru_forward`."""
+    """Everything :func:`gru_backward` needs; recorded by :func:`gru_forward` (or any cell's
+    ``*_forward``: ``config`` names the cell, ``layers`` hold its direction tapes)."""
 
     params: Mapping[str, Any]
     config: GRUConfig
@@ -112,9 +141,8 @@ class GRUTape(NamedTuple):
     owner: Any = None  # set by gruxp.GRU so that a tape cannot cross models
 
 
-def _names(layer: int, direction: int) -> dict[str, str]:
-    s = f"_l{layer}" + ("_reverse" if direction else "")
-    return {k: k + s for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+def _suffix(layer: int, direction: int) -> str:
+    return f"_l{layer}" + ("_reverse" if direction else "")
 
 
 def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp, loop=python_loop):
@@ -243,15 +271,21 @@ def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
 
 
 def _direction_params(params: Mapping[str, Any], layer: int, direction: int) -> dict[str, Any]:
-    return {short: params[full] for short, full in _names(layer, direction).items() if full in params}
+    """One layer-direction's parameters by short name: ``weight_ih_l1_reverse`` -> ``weight_ih``."""
+    s = _suffix(layer, direction)
+    return {full[: -len(s)]: value for full, value in params.items() if full.endswith(s)}
 
 
-def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout=0.0, rng=None):
+def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, rng=None, options=None):
+    """Any cell's stack over a sequence: ``(out, h_n, GRUTape or None)``. ``config`` is the cell's
+    structure (it names the cell), ``options`` the cell's own call options (zoneout, ...)."""
+    cell: Cell = config.cell
     xp, x, h0, mask, unbatched = _prepare(params, x, h0, lengths, config, xp)
     route = route_for(xp)
     L, D, H = config.num_layers, config.num_directions, config.hidden_size
     T, B = x.shape[0], x.shape[1]
     drop = dropout_mask(dropout, (L - 1, T, B, D * H), rng, xp=xp, dtype=x.dtype, device=device_of(x))
+    draws = None if cell.draws is None else cell.draws(config, (T, B, H), options or {}, rng, xp, x.dtype, device_of(x))
     if record:
         # The tape keeps its own x and h0: an edit of the caller's arrays between forward and
         # backward cannot change the gradients (the copy also makes a batch-first x time-major).
@@ -267,16 +301,16 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
                 p=_direction_params(params, layer, d),
                 mask=mask,
                 reverse=bool(d),
-                reset_after=config.reset_after,
                 record=record,
                 xp=xp,
+                **cell.forward_options(config, layer, d, draws),
             )
             for d in range(D)
         ]
-        outs, h_Ts, tapes = zip(*route.layer_forward(direction_forward_loop, calls), strict=True)
+        outs, h_Ts, tapes = zip(*route.layer_forward(cell.forward, calls), strict=True)
         finals += h_Ts
         layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
-        if record and D == 2 and mask is None and layer < L - 1 and route.shares_states:
+        if record and D == 2 and mask is None and layer < L - 1 and route.shares_states and hasattr(tapes[0], "hs"):
             # each direction's states are now a slice of the next layer's input, which the tape
             # keeps anyway: keep only that (not the last layer's: the caller gets its output)
             tapes = tuple(t._replace(hs=layer_in[..., d * H : (d + 1) * H]) for d, t in enumerate(tapes))
@@ -284,7 +318,7 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
             layer_in = layer_in * drop[layer, ...]
         layers.append(tuple(tapes))
     out, h_n = layer_in, xp.stack(finals, axis=0)
-    if record and out is layers[-1][0].hs:
+    if record and out is getattr(layers[-1][0], "hs", None):
         out = xp.asarray(out, copy=True)  # the caller may edit what it gets; the tape's states stay
     if unbatched:
         out, h_n = out[:, 0, ...], h_n[:, 0, ...]
@@ -294,6 +328,21 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
         return out, h_n, None
     tape = GRUTape(dict(params), config, tuple(layers), mask, drop, unbatched, tuple(out.shape), tuple(h_n.shape))
     return out, h_n, tape
+
+
+def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout=0.0, rng=None):
+    return run_stack(params, x, h0, lengths, config, record=record, xp=xp, dropout=dropout, rng=rng)
+
+
+def _gru_forward_options(config: GRUConfig, layer: int, direction: int, draws: Any) -> dict[str, Any]:
+    return {"reset_after": config.reset_after}
+
+
+def _gru_backward_options(config: GRUConfig) -> dict[str, Any]:
+    return {"reset_after": config.reset_after}
+
+
+GRU_CELL = Cell("gru", direction_forward_loop, direction_backward_loop, _gru_forward_options, _gru_backward_options)
 
 
 def _config(params, *, num_layers, bias, batch_first, bidirectional, reset_after) -> GRUConfig:
@@ -385,10 +434,16 @@ def gru_backward(
     ``input_grad=False`` skips the GEMM for ``dx`` (returned as None) when x is data, not a
     quantity that needs a gradient: about a sixth of a training step's GEMM work when I = H.
     """
+    return backward_stack(tape, d_out, d_hn, input_grad=input_grad)
+
+
+def backward_stack(tape: GRUTape, d_out: Array = None, d_hn: Array = None, *, input_grad: bool = True) -> tuple:
+    """Any cell's backward through its stack: ``(grads, dx, dh0)`` (see :func:`gru_backward`)."""
     if not isinstance(tape, GRUTape):
-        raise TypeError(f"tape must be the GRUTape returned by gru_forward; got {type(tape).__name__}")
+        raise TypeError(f"tape must be the GRUTape returned by a forward with record (gru_forward, ...); got {type(tape).__name__}")
     params, config = tape.params, tape.config
-    ref = params["weight_hh_l0"]
+    cell: Cell = config.cell
+    ref = next(iter(params.values()))
     xp, device, dtype = check_params(params, config.param_shapes(), what="tape.params")
     for name, grad, shape in (("d_out", d_out, tape.out_shape), ("d_hn", d_hn, tape.hn_shape)):
         if grad is not None:
@@ -415,17 +470,17 @@ def gru_backward(
                 p=_direction_params(params, layer, d),
                 mask=tape.mask,
                 reverse=bool(d),
-                reset_after=config.reset_after,
                 bias=config.bias,
                 need_dx=layer > 0 or input_grad,
                 xp=xp,
+                **cell.backward_options(config),
             )
             for d in range(D)
         ]
         d_in = None
-        for direction, ((g, dx), dh0) in enumerate(route.layer_backward(direction_backward_loop, calls)):
-            names = _names(layer, direction)
-            grads.update({names[short]: value for short, value in g.items()})
+        for direction, ((g, dx), dh0) in enumerate(route.layer_backward(cell.backward, calls)):
+            suffix = _suffix(layer, direction)
+            grads.update({short + suffix: value for short, value in g.items()})
             dh0s[layer * D + direction] = dh0
             d_in = dx if d_in is None else d_in + dx
         d_layer = d_in if tape.dropout_masks is None or layer == 0 else d_in * tape.dropout_masks[layer - 1, ...]
