@@ -23,7 +23,7 @@ from ..functional._routes import Route
 
 __all__ = ["JaxRoute", "gru_with_analytic_vjp", "scan_loop"]
 
-_STATIC = ("reverse", "reset_after", "record", "bias", "need_dx", "xp", "loop", "zoneout", "log_space", "block")
+_STATIC = ("reverse", "reset_after", "record", "bias", "need_dx", "xp", "loop", "zoneout", "log_space", "parallel")
 
 
 def scan_loop(body: Callable, carry: Any, xs: tuple, *, length: int, reverse: bool, xp: ModuleType) -> tuple[Any, tuple]:

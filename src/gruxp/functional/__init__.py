@@ -32,9 +32,24 @@ from ._params import (
     init_params,
     uniform_init,
 )
-from ._sequence import DirectionTape, GRUConfig, GRUTape, gru, gru_backward, gru_forward
+from ._lngru import LayerNormDirectionTape, LayerNormGRUConfig, layer_norm, layer_norm_backward, lngru, lngru_forward
+from ._mingru import MinGRUConfig, MinGRUDirectionTape, linear_scan, log_linear_scan, mingru, mingru_forward
+from ._sequence import Cell, DirectionTape, GRUConfig, GRUTape, gru, gru_backward, gru_forward
 
 __all__ = [
+    "Cell",
+    "LayerNormDirectionTape",
+    "LayerNormGRUConfig",
+    "MinGRUConfig",
+    "MinGRUDirectionTape",
+    "layer_norm",
+    "layer_norm_backward",
+    "linear_scan",
+    "log_linear_scan",
+    "lngru",
+    "lngru_forward",
+    "mingru",
+    "mingru_forward",
     "CellTape",
     "DirectionTape",
     "GRUConfig",

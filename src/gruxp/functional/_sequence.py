@@ -345,15 +345,24 @@ def _gru_backward_options(config: GRUConfig) -> dict[str, Any]:
 GRU_CELL = Cell("gru", direction_forward_loop, direction_backward_loop, _gru_forward_options, _gru_backward_options)
 
 
-def _config(params, *, num_layers, bias, batch_first, bidirectional, reset_after) -> GRUConfig:
-    if not isinstance(params, Mapping) or "weight_ih_l0" not in params or "weight_hh_l0" not in params:
-        raise ValueError("params must hold 'weight_ih_l0' and 'weight_hh_l0' (PyTorch's names)")
+def config_from_params(params, cls=GRUConfig, *, gates=3, recurrent=True, **structure) -> Any:
+    """A cell's structure ``cls.checked(I, H, **structure)`` with I and H read from ``weight_ih_l0``
+    (gates·H, I); ``bias=None`` in ``structure`` means "as the params have it"."""
+    needed = ["weight_ih_l0"] + (["weight_hh_l0"] if recurrent else [])
+    if not isinstance(params, Mapping) or any(k not in params for k in needed):
+        raise ValueError(f"params must hold {' and '.join(repr(k) for k in needed)} (PyTorch's names)")
     w = params["weight_ih_l0"]
-    if w.ndim != 2 or w.shape[0] % 3:
-        raise ValueError(f"params['weight_ih_l0'] must have shape (3H, I); got {tuple(w.shape)}")
-    if bias is None:
-        bias = "bias_ih_l0" in params
-    return GRUConfig.checked(int(w.shape[1]), int(w.shape[0]) // 3, num_layers, bias, batch_first, bidirectional, reset_after)
+    if getattr(w, "ndim", None) != 2 or w.shape[0] % gates:
+        raise ValueError(f"params['weight_ih_l0'] must have shape ({gates}H, I); got {tuple(getattr(w, 'shape', ()))}")
+    if structure.get("bias") is None:
+        structure["bias"] = "bias_ih_l0" in params
+    return cls.checked(int(w.shape[1]), int(w.shape[0]) // gates, **structure)
+
+
+def _config(params, *, num_layers, bias, batch_first, bidirectional, reset_after) -> GRUConfig:
+    return config_from_params(
+        params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after
+    )
 
 
 def gru(
@@ -389,12 +398,19 @@ def gru(
     config = _config(
         params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after
     )
-    namespace = namespace_of(params["weight_ih_l0"], what="params")
+    return infer_stack(params, x, h0, lengths, config, xp=xp, dropout=dropout, rng=rng)
+
+
+def infer_stack(params, x, h0, lengths, config, *, xp, dropout=0.0, rng=None, options=None) -> tuple[Array, Array]:
+    """Any cell's inference ``(out, h_n)``; under JAX, ``jax.grad`` through it runs gruxp's backward."""
+    namespace = namespace_of(next(iter(params.values())), what="params")
     differentiable = route_for(namespace).differentiable(namespace)
     if differentiable is not None:  # JAX: jax.grad through this call uses gruxp's backward
-        run = lambda p, x, h0, *, record: _run(p, x, h0, lengths, config, record=record, xp=xp, dropout=dropout, rng=rng)  # noqa: E731
+        def run(p, x, h0, *, record):
+            return run_stack(p, x, h0, lengths, config, record=record, xp=xp, dropout=dropout, rng=rng, options=options)
+
         return differentiable(params, x, h0, run=run, backward=_backward_for_vjp, run_options={})
-    out, h_n, _ = _run(params, x, h0, lengths, config, record=False, xp=xp, dropout=dropout, rng=rng)
+    out, h_n, _ = run_stack(params, x, h0, lengths, config, record=False, xp=xp, dropout=dropout, rng=rng, options=options)
     return out, h_n
 
 

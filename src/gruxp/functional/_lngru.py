@@ -1,0 +1,282 @@
+"""The layer-normalised GRU with zoneout (Ba et al. 2016; Krueger et al. 2016), haste's form.
+
+Layer norm without a shift, over the 3H features of each projection, with learned gains
+``γ_ih``, ``γ_hh`` (3H,), then the biases and the GRU's own gates (reset_after)::
+
+    LN_γ(v) = γ ⊙ (v − mean(v)) / sqrt(var(v) + ε)          over the last axis, ε = 1e-5
+    gi = LN_γih(W_ih x) + b_ih        gh = LN_γhh(W_hh h) + b_hh
+    h' = GRU gates(gi, gh, h)         (:func:`gruxp.functional.gates_forward`, rows r, z, n)
+    h  ← h' + k ⊙ (h − h')            zoneout: k ~ Bernoulli(rate) in training, k = rate in evaluation
+
+Only reset_after: the norm runs over the 3H features of W_hh h, which reset_before never forms
+at one moment (its n block multiplies r ⊙ h, known only after the r block's gate).
+
+Backward of the norm, with ``v̂`` the normalised rows and ``d`` the gradient reaching γ ⊙ v̂::
+
+    dv = rstd ⊙ (γ⊙d − mean(γ⊙d) − v̂ ⊙ mean(γ⊙d ⊙ v̂))       dγ = Σ_rows d ⊙ v̂
+
+The input side's norm (all T steps at once) sits outside the loop; each step holds one GEMM,
+the recurrent norm (a row reduction), the GRU's gate functions and the zoneout blend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._checks import check_dropout
+from .._namespace import device_of
+from .._typing import Array
+from ._cell import activations, gates_backward, gates_forward, masked_state
+from ._params import gru_param_shapes
+from ._routes import python_loop
+from ._sequence import Cell, GRUConfig, GRUTape, _suffix, config_from_params, infer_stack, previous_states, run_stack
+
+__all__ = [
+    "LN_EPS",
+    "LayerNormGRUConfig",
+    "LayerNormDirectionTape",
+    "layer_norm",
+    "layer_norm_backward",
+    "zoneout_blend",
+    "zoneout_blend_backward",
+    "LNGRU_CELL",
+    "lngru",
+    "lngru_forward",
+]
+
+LN_EPS = 1e-5
+
+
+def layer_norm(v: Array, gain: Array, *, xp: Any) -> tuple[Any, Any, Any]:
+    """``(γ ⊙ v̂, v̂, rstd)`` over the last axis of v; rstd keeps that axis (size 1)."""
+    mean = xp.mean(v, axis=-1, keepdims=True)
+    centred = v - mean
+    rstd = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + LN_EPS)
+    v_hat = centred * rstd
+    return v_hat * gain, v_hat, rstd
+
+
+def layer_norm_backward(d: Array, v_hat: Array, rstd: Array, gain: Array, *, xp: Any) -> Any:
+    """dL/dv from d = dL/d(γ ⊙ v̂) (the gain's own gradient is Σ_rows d ⊙ v̂)."""
+    dg = d * gain
+    return rstd * (dg - xp.mean(dg, axis=-1, keepdims=True) - v_hat * xp.mean(dg * v_hat, axis=-1, keepdims=True))
+
+
+def zoneout_blend(keep: Any, new: Any, old: Any) -> Any:
+    """The state zoneout leaves: ``old`` where keep = 1, ``new`` where 0; keep = rate at evaluation."""
+    return new + keep * (old - new)
+
+
+def zoneout_blend_backward(keep: Any, g: Any) -> tuple[Any, Any]:
+    """``(dL/dnew, dL/dold)`` of :func:`zoneout_blend` for g = dL/d(result)."""
+    g_old = keep * g
+    return g - g_old, g_old
+
+
+class LayerNormGRUConfig(GRUConfig):
+    """The structure of a stacked layer-normalised GRU (:class:`GRUConfig`'s fields; reset_after only)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def checked(cls, *args: Any, **kwargs: Any) -> LayerNormGRUConfig:
+        config = super().checked(*args, **kwargs)
+        if not config.reset_after:
+            raise ValueError(
+                "reset_after must be True for LayerNormGRU: its norm runs over the 3H features of W_hh h, "
+                "which reset_before (n from W_hn (r ⊙ h)) never forms at one moment"
+            )
+        return config  # type: ignore[return-value]
+
+    @property
+    def cell(self) -> Cell:
+        return LNGRU_CELL
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = gru_param_shapes(self.input_size, self.hidden_size, self.num_layers, bias=self.bias, bidirectional=self.bidirectional)
+        H = self.hidden_size
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                s = _suffix(layer, direction)
+                shapes["ln_weight_ih" + s] = (3 * H,)
+                shapes["ln_weight_hh" + s] = (3 * H,)
+        return shapes
+
+
+class LayerNormDirectionTape(NamedTuple):
+    """One layer-direction's record, time-major in time order."""
+
+    x: Array  # (T, B, I)
+    h0: Array  # (B, H)
+    hs: Any  # (T, B, H) states after each step
+    r: Array  # (T, B, H)
+    z: Any
+    n: Any
+    gh_n: Any  # (T, B, H) the candidate's recurrent block, after norm and bias
+    gh_hat: Any  # (T, B, 3H) the recurrent projection, normalised
+    gh_rstd: Any  # (T, B, 1)
+    gi_hat: Any  # (T, B, 3H) the input projection, normalised
+    gi_rstd: Any  # (T, B, 1)
+    keep: Any  # (T, B, H) zoneout's draws, or None
+    zoneout: float  # the rate (used where keep is None)
+
+
+def lngru_direction_forward(x, h0, p, *, mask, reverse, record, xp, zoneout=0.0, zoneout_mask=None, loop=python_loop):
+    """One direction of the layer-normalised GRU: ``(out, h_T, LayerNormDirectionTape or None)``."""
+    T, B, I = x.shape
+    H = h0.shape[-1]
+    w_ih, w_hh = p["weight_ih"], p["weight_hh"]
+    gi, gi_hat, gi_rstd = layer_norm(xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, 3 * H)), p["ln_weight_ih"], xp=xp)
+    if "bias_ih" in p:
+        gi = gi + p["bias_ih"]
+    b_hh = p.get("bias_hh")
+    sigmoid, tanh = activations(xp)
+
+    def step(h, inputs):
+        gi_t, mask_t, keep_t = inputs
+        gh, gh_hat, rstd = layer_norm(h @ xp.matrix_transpose(w_hh), p["ln_weight_hh"], xp=xp)
+        if b_hh is not None:
+            gh = gh + b_hh
+        gh_n = gh[:, 2 * H :]
+        h_new, r, z, n = gates_forward(gi_t[:, :H], gi_t[:, H : 2 * H], gi_t[:, 2 * H :], gh[:, :H], gh[:, H : 2 * H], gh_n, h, sigmoid, tanh)
+        keep = zoneout if keep_t is None else keep_t
+        if keep_t is not None or zoneout:
+            h_new = zoneout_blend(keep, h_new, h)
+        h = h_new if mask_t is None else masked_state(mask_t, h_new, h, xp.where)
+        return h, ((h, r, z, n, gh_n, gh_hat, rstd) if record else (h,))
+
+    h, ys = loop(step, h0, (gi, mask, zoneout_mask), length=T, reverse=reverse, xp=xp)
+    hs = ys[0]
+    out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
+    if not record:
+        return out, h, None
+    return out, h, LayerNormDirectionTape(x, h0, *ys, gi_hat, gi_rstd, zoneout_mask, zoneout)
+
+
+def _sum_rows(a: Array, *, xp: Any) -> Any:
+    return xp.sum(xp.reshape(a, (-1, a.shape[-1])), axis=0)
+
+
+def lngru_direction_backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop=python_loop):
+    """One direction's backward: ``((grads with short names, dx or None), dh0)``."""
+    x, h0, hs = tape.x, tape.h0, tape.hs
+    T, B, I = x.shape
+    H = h0.shape[-1]
+    w_hh, gain_hh = p["weight_hh"], p["ln_weight_hh"]
+    h_prev = previous_states(tape, reverse=reverse, xp=xp)
+    zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
+    dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
+    rate = tape.zoneout
+
+    def step(dh, inputs):
+        d_out_t, mask_t, h_prev_t, r, z, n, gh_n, gh_hat, rstd, keep_t = inputs
+        g = dh if d_out_t is None else dh + d_out_t
+        if mask_t is not None:
+            g = masked_state(mask_t, g, zero, xp.where)
+        g_old = None
+        if keep_t is not None or rate:
+            g, g_old = zoneout_blend_backward(rate if keep_t is None else keep_t, g)
+        d_r, d_z, d_an, d_ghn, gz = gates_backward(g, h_prev_t, r, z, n, gh_n)
+        d_gh = xp.concat([d_r, d_z, d_ghn], axis=1)  # of LN(W_hh h)·γ + b_hh
+        d_raw = layer_norm_backward(d_gh, gh_hat, rstd, gain_hh, xp=xp)
+        dh_new = gz + d_raw @ w_hh
+        if g_old is not None:
+            dh_new = dh_new + g_old
+        dh = dh_new if mask_t is None else masked_state(mask_t, dh_new, dh, xp.where)
+        return dh, (xp.concat([d_r, d_z, d_an], axis=1), d_gh, d_raw)
+
+    xs = (d_out, mask, h_prev, tape.r, tape.z, tape.n, tape.gh_n, tape.gh_hat, tape.gh_rstd, tape.keep)
+    dh, (d_gi, d_gh, d_raw) = loop(step, dh, xs, length=T, reverse=not reverse, xp=xp)
+    d_gi_raw = layer_norm_backward(d_gi, tape.gi_hat, tape.gi_rstd, p["ln_weight_ih"], xp=xp)
+    rows = T * B
+    d_gi_raw2 = xp.reshape(d_gi_raw, (rows, 3 * H))
+    grads = {
+        "weight_ih": xp.matrix_transpose(d_gi_raw2) @ xp.reshape(x, (rows, I)),
+        "weight_hh": xp.matrix_transpose(xp.reshape(d_raw, (rows, 3 * H))) @ xp.reshape(h_prev, (rows, H)),
+        "ln_weight_ih": _sum_rows(d_gi * tape.gi_hat, xp=xp),
+        "ln_weight_hh": _sum_rows(d_gh * tape.gh_hat, xp=xp),
+    }
+    if bias:
+        grads["bias_ih"], grads["bias_hh"] = _sum_rows(d_gi, xp=xp), _sum_rows(d_gh, xp=xp)
+    dx = xp.reshape(d_gi_raw2 @ p["weight_ih"], (T, B, I)) if need_dx else None
+    return (grads, dx), dh
+
+
+def _draws(config: LayerNormGRUConfig, shape: tuple, options: Mapping[str, Any], rng: Any, xp: Any, dtype: Any, device: Any):
+    """``(rate, masks)``: zoneout's rate and, in training, its (L·D, T, B, H) keep-draws from the host ``rng``."""
+    rate = check_dropout("zoneout", options.get("zoneout", 0.0))
+    if not rate or not options.get("training", False):
+        return rate, None
+    from ._params import host_rng
+
+    L = config.num_layers * config.num_directions
+    host = (host_rng(rng).random((L, *shape)) < rate).astype(np.float64)
+    return rate, xp.asarray(host, dtype=dtype, device=device)
+
+
+def _forward_options(config: LayerNormGRUConfig, layer: int, direction: int, draws: Any) -> dict[str, Any]:
+    rate, masks = draws
+    return {"zoneout": float(rate), "zoneout_mask": None if masks is None else masks[layer * config.num_directions + direction, ...]}
+
+
+def _backward_options(config: LayerNormGRUConfig) -> dict[str, Any]:
+    return {}
+
+
+LNGRU_CELL = Cell("lngru", lngru_direction_forward, lngru_direction_backward, _forward_options, _backward_options, _draws)
+
+
+def _lngru_config(params, *, num_layers, bias, batch_first, bidirectional) -> LayerNormGRUConfig:
+    return config_from_params(
+        params, LayerNormGRUConfig, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional
+    )
+
+
+def lngru(
+    params: Mapping[str, Any],
+    x: Array,
+    h0: Array = None,
+    *,
+    lengths: Any = None,
+    num_layers: int = 1,
+    bias: bool | None = None,
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    zoneout: float = 0.0,
+    training: bool = True,
+    rng: Any = None,
+    xp: Any = None,
+) -> tuple[Array, Array]:
+    """Inference ``(out, h_n)`` of a stacked layer-normalised GRU; shapes, ``lengths`` and ``dropout``
+    as :func:`gru`. ``zoneout=rate``: with ``training``, each unit keeps its previous state with
+    probability rate (draws from ``rng``); without, the state is the expectation,
+    rate·h + (1 − rate)·h'. Parameters: the GRU's plus ``ln_weight_ih_l{k}``, ``ln_weight_hh_l{k}`` (3H,)."""
+    config = _lngru_config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional)
+    options = {"zoneout": zoneout, "training": training}
+    return infer_stack(params, x, h0, lengths, config, xp=xp, dropout=dropout, rng=rng, options=options)
+
+
+def lngru_forward(
+    params: Mapping[str, Any],
+    x: Array,
+    h0: Array = None,
+    *,
+    lengths: Any = None,
+    num_layers: int = 1,
+    bias: bool | None = None,
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    zoneout: float = 0.0,
+    training: bool = True,
+    rng: Any = None,
+    xp: Any = None,
+) -> tuple[Array, Array, GRUTape]:
+    """Like :func:`lngru`, and also the tape for :func:`gru_backward` (which takes every cell's)."""
+    config = _lngru_config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional)
+    options = {"zoneout": zoneout, "training": training}
+    return run_stack(params, x, h0, lengths, config, record=True, xp=xp, dropout=dropout, rng=rng, options=options)
