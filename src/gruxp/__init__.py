@@ -20,13 +20,16 @@ from ._typing import Array
 from .checkpoint import CheckpointError
 from .functional import CellTape, GRUConfig, GRUTape
 from .layers import Dropout, Embedding, LastStep, Linear, Sequential
-from .models import GRU, GRUCell
+from .models import GRU, GRUCell, LayerNormGRU, MinGRU, Recurrent
 from .training import Batch, NonFiniteLossError, Trainer
 
 __version__ = "0.2.0"
 
 __all__ = [
     "GRU",
+    "LayerNormGRU",
+    "MinGRU",
+    "Recurrent",
     "GRUCell",
     "GRUConfig",
     "GRUTape",

@@ -24,7 +24,7 @@ from ._checks import check_array, check_bool, check_lengths, check_positive_int,
 from ._namespace import device_of, namespace_of, same_device, to_numpy
 from ._typing import Array
 from .functional._layers import check_ids, dropout_mask, embedding, embedding_backward, last_step_mask, linear, linear_backward
-from .models import GRU, Modal, Module
+from .models import GRU, LayerNormGRU, MinGRU, Modal, Module, Recurrent
 
 __all__ = ["Linear", "Embedding", "Dropout", "LastStep", "Sequential", "SequentialTape"]
 
@@ -253,7 +253,7 @@ class SequentialTape(NamedTuple):
     owner: Any = None
 
 
-LAYER_TYPES: dict[str, Any] = {cls.__name__: cls for cls in (GRU, Linear, Embedding, Dropout, LastStep)}
+LAYER_TYPES: dict[str, Any] = {cls.__name__: cls for cls in (GRU, LayerNormGRU, MinGRU, Linear, Embedding, Dropout, LastStep)}
 
 
 class Sequential:
@@ -413,12 +413,12 @@ class Sequential:
     ) -> tuple[Any, dict, SequentialTape]:
         """``(y, state, tape)``: ``state`` maps each GRU's name to its h_n (its h0 on input)."""
         state = dict(state or {})
-        unknown = [k for k in state if not isinstance(self.layers.get(k), GRU)]
+        unknown = [k for k in state if not isinstance(self.layers.get(k), Recurrent)]
         if unknown:
-            raise ValueError(f"state has entries for layers that are not GRUs: {unknown}")
+            raise ValueError(f"state has entries for layers that are not recurrent (GRU, LayerNormGRU, MinGRU): {unknown}")
         new_state, tapes, y = {}, [], x
         for name, layer in self.layers.items():
-            if isinstance(layer, GRU):
+            if isinstance(layer, Recurrent):
                 y, new_state[name], tape = layer.forward(y, state.get(name), lengths=lengths)
             else:
                 y, tape = layer.forward(y, lengths=lengths)
@@ -430,7 +430,7 @@ class Sequential:
         state = dict(state or {})
         new_state, y = {}, x
         for name, layer in self.layers.items():
-            if isinstance(layer, GRU):
+            if isinstance(layer, Recurrent):
                 y, new_state[name] = layer(y, state.get(name), lengths=lengths)
             elif isinstance(layer, LastStep):
                 y = layer(y, lengths=lengths)
@@ -449,8 +449,8 @@ class Sequential:
         grads, d_state0 = {}, {}
         first = next(iter(self.layers))
         for (name, layer), layer_tape in zip(reversed(self.layers.items()), reversed(tape.tapes), strict=True):
-            if isinstance(layer, GRU):
-                # a GRU that reads the model's input reads data: skip its dx GEMM
+            if isinstance(layer, Recurrent):
+                # a recurrent layer that reads the model's input reads data: skip its dx GEMM
                 g, dy, d_state0[name] = layer.backward(layer_tape, dy, d_state.get(name), input_grad=name != first)
             else:
                 g, dy = layer.backward(layer_tape, dy)

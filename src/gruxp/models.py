@@ -1,4 +1,4 @@
-"""``GRU`` and ``GRUCell``: thin holders of a parameter dict that call :mod:`gruxp.functional`.
+"""``GRU``, ``LayerNormGRU``, ``MinGRU`` and ``GRUCell``: thin holders of a parameter dict that call :mod:`gruxp.functional`.
 
 A model owns its parameters (``model.params``, PyTorch's names), the namespace, device and float
 dtype they live on, and an identity token stamped on every tape it records, so ``backward``
@@ -21,7 +21,7 @@ from ._checks import check_bool, check_dropout, check_positive_int
 from ._namespace import device_of, dtype_name, from_numpy, namespace_name, resolve_dtype, resolve_xp, to_numpy
 from ._typing import Array
 
-__all__ = ["Modal", "Module", "GRU", "GRUCell"]
+__all__ = ["Modal", "Module", "Recurrent", "GRU", "LayerNormGRU", "MinGRU", "GRUCell", "CELLS", "recurrent"]
 
 
 class Modal:
@@ -150,7 +150,103 @@ class Module(Modal):
         return f"xp={namespace_name(self.xp)}, device={self.device!r}, dtype={dtype_name(self.dtype)}"
 
 
-class GRU(Module):
+class Recurrent(Module):
+    """What every stacked recurrent layer shares (:class:`GRU`, :class:`LayerNormGRU`, :class:`MinGRU`):
+    its structure (a cell's config, which names the cell), inference, ``step``, ``forward`` and
+    ``backward`` through :mod:`gruxp.functional`'s stack driver. A subclass sets
+    :attr:`structure_type` and, where its cell has call options, :meth:`_cell_options`."""
+
+    structure_type: Any = F.GRUConfig
+    structure: Any
+
+    def _build(self, structure: Any, dropout: Any, xp: Any, device: Any, dtype: Any, seed: Any) -> None:
+        self.dropout = check_dropout("dropout", dropout)
+        self.structure = structure
+        self._place(xp, device, dtype, seed, self._draw)
+
+    def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
+        """Host float64 initial parameters: U(−1/√H, 1/√H) for each, in order (PyTorch's default)."""
+        return F.uniform_init(self._param_shapes(), 1.0 / math.sqrt(self.structure.hidden_size), rng)
+
+    def __getattr__(self, name: str) -> Any:
+        # the structure's fields: input_size, hidden_size, num_layers, bias, batch_first, ...
+        structure = self.__dict__.get("structure")
+        if structure is not None and name in type(structure)._fields:
+            return getattr(structure, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        fields = {k: config[k] for k in cls.structure_type._fields if k in config}
+        return cls.structure_type.checked(**{"input_size": None, "hidden_size": None, **fields}).param_shapes()
+
+    def config(self) -> dict[str, Any]:
+        return {**self.structure._asdict(), "dropout": self.dropout}
+
+    def _cell_options(self, *, step: bool = False) -> dict[str, Any]:
+        """The cell's own call options (zoneout, ...); ``step``: for :meth:`step`."""
+        return {}
+
+    def _run_options(self, *, step: bool = False) -> dict[str, Any]:
+        return dict(
+            dropout=0.0 if step or not self.training else self.dropout,
+            rng=self.rng,
+            options=self._cell_options(step=step),
+        )
+
+    def __call__(self, x: Array, h0: Array = None, *, lengths: Any = None) -> tuple[Array, Array]:
+        """Inference ``(out, h_n)``; keeps nothing for backward."""
+        return F.infer_stack(self.params, x, h0, lengths, self.structure, xp=None, **self._run_options())
+
+    def step(self, x_t: Array, h: Array = None) -> tuple[Array, Array]:
+        """Streaming inference, one time step: ``(out_t, h)`` from x_t (B, I) or (I,) and h (L, B, H).
+
+        Feeding a sequence step by step, carrying ``h``, reproduces ``model(x)``: the same
+        operations in the same order, except that the input projection is one small GEMM per step
+        instead of one for the whole sequence, which BLAS may round differently in the last bit.
+        Unidirectional models only (a reverse direction needs the whole sequence). No dropout.
+        """
+        if self.structure.bidirectional:
+            raise ValueError(f"step() needs a unidirectional {type(self).__name__}: the reverse direction reads the sequence backwards")
+        if not hasattr(x_t, "ndim") or x_t.ndim not in (1, 2):  # a whole (T, B, I) sequence is not a step
+            raise ValueError(
+                f"x_t must have shape (B, {self.input_size}) or ({self.input_size},) (one time step; "
+                f"call the model for a sequence); got {getattr(x_t, 'shape', type(x_t).__name__)}"
+            )
+        x = self.xp.expand_dims(x_t, axis=0)
+        structure = self.structure._replace(batch_first=False)
+        out, h_n = F.infer_stack(self.params, x, h, None, structure, xp=None, **self._run_options(step=True))
+        return out[0, ...], h_n
+
+    def forward(self, x: Array, h0: Array = None, *, lengths: Any = None) -> tuple[Array, Array, F.GRUTape]:
+        """``(out, h_n, tape)``; pass the tape to :meth:`backward`."""
+        out, h_n, tape = F.run_stack(self.params, x, h0, lengths, self.structure, record=True, xp=None, **self._run_options())
+        return out, h_n, self._own(tape)
+
+    def backward(
+        self, tape: F.GRUTape, d_out: Array = None, d_hn: Array = None, *, input_grad: bool = True
+    ) -> tuple[dict[str, Array], Array, Array]:
+        """``(grads, dx, dh0)``: exact gradients of Σ(out·d_out) + Σ(h_n·d_hn).
+
+        ``input_grad=False`` returns ``dx=None`` and skips its GEMM (x is data).
+        """
+        self._check_tape(tape, F.GRUTape)
+        return F.gru_backward(tape, d_out, d_hn, input_grad=check_bool("input_grad", input_grad))
+
+    def _repr_extras(self) -> list[str]:
+        return []
+
+    def __repr__(self) -> str:
+        c = self.structure
+        defaults = type(c)(c.input_size, c.hidden_size)
+        extras = [f"{name}={value}" for name, value in c._asdict().items() if name not in ("input_size", "hidden_size") and value != getattr(defaults, name)]
+        if self.dropout:
+            extras.append(f"dropout={self.dropout}")
+        extras += self._repr_extras()
+        return f"{type(self).__name__}({c.input_size}, {c.hidden_size}, {', '.join(extras + [self._placement()])})"
+
+
+class GRU(Recurrent):
     """A stacked, optionally bidirectional GRU with PyTorch's ``nn.GRU`` semantics.
 
     Parameters
@@ -211,85 +307,142 @@ class GRU(Module):
         dtype: Any = None,
         seed: Any = None,
     ) -> None:
-        self.dropout = check_dropout("dropout", dropout)
-        self.structure = F.GRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after)
-        self._place(xp, device, dtype, seed, lambda rng: F.uniform_init(self._param_shapes(), 1.0 / math.sqrt(hidden_size), rng))
+        structure = F.GRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after)
+        self._build(structure, dropout, xp, device, dtype, seed)
 
-    def __getattr__(self, name: str) -> Any:
-        # input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after
-        structure = self.__dict__.get("structure")
-        if structure is not None and name in F.GRUConfig._fields:
-            return getattr(structure, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    @classmethod
-    def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        fields = {k: config[k] for k in F.GRUConfig._fields if k in config}
-        return F.GRUConfig.checked(**{"input_size": None, "hidden_size": None, **fields}).param_shapes()
+class LayerNormGRU(Recurrent):
+    """A stacked layer-normalised GRU with zoneout (Ba et al. 2016; Krueger et al. 2016), haste's form.
+
+    Layer norm (no shift, ε = 1e-5) over the 3H features of the input projection and of the
+    recurrent projection, with learned gains ``ln_weight_ih_l{k}`` and ``ln_weight_hh_l{k}`` (3H,,
+    initialised to ones), before the biases and the GRU's gates (rows r, z, n, reset_after):
+    ``gi = LN(W_ih x)·γ_ih + b_ih``, ``gh = LN(W_hh h)·γ_hh + b_hh``. Every other parameter is the
+    :class:`GRU`'s, named and initialised as there. See ``docs/cells/lngru.md``.
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dropout, xp, device, dtype, seed
+        As :class:`GRU`. ``reset_after`` must stay True: the norm needs the 3H features of W_hh h
+        at once, which reset_before never forms.
+    zoneout
+        rate in [0, 1): in training mode each hidden unit keeps its previous value with probability
+        rate (draws from ``model.rng``); in evaluation mode the state is the expectation,
+        rate·h_{t−1} + (1 − rate)·h_t. The outputs are the states, zoned out.
+
+    Examples
+    --------
+    >>> import numpy as np, gruxp
+    >>> model = gruxp.LayerNormGRU(3, 5, zoneout=0.1, seed=0)
+    >>> out, h_n = model(np.zeros((7, 2, 3), dtype=np.float32))
+    >>> out.shape, h_n.shape
+    ((7, 2, 5), (1, 2, 5))
+    """
+
+    structure_type = F.LayerNormGRUConfig
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bias: bool = True,
+        batch_first: bool = False,
+        bidirectional: bool = False,
+        reset_after: bool = True,
+        dropout: float = 0.0,
+        zoneout: float = 0.0,
+        xp: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+        seed: Any = None,
+    ) -> None:
+        self.zoneout = check_dropout("zoneout", zoneout)
+        structure = F.LayerNormGRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after)
+        self._build(structure, dropout, xp, device, dtype, seed)
+
+    def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
+        shapes = self._param_shapes()
+        drawn = F.uniform_init({k: v for k, v in shapes.items() if not k.startswith("ln_")}, 1.0 / math.sqrt(self.hidden_size), rng)
+        return {k: drawn[k] if k in drawn else np.ones(shape) for k, shape in shapes.items()}
 
     def config(self) -> dict[str, Any]:
-        return {**self.structure._asdict(), "dropout": self.dropout}
+        return {**super().config(), "zoneout": self.zoneout}
 
-    def _options(self) -> dict[str, Any]:
-        c = self.structure
-        return dict(
-            num_layers=c.num_layers,
-            bias=c.bias,
-            bidirectional=c.bidirectional,
-            batch_first=c.batch_first,
-            reset_after=c.reset_after,
-            dropout=self.dropout if self.training else 0.0,
-            rng=self.rng,
-        )
+    def _cell_options(self, *, step: bool = False) -> dict[str, Any]:
+        return {"zoneout": self.zoneout, "training": self.training and not step}
 
-    def __call__(self, x: Array, h0: Array = None, *, lengths: Any = None) -> tuple[Array, Array]:
-        """Inference ``(out, h_n)``; keeps nothing for backward."""
-        return F.gru(self.params, x, h0, lengths=lengths, **self._options())
+    def _repr_extras(self) -> list[str]:
+        return [f"zoneout={self.zoneout}"] if self.zoneout else []
 
-    def step(self, x_t: Array, h: Array = None) -> tuple[Array, Array]:
-        """Streaming inference, one time step: ``(out_t, h)`` from x_t (B, I) or (I,) and h (L, B, H).
 
-        Feeding a sequence step by step, carrying ``h``, reproduces ``model(x)``: the same
-        operations in the same order, except that the input projection is one small GEMM per step
-        instead of one for the whole sequence, which BLAS may round differently in the last bit.
-        Unidirectional models only (a reverse direction needs the whole sequence). No dropout.
-        """
-        if self.structure.bidirectional:
-            raise ValueError("step() needs a unidirectional GRU: the reverse direction reads the sequence backwards")
-        if not hasattr(x_t, "ndim") or x_t.ndim not in (1, 2):  # a whole (T, B, I) sequence is not a step
-            raise ValueError(
-                f"x_t must have shape (B, {self.input_size}) or ({self.input_size},) (one time step; "
-                f"call the model for a sequence); got {getattr(x_t, 'shape', type(x_t).__name__)}"
-            )
-        x = self.xp.expand_dims(x_t, axis=0)
-        options = {**self._options(), "batch_first": False, "dropout": 0.0}
-        out, h_n = F.gru(self.params, x, h, **options)
-        return out[0, ...], h_n
+class MinGRU(Recurrent):
+    """A stacked minGRU (Feng et al. 2024): gates from the input alone, run in parallel over time.
 
-    def forward(self, x: Array, h0: Array = None, *, lengths: Any = None) -> tuple[Array, Array, F.GRUTape]:
-        """``(out, h_n, tape)``; pass the tape to :meth:`backward`."""
-        out, h_n, tape = F.gru_forward(self.params, x, h0, lengths=lengths, **self._options())
-        return out, h_n, self._own(tape)
+    ``z = σ(W_z x + b_z)``, ``h̃ = W_h x + b_h`` (``log_space``: ``g(W_h x + b_h)``, the paper's
+    log-space form), ``h_t = (1 − z) ⊙ h_{t−1} + z ⊙ h̃``. Parameters ``weight_ih_l{k}`` (2H, I_k),
+    rows z then h, and ``bias_ih_l{k}`` (2H,), drawn from U(−1/√H, 1/√H). Calling the model, and
+    :meth:`forward`, run the whole sequence as a scan built from standard array operations
+    (:func:`gruxp.functional.linear_scan`); :meth:`step` runs one token at a time with the same
+    results (≤ 1e-12 relative in float64); :meth:`backward` is the reverse scan. See
+    ``docs/cells/mingru.md``.
 
-    def backward(
-        self, tape: F.GRUTape, d_out: Array = None, d_hn: Array = None, *, input_grad: bool = True
-    ) -> tuple[dict[str, Array], Array, Array]:
-        """``(grads, dx, dh0)``: exact gradients of Σ(out·d_out) + Σ(h_n·d_hn).
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dropout, xp, device, dtype, seed
+        As :class:`GRU`.
+    log_space
+        The paper's log-space form: h̃ = g(v) > 0 (g(v) = v + ½ for v ≥ 0, σ(v) below) and the scan
+        on logarithms; h0 must then be non-negative.
 
-        ``input_grad=False`` returns ``dx=None`` and skips its GEMM (x is data).
-        """
-        self._check_tape(tape, F.GRUTape)
-        return F.gru_backward(tape, d_out, d_hn, input_grad=check_bool("input_grad", input_grad))
+    Examples
+    --------
+    >>> import numpy as np, gruxp
+    >>> model = gruxp.MinGRU(3, 5, num_layers=2, seed=0)
+    >>> out, h_n = model(np.zeros((7, 2, 3), dtype=np.float32))
+    >>> out.shape, h_n.shape
+    ((7, 2, 5), (2, 2, 5))
+    """
 
-    def __repr__(self) -> str:
-        c = self.structure
-        extras = [f"num_layers={c.num_layers}"] if c.num_layers != 1 else []
-        for name, default in (("bias", True), ("batch_first", False), ("bidirectional", False), ("reset_after", True)):
-            if getattr(c, name) != default:
-                extras.append(f"{name}={getattr(c, name)}")
-        if self.dropout:
-            extras.append(f"dropout={self.dropout}")
-        return f"GRU({c.input_size}, {c.hidden_size}, {', '.join(extras + [self._placement()])})"
+    structure_type = F.MinGRUConfig
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bias: bool = True,
+        batch_first: bool = False,
+        bidirectional: bool = False,
+        log_space: bool = False,
+        dropout: float = 0.0,
+        xp: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+        seed: Any = None,
+    ) -> None:
+        structure = F.MinGRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, log_space)
+        self._build(structure, dropout, xp, device, dtype, seed)
+
+    def _cell_options(self, *, step: bool = False) -> dict[str, Any]:
+        return {"parallel": not step}
+
+
+CELLS: dict[str, type[Recurrent]] = {"gru": GRU, "lngru": LayerNormGRU, "mingru": MinGRU}
+
+
+def recurrent(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, zoneout: float = 0.0, **options: Any) -> Recurrent:
+    """The stacked layer of cell ``"gru"``, ``"lngru"`` or ``"mingru"`` (:data:`CELLS`); ``zoneout`` only
+    for lngru; ``options`` as the layer's constructor takes them."""
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {sorted(CELLS)}; got {cell!r}")
+    if zoneout and cell != "lngru":
+        raise ValueError(f"zoneout is an option of the lngru cell only; got zoneout={zoneout!r} with cell {cell!r}")
+    if cell == "lngru":
+        options["zoneout"] = zoneout
+    return CELLS[cell](input_size, hidden_size, num_layers, **options)
 
 
 class GRUCell(Module):

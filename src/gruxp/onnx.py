@@ -26,7 +26,7 @@ import numpy as np
 
 from ._namespace import dtype_name
 from .layers import Dropout, Embedding, Linear, Sequential
-from .models import GRU
+from .models import GRU, Recurrent
 
 __all__ = ["export"]
 
@@ -133,6 +133,13 @@ def export(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    for name, layer in ({"model": model} | (dict(model.layers) if isinstance(model, Sequential) else {})).items():
+        if isinstance(layer, Recurrent) and not isinstance(layer, GRU):
+            raise ValueError(
+                f"{type(layer).__name__} ({name!r}, cell {layer.structure.cell.name!r}) has no ONNX export: ONNX's "
+                "GRU operator is the plain GRU, and gruxp does not export other cells as Scan/Loop graphs; "
+                "export a GRU, or run this model with gruxp (docs/user-guide/onnx.md)"
+            )
     if isinstance(model, GRU):
         layers = {"gru": model}
     elif isinstance(model, Sequential):

@@ -23,7 +23,7 @@ from . import corpus as corpus_mod
 from . import lm
 from .backends import BACKENDS, describe, load
 
-STRUCTURE = ("hidden", "layers", "embed", "dropout")
+STRUCTURE = ("cell", "hidden", "layers", "embed", "dropout", "zoneout")
 POSITIVE_INT = click.IntRange(min=1)
 
 
@@ -144,10 +144,20 @@ def _plot(metrics: Path, png: Path, *, baseline: float | None, ylabel: str, base
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="numpy", show_default=True)
 @click.option("--device", type=str, default=None, help="e.g. cuda:0 (torch), gpu (jax), 0 (cupy), device1 (array_api_strict).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option(
+    "--cell",
+    type=click.Choice(["gru", "lngru", "mingru"]),
+    default="gru",
+    show_default=True,
+    help="The recurrent cell: GRU, LayerNormGRU (with --zoneout) or MinGRU.",
+)
 @click.option("--hidden", type=POSITIVE_INT, default=256, show_default=True)
 @click.option("--layers", type=POSITIVE_INT, default=2, show_default=True)
 @click.option("--embed", type=POSITIVE_INT, default=64, show_default=True, help="Embedding size (lm and copy).")
 @click.option("--dropout", type=FiniteFloat(0.0, 1.0, max_open=True), default=0.0, show_default=True)
+@click.option(
+    "--zoneout", type=FiniteFloat(0.0, 1.0, max_open=True), default=0.0, show_default=True, help="Zoneout rate (--cell lngru)."
+)
 @click.option(
     "--seq-len", type=POSITIVE_INT, default=None, help="Window length (lm, default 64) or sequence length T (tasks, default 50)."
 )
@@ -176,6 +186,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
         raise click.UsageError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
     if opts["resume"] and not ckpt_path.exists():
         raise click.UsageError(f"nothing to resume: {ckpt_path} does not exist")
+    if opts["zoneout"] and opts["cell"] != "lngru":
+        raise click.UsageError(f"--zoneout is an option of --cell lngru; got --cell {opts['cell']}")
     xp, device = load(opts["backend"], opts["device"], opts["dtype"])
     if opts["task"] == "lm":
         _train_lm(ctx, opts, xp, device, out, ckpt_path)
@@ -194,7 +206,7 @@ def _resume_setup(ctx, opts, ckpt_path, task, xp, device):
     extra = ckpt.meta.get("extra", {})
     if extra.get("task") != task:
         raise checkpoint.CheckpointError(f"{ckpt_path} was saved by task {extra.get('task')!r}, not {task!r}")
-    saved = extra.get("options", {})
+    saved = {"cell": "gru", "zoneout": 0.0, **extra.get("options", {})}  # runs from before --cell were GRUs
     for name in (*STRUCTURE, "seq_len", "batch", "lr", "dtype"):
         if _explicit(ctx, name) and name in saved and saved[name] != opts[name]:
             raise click.UsageError(
@@ -229,6 +241,8 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
             device=device,
             dtype=opts["dtype"],
             seed=opts["seed"],
+            cell=opts["cell"],
+            zoneout=opts["zoneout"],
         )
         optimizer = optim.AdamW(lr=opts["lr"], weight_decay=0.01)
     B, T = opts["batch"], opts["seq_len"]
@@ -253,7 +267,7 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
         f"vocabulary {len(text.vocab)}"
     )
     print(
-        f"model: embedding {opts['embed']} → GRU {opts['layers']}×{opts['hidden']} → linear, {n_params:,} parameters, "
+        f"model: embedding {opts['embed']} → {type(model.layers['gru']).__name__} {opts['layers']}×{opts['hidden']} → linear, {n_params:,} parameters, "
         f"{opts['backend']} {opts['dtype']}; batch {B} × window {T}, AdamW lr {opts['lr']}"
     )
     print(f"unigram baseline: {baseline:.3f} bits/char on the validation text")
@@ -450,6 +464,8 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
             device=device,
             dtype=opts["dtype"],
             seed=opts["seed"],
+            cell=opts["cell"],
+            zoneout=opts["zoneout"],
         )
         optimizer = optim.Adam(lr=opts["lr"])
     T, B = opts["seq_len"], opts["batch"]

@@ -13,16 +13,30 @@ import numpy as np
 
 import gruxp
 from gruxp import losses
+from gruxp.models import recurrent
 from gruxp.testing import to_numpy
 
 
 def build_model(
-    vocab_size: int, *, hidden: int, layers: int, embed: int, dropout: float, xp: Any, device: Any, dtype: str, seed: int
+    vocab_size: int,
+    *,
+    hidden: int,
+    layers: int,
+    embed: int,
+    dropout: float,
+    xp: Any,
+    device: Any,
+    dtype: str,
+    seed: int,
+    cell: str = "gru",
+    zoneout: float = 0.0,
 ) -> gruxp.Sequential:
+    """The model; its recurrent layer (of ``cell``) is named ``gru`` whatever the cell, as checkpoints know it."""
     place = dict(xp=xp, device=device, dtype=dtype)
+    rnn = recurrent(cell, embed, hidden, layers, zoneout=zoneout, batch_first=True, dropout=dropout if layers > 1 else 0.0, seed=seed + 1, **place)
     return gruxp.Sequential(
         embed=gruxp.Embedding(vocab_size, embed, seed=seed, **place),
-        gru=gruxp.GRU(embed, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0, seed=seed + 1, **place),
+        gru=rnn,
         head=gruxp.Linear(hidden, vocab_size, seed=seed + 2, **place),
     )
 

@@ -34,10 +34,13 @@ from ._params import (
 )
 from ._lngru import LayerNormDirectionTape, LayerNormGRUConfig, layer_norm, layer_norm_backward, lngru, lngru_forward
 from ._mingru import MinGRUConfig, MinGRUDirectionTape, linear_scan, log_linear_scan, mingru, mingru_forward
-from ._sequence import Cell, DirectionTape, GRUConfig, GRUTape, gru, gru_backward, gru_forward
+from ._sequence import Cell, DirectionTape, GRUConfig, GRUTape, backward_stack, gru, gru_backward, gru_forward, infer_stack, run_stack
 
 __all__ = [
     "Cell",
+    "backward_stack",
+    "infer_stack",
+    "run_stack",
     "LayerNormDirectionTape",
     "LayerNormGRUConfig",
     "MinGRUConfig",
