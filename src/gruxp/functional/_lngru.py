@@ -6,7 +6,7 @@ Layer norm without a shift, over the 3H features of each projection, with learne
     LN_γ(v) = γ ⊙ (v − mean(v)) / sqrt(var(v) + ε)          over the last axis, ε = 1e-5
     gi = LN_γih(W_ih x) + b_ih        gh = LN_γhh(W_hh h) + b_hh
     h' = GRU gates(gi, gh, h)         (:func:`gruxp.functional.gates_forward`, rows r, z, n)
-    h  ← h' + k ⊙ (h − h')            zoneout: k ~ Bernoulli(rate) in training, k = rate in evaluation
+    h  ← k ⊙ h + (1 − k) ⊙ h'         zoneout: k ~ Bernoulli(rate) in training, k = rate in evaluation
 
 Only reset_after: the norm runs over the 3H features of W_hh h, which reset_before never forms
 at one moment (its n block multiplies r ⊙ h, known only after the r block's gate).
@@ -24,10 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from .._checks import check_dropout
-from .._namespace import device_of
+from .._namespace import device_of, from_numpy
 from .._typing import Array
 from ._cell import activations, gates_backward, gates_forward, masked_state
 from ._params import gru_param_shapes
@@ -66,14 +64,13 @@ def layer_norm_backward(d: Array, v_hat: Array, rstd: Array, gain: Array, *, xp:
 
 
 def zoneout_blend(keep: Any, new: Any, old: Any) -> Any:
-    """The state zoneout leaves: ``old`` where keep = 1, ``new`` where 0; keep = rate at evaluation."""
-    return new + keep * (old - new)
+    """The state zoneout leaves: exactly ``old`` where keep = 1, ``new`` where 0; keep = rate at evaluation."""
+    return keep * old + (1.0 - keep) * new
 
 
 def zoneout_blend_backward(keep: Any, g: Any) -> tuple[Any, Any]:
     """``(dL/dnew, dL/dold)`` of :func:`zoneout_blend` for g = dL/d(result)."""
-    g_old = keep * g
-    return g - g_old, g_old
+    return (1.0 - keep) * g, keep * g
 
 
 class LayerNormGRUConfig(GRUConfig):
@@ -169,7 +166,8 @@ def lngru_direction_backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_
     h_prev = previous_states(tape, reverse=reverse, xp=xp)
     zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
     dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
-    rate = tape.zoneout
+    rate = tape.zoneout  # a Python float, or a traced scalar under jax.jit (then the blend always runs)
+    blend = tape.keep is not None or not isinstance(rate, (int, float)) or rate > 0
 
     def step(dh, inputs):
         d_out_t, mask_t, h_prev_t, r, z, n, gh_n, gh_hat, rstd, keep_t = inputs
@@ -177,7 +175,7 @@ def lngru_direction_backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_
         if mask_t is not None:
             g = masked_state(mask_t, g, zero, xp.where)
         g_old = None
-        if keep_t is not None or rate:
+        if blend:
             g, g_old = zoneout_blend_backward(rate if keep_t is None else keep_t, g)
         d_r, d_z, d_an, d_ghn, gz = gates_backward(g, h_prev_t, r, z, n, gh_n)
         d_gh = xp.concat([d_r, d_z, d_ghn], axis=1)  # of LN(W_hh h)·γ + b_hh
@@ -213,8 +211,8 @@ def _draws(config: LayerNormGRUConfig, shape: tuple, options: Mapping[str, Any],
     from ._params import host_rng
 
     L = config.num_layers * config.num_directions
-    host = (host_rng(rng).random((L, *shape)) < rate).astype(np.float64)
-    return rate, xp.asarray(host, dtype=dtype, device=device)
+    host = (host_rng(rng).random((L, *shape)) < rate) * 1.0  # float64 ones where a unit keeps its state
+    return rate, from_numpy(host, xp=xp, device=device, dtype=dtype)
 
 
 def _forward_options(config: LayerNormGRUConfig, layer: int, direction: int, draws: Any) -> dict[str, Any]:
