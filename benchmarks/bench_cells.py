@@ -10,7 +10,8 @@ projection X Wᵀ (T·B, 2H), and in backward dW = dPᵀ X and dx = dP W. Everyt
 (gates, the scan, its reverse) is the overhead over them. The GRU at the same size runs its
 forward and backward on the CPU route. The layer-normalised GRU's step is forward + backward at
 (B, T, H) = (64, 100, 256), against the GRU's. Medians of ``--rounds`` interleaved rounds; each
-ratio is the median of the per-round ratios. OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset (or set
+ratio is the median of the per-round ratios; a round times each job by the median of three calls
+after an untimed one. OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset (or set
 by --kernel) as in bench_cpu.py.
 """
 
@@ -104,14 +105,17 @@ def _ln_jobs() -> dict:
     return {"GRU": train(gruxp.GRU(H, H, seed=0)), "LayerNormGRU": train(gruxp.LayerNormGRU(H, H, seed=0))}
 
 
-def _measure(jobs: dict, rounds: int) -> dict[str, list[float]]:
+def _measure(jobs: dict, rounds: int, calls: int = 3) -> dict[str, list[float]]:
+    """Per round and job, the median of ``calls`` timed calls after one untimed call (the first
+    call after another job pays for that job's threads and freed memory)."""
     for job in jobs.values():
         settle(job)
     times: dict[str, list[float]] = {name: [] for name in jobs}
     for _ in range(rounds):
         for name, job in jobs.items():
             time.sleep(0.1)
-            times[name].append(per_call(job, min_time=0.2))
+            job()
+            times[name].append(statistics.median(per_call(job, min_time=0.0) for _ in range(calls)))
     return times
 
 

@@ -11,6 +11,9 @@ on every case:
   them on whole blocks. Its GEMMs run on gruxp's own OpenBLAS, one thread a call (see
   :mod:`gruxp._native.blas`); its parallelism is pieces of the batch (and a layer's directions)
   on gruxp's own threads. Load, affinity and threads decide scheduling only, never a bit.
+* NumPy on the CPU, minGRU (:class:`gruxp._native.mingru_cpu.MinGruCpu`, which the CPU route hands
+  minGRU layers to): the recurrence between the projection GEMMs as one numba pass per row.
+  Other cells (the layer-normalised GRU) run the generic code there, with NumPy's operations.
 * JAX (:class:`gruxp._native.jax_scan.JaxRoute`): the core's direction functions under
   ``jax.jit``, their loop ``lax.scan`` (float64 ≤ 1e-12 relative; tested).
 
@@ -21,13 +24,17 @@ A route may mutate buffers it allocated itself, never anything the caller can se
 
 from __future__ import annotations
 
+from ..functional._mingru import mingru_direction_backward, mingru_direction_forward
 from ..functional._routes import register
 from .cpu import CpuRoute, clear_buffers
 from .jax_scan import JaxRoute
+from .mingru_cpu import MinGruCpu
 
 __all__ = ["clear_buffers", "cpu_plan"]
 
-register(CpuRoute())
+_cpu = CpuRoute()
+_cpu.other_cells = dict.fromkeys((mingru_direction_forward, mingru_direction_backward), MinGruCpu(_cpu))
+register(_cpu)
 register(JaxRoute())
 
 
