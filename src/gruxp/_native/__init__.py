@@ -13,7 +13,8 @@ on every case:
   on gruxp's own threads. Load, affinity and threads decide scheduling only, never a bit.
 * NumPy on the CPU, minGRU (:class:`gruxp._native.mingru_cpu.MinGruCpu`, which the CPU route hands
   minGRU layers to): the recurrence between the projection GEMMs as one numba pass per row.
-  Other cells (the layer-normalised GRU) run the generic code there, with NumPy's operations.
+* NumPy on the CPU, the layer-normalised GRU (:class:`gruxp._native.lngru_cpu.LayerNormGruCpu`):
+  its time loop compiled by numba around one GEMM a step into gruxp's BLAS, as the GRU's.
 * JAX (:class:`gruxp._native.jax_scan.JaxRoute`): the core's direction functions under
   ``jax.jit``, their loop ``lax.scan`` (float64 ≤ 1e-12 relative; tested).
 
@@ -24,16 +25,21 @@ A route may mutate buffers it allocated itself, never anything the caller can se
 
 from __future__ import annotations
 
+from ..functional._lngru import lngru_direction_backward, lngru_direction_forward
 from ..functional._mingru import mingru_direction_backward, mingru_direction_forward
 from ..functional._routes import register
 from .cpu import CpuRoute, clear_buffers
 from .jax_scan import JaxRoute
+from .lngru_cpu import LayerNormGruCpu
 from .mingru_cpu import MinGruCpu
 
 __all__ = ["clear_buffers", "cpu_plan"]
 
 _cpu = CpuRoute()
-_cpu.other_cells = dict.fromkeys((mingru_direction_forward, mingru_direction_backward), MinGruCpu(_cpu))
+_cpu.other_cells = {
+    **dict.fromkeys((mingru_direction_forward, mingru_direction_backward), MinGruCpu(_cpu)),
+    **dict.fromkeys((lngru_direction_forward, lngru_direction_backward), LayerNormGruCpu(_cpu)),
+}
 register(_cpu)
 register(JaxRoute())
 

@@ -27,7 +27,7 @@ from ..functional import _mingru
 from ..functional._routes import GENERIC
 from . import workers
 from .machine import this_machine
-from .plan import cut
+from .plan import cut, numba_for
 
 __all__ = ["MinGruCpu"]
 
@@ -103,23 +103,20 @@ class MinGruCpu:
     def __init__(self, route: Any) -> None:
         self.route = route  # the CPU route: its matmul makes every product
 
-    def _fused(self, call: dict, dtype) -> bool:
-        from .machine import this_machine
-
-        return (
-            not call.get("log_space", False)
-            and np.dtype(dtype) in (np.float32, np.float64)
-            and this_machine().numba
-            and get_config()["fuser"] != "numpy"
-        )
+    @staticmethod
+    def _fused(call: dict, shape: tuple, dtype) -> bool:
+        T, B, H = shape
+        return not call.get("log_space", False) and np.dtype(dtype) in (np.float32, np.float64) and numba_for(T * B * H * H, this_machine())
 
     def layer_forward(self, forward, calls):
-        if not all(self._fused(call, call["x"].dtype) for call in calls):
+        x, h0 = calls[0]["x"], calls[0]["h0"]
+        if not self._fused(calls[0], (*x.shape[:2], h0.shape[-1]), x.dtype):
             return GENERIC.layer_forward(forward, calls)
         return [self._forward(call) for call in calls]
 
     def layer_backward(self, backward, calls):
-        if not all(self._fused(call, call["tape"].x.dtype) for call in calls):
+        hs = calls[0]["tape"].hs
+        if not self._fused(calls[0], hs.shape, hs.dtype):
             return GENERIC.layer_backward(backward, calls)
         return [self._backward(call) for call in calls]
 

@@ -297,3 +297,15 @@ def product_plan(
 def describe(p: Plan) -> str:
     """The plan as lines of text: each choice and why (``gruxp info --plan``)."""
     return "\n".join(f"  {line}" for line in p.reasons)
+
+
+def numba_for(work: int, machine: Machine) -> bool:
+    """Whether a loop of ``work`` (T·B·H²) runs compiled by numba under the setting ``fuser``: "auto"
+    where numba is installed and the work pays for its compile, "numba" always (an error without
+    numba), "numpy" never. The rule of :func:`plan`'s fuser, for the cells' own CPU loops."""
+    from .._config import get_config
+
+    fuser = get_config()["fuser"]
+    if fuser == "numba" and not machine.numba:
+        raise ValueError("fuser='numba' was asked for, but numba is not installed (pip install numba, or gruxp's fast extra)")
+    return fuser == "numba" or (fuser == "auto" and machine.numba and work >= Rules().numba_min_work)

@@ -22,6 +22,7 @@ the recurrent norm (a row reduction), the GRU's gate functions and the zoneout b
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
 from .._checks import check_dropout
@@ -38,6 +39,9 @@ __all__ = [
     "LayerNormDirectionTape",
     "layer_norm",
     "layer_norm_backward",
+    "ln_rstd",
+    "ln_normalise",
+    "ln_input_grad",
     "zoneout_blend",
     "zoneout_blend_backward",
     "LNGRU_CELL",
@@ -48,19 +52,38 @@ __all__ = [
 LN_EPS = 1e-5
 
 
+# The norm is two row reductions (means over the last axis) around element-wise parts written once:
+# the generic code reduces with ``xp.mean``, a fuser with its own sums, both call these.
+
+
+def ln_rstd(var: Any, sqrt: Any) -> Any:
+    """1 / sqrt(var + ε)."""
+    return 1.0 / sqrt(var + LN_EPS)
+
+
+def ln_normalise(v: Any, mean: Any, rstd: Any) -> Any:
+    """v̂ = (v − mean) · rstd."""
+    return (v - mean) * rstd
+
+
+def ln_input_grad(dg: Any, v_hat: Any, rstd: Any, mean_dg: Any, mean_dg_v_hat: Any) -> Any:
+    """dL/dv from dg = γ ⊙ dL/d(γ ⊙ v̂) and its two row means, mean(dg) and mean(dg ⊙ v̂)."""
+    return rstd * (dg - mean_dg - v_hat * mean_dg_v_hat)
+
+
 def layer_norm(v: Array, gain: Array, *, xp: Any) -> tuple[Any, Any, Any]:
     """``(γ ⊙ v̂, v̂, rstd)`` over the last axis of v; rstd keeps that axis (size 1)."""
     mean = xp.mean(v, axis=-1, keepdims=True)
     centred = v - mean
-    rstd = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + LN_EPS)
-    v_hat = centred * rstd
+    rstd = ln_rstd(xp.mean(centred * centred, axis=-1, keepdims=True), xp.sqrt)
+    v_hat = ln_normalise(v, mean, rstd)
     return v_hat * gain, v_hat, rstd
 
 
 def layer_norm_backward(d: Array, v_hat: Array, rstd: Array, gain: Array, *, xp: Any) -> Any:
     """dL/dv from d = dL/d(γ ⊙ v̂) (the gain's own gradient is Σ_rows d ⊙ v̂)."""
     dg = d * gain
-    return rstd * (dg - xp.mean(dg, axis=-1, keepdims=True) - v_hat * xp.mean(dg * v_hat, axis=-1, keepdims=True))
+    return ln_input_grad(dg, v_hat, rstd, xp.mean(dg, axis=-1, keepdims=True), xp.mean(dg * v_hat, axis=-1, keepdims=True))
 
 
 def zoneout_blend(keep: Any, new: Any, old: Any) -> Any:
@@ -121,14 +144,32 @@ class LayerNormDirectionTape(NamedTuple):
     zoneout: float  # the rate (used where keep is None)
 
 
+def _product(a: Any, b: Any) -> Any:
+    return a @ b
+
+
+def _norm(v: Array, gain: Array, bias: Any, *, xp: Any) -> tuple[Any, Any, Any]:
+    y, v_hat, rstd = layer_norm(v, gain, xp=xp)
+    return (y if bias is None else y + bias), v_hat, rstd
+
+
+def input_side(x: Array, p: Mapping[str, Any], *, xp: Any, matmul: Any = _product, norm: Any = None) -> tuple[Any, Any, Any]:
+    """``(gi, gi_hat, gi_rstd)`` of all T steps at once: LN(W_ih x)·γ_ih + b_ih, (T, B, 3H).
+    ``norm(v, gain, bias)`` (rows, 3H) -> ``(γ ⊙ v̂ + bias, v̂, rstd)``: :func:`layer_norm` by default."""
+    T, B, I = x.shape
+    w_ih = p["weight_ih"]
+    v = matmul(xp.reshape(x, (T * B, I)), xp.matrix_transpose(w_ih))
+    gi, gi_hat, gi_rstd = (norm or partial(_norm, xp=xp))(v, p["ln_weight_ih"], p.get("bias_ih"))
+    G = w_ih.shape[0]
+    return xp.reshape(gi, (T, B, G)), xp.reshape(gi_hat, (T, B, G)), xp.reshape(gi_rstd, (T, B, 1))
+
+
 def lngru_direction_forward(x, h0, p, *, mask, reverse, record, xp, zoneout=0.0, zoneout_mask=None, loop=python_loop):
     """One direction of the layer-normalised GRU: ``(out, h_T, LayerNormDirectionTape or None)``."""
-    T, B, I = x.shape
+    T = x.shape[0]
     H = h0.shape[-1]
-    w_ih, w_hh = p["weight_ih"], p["weight_hh"]
-    gi, gi_hat, gi_rstd = layer_norm(xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(w_ih), (T, B, 3 * H)), p["ln_weight_ih"], xp=xp)
-    if "bias_ih" in p:
-        gi = gi + p["bias_ih"]
+    w_hh = p["weight_hh"]
+    gi, gi_hat, gi_rstd = input_side(x, p, xp=xp)
     b_hh = p.get("bias_hh")
     sigmoid, tanh = activations(xp)
 
@@ -188,19 +229,36 @@ def lngru_direction_backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_
 
     xs = (d_out, mask, h_prev, tape.r, tape.z, tape.n, tape.gh_n, tape.gh_hat, tape.gh_rstd, tape.keep)
     dh, (d_gi, d_gh, d_raw) = loop(step, dh, xs, length=T, reverse=not reverse, xp=xp)
-    d_gi_raw = layer_norm_backward(d_gi, tape.gi_hat, tape.gi_rstd, p["ln_weight_ih"], xp=xp)
+    return finish_backward(d_gi, d_gh, d_raw, h_prev, tape, p, bias=bias, need_dx=need_dx, xp=xp), dh
+
+
+def _gain_and_bias_grads(d: Array, v_hat: Array, *, xp: Any) -> tuple[Any, Any]:
+    return _sum_rows(d * v_hat, xp=xp), _sum_rows(d, xp=xp)
+
+
+def finish_backward(d_gi, d_gh, d_raw, h_prev, tape, p, *, bias, need_dx, xp, matmul=_product, norm_backward=None, sums=None, gh_sums=None):
+    """The work after the time loop, from the per-step gradients of gi (after the norm), of gh (after
+    it) and of W_hh h (before it), all (T, B, 3H): ``(grads with short names, dx or None)``.
+    ``norm_backward(d, v_hat, rstd, gain)`` is :func:`layer_norm_backward` by default; ``sums(d, v̂)``
+    gives the gain's and the bias's gradients, (Σ_rows d ⊙ v̂, Σ_rows d); ``gh_sums``, those of the
+    recurrent side where the loop made them (then ``d_gh`` may be None)."""
+    x = tape.x
+    T, B, I = x.shape
+    H = h_prev.shape[-1]
     rows = T * B
-    d_gi_raw2 = xp.reshape(d_gi_raw, (rows, 3 * H))
+    d_gi_raw = xp.reshape((norm_backward or partial(layer_norm_backward, xp=xp))(d_gi, tape.gi_hat, tape.gi_rstd, p["ln_weight_ih"]), (rows, 3 * H))
+    sums = sums or partial(_gain_and_bias_grads, xp=xp)
+    (g_ih, b_ih), (g_hh, b_hh) = sums(d_gi, tape.gi_hat), gh_sums or sums(d_gh, tape.gh_hat)
     grads = {
-        "weight_ih": xp.matrix_transpose(d_gi_raw2) @ xp.reshape(x, (rows, I)),
-        "weight_hh": xp.matrix_transpose(xp.reshape(d_raw, (rows, 3 * H))) @ xp.reshape(h_prev, (rows, H)),
-        "ln_weight_ih": _sum_rows(d_gi * tape.gi_hat, xp=xp),
-        "ln_weight_hh": _sum_rows(d_gh * tape.gh_hat, xp=xp),
+        "weight_ih": matmul(xp.matrix_transpose(d_gi_raw), xp.reshape(x, (rows, I))),
+        "weight_hh": matmul(xp.matrix_transpose(xp.reshape(d_raw, (rows, 3 * H))), xp.reshape(h_prev, (rows, H))),
+        "ln_weight_ih": g_ih,
+        "ln_weight_hh": g_hh,
     }
     if bias:
-        grads["bias_ih"], grads["bias_hh"] = _sum_rows(d_gi, xp=xp), _sum_rows(d_gh, xp=xp)
-    dx = xp.reshape(d_gi_raw2 @ p["weight_ih"], (T, B, I)) if need_dx else None
-    return (grads, dx), dh
+        grads["bias_ih"], grads["bias_hh"] = b_ih, b_hh
+    dx = xp.reshape(matmul(d_gi_raw, p["weight_ih"]), (T, B, I)) if need_dx else None
+    return grads, dx
 
 
 def _draws(config: LayerNormGRUConfig, shape: tuple, options: Mapping[str, Any], rng: Any, xp: Any, dtype: Any, device: Any):
