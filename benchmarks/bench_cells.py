@@ -133,7 +133,8 @@ def main() -> None:
     info = blas_info()
     lines = [
         f"# {time.strftime('%Y-%m-%d')}  numpy {np.__version__}  gruxp {gruxp.__version__}  cpus {os.cpu_count()}",
-        "# BLAS: " + "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in info),
+        "# BLAS: "
+        + "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in info),
         "",
         "minGRU forward + backward, float32, I = H:",
         "",
@@ -144,8 +145,8 @@ def main() -> None:
         t = _measure(_numpy_jobs(B, T, H), args.rounds)
         med = {k: 1e3 * statistics.median(v) for k, v in t.items()}
         lines.append(
-            f"| numpy | ({B}, {T}, {H}) | {med['GEMMs alone']:.1f} | {med['minGRU']:.1f} | {_ratio(t, 'minGRU', 'GEMMs alone'):.2f}× "
-            f"| {med['GRU']:.1f} | {_ratio(t, 'GRU', 'minGRU'):.2f}× |"
+            f"| numpy | ({B}, {T}, {H}) | {med['GEMMs alone']:.1f} | {med['minGRU']:.1f} | "
+            f"{_ratio(t, 'minGRU', 'GEMMs alone'):.2f}× | {med['GRU']:.1f} | {_ratio(t, 'GRU', 'minGRU'):.2f}× |"
         )
         print(lines[-1], flush=True)
     if not args.no_jax:

@@ -13,7 +13,7 @@ def _torch():
 def _run(step, params, x, h0, *, num_layers, bidirectional, lengths, gates):
     """A stacked run of ``step(p, suffix, x_all, h, t) -> h'`` in time-major float64 torch tensors."""
     torch = _torch()
-    T, B = x.shape[0], x.shape[1]
+    T = x.shape[0]
     D = 2 if bidirectional else 1
     live = None if lengths is None else torch.as_tensor(np.arange(T)[:, None] < np.asarray(lengths)[None, :])[..., None]
     layer_in, finals = x, []

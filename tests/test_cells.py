@@ -64,7 +64,12 @@ def _call_options(name):
     return {k: v for k, v in CELLS[name][2].items()}
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+JAX_SLOW = pytest.mark.slow_on("jax")  # compiles proving no more on JAX than the other cases: the full run only
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=JAX_SLOW) if n in ("lngru-zoneout-eval", "mingru-sequential") else n for n in CELLS]
+)
 def test_against_pytorch_autograd(backend, name):
     """Outputs and every gradient of a 2-layer bidirectional ragged run, ≤ 1e-10 of autograd's."""
     T, B, I, H, L, D = 6, 3, 3, 4, 2, 2
@@ -93,7 +98,7 @@ def test_against_pytorch_autograd(backend, name):
     assert_close(dh0, ht.grad.numpy(), rtol=1e-10, atol=1e-10, name="dh0")
 
 
-@pytest.mark.parametrize("name", ["lngru", "lngru-zoneout-eval", "mingru", "mingru-log"])
+@pytest.mark.parametrize("name", ["lngru", pytest.param("lngru-zoneout-eval", marks=JAX_SLOW), "mingru", "mingru-log"])
 def test_finite_differences(backend, name):
     """Every gradient against central differences of the forward, float64, bidirectional and ragged."""
     T, B, I, H, L, D = 3, 2, 2, 2, 1, 2
@@ -116,11 +121,28 @@ def test_finite_differences(backend, name):
     assert_close(dh0, numerical_gradient(lambda v: loss(params, x, v), h0), rtol=1e-6, atol=1e-7, name="dh0")
 
 
-@pytest.mark.parametrize("name", ["lngru", "lngru-zoneout-eval", "lngru-zoneout-train", "mingru", "mingru-log"])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_routes_match_the_generic_loop(backend, name, dtype):
+ROUTE_CELLS = ["lngru", "lngru-zoneout-eval", "lngru-zoneout-train", "mingru", "mingru-log"]
+NO_ROUTE = "runs the generic loop itself: no route of its own to compare"
+
+
+@pytest.mark.skip_on(torch=NO_ROUTE, array_api_strict=NO_ROUTE, cupy=NO_ROUTE)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=JAX_SLOW) if n == "lngru-zoneout-eval" else n for n in ROUTE_CELLS])
+def test_routes_match_the_generic_loop(backend, name):
     """The backend's route (NumPy: the cells' numba loops, forced at this small size; JAX: jit and
-    lax.scan) against the generic Python loop: float64 ≤ 1e-12 relative, float32 ≤ 1e-5."""
+    lax.scan) against the generic Python loop, float64, ≤ 1e-12 relative."""
+    _compare_routes(backend, name, "float64")
+
+
+@pytest.mark.parametrize("name", ROUTE_CELLS)
+def test_cpu_routes_in_float32(name):
+    """The cells' numba loops (float32 activations of the numba fuser) within 1e-5 of the generic loop."""
+    import array_api_compat.numpy as xp
+    from conftest import Backend
+
+    _compare_routes(Backend("numpy", "numpy", xp, None, {}), name, "float32")
+
+
+def _compare_routes(backend, name, dtype):
     T, B, I, H, L, D = 7, 3, 3, 4, 2, 2
     params = _host_params(name, I, H, L, D)
     x, h0, d_out, d_hn = _inputs(name, T, B, I, H, L, D)
@@ -130,7 +152,13 @@ def test_routes_match_the_generic_loop(backend, name, dtype):
         with gruxp.config_context(fast_routes=fast, fuser="numba" if fast else "auto"):
             p = {k: backend.asarray(v, dtype) for k, v in params.items()}
             out, h_n, tape = forward(
-                p, backend.asarray(x, dtype), backend.asarray(h0, dtype), num_layers=L, bidirectional=True, lengths=[7, 3, 5], **_call_options(name)
+                p,
+                backend.asarray(x, dtype),
+                backend.asarray(h0, dtype),
+                num_layers=L,
+                bidirectional=True,
+                lengths=[7, 3, 5],
+                **_call_options(name),
             )
             grads, dx, dh0 = F.gru_backward(tape, backend.asarray(d_out, dtype), backend.asarray(d_hn, dtype))
             results.append([to_numpy(a).astype(np.float64) for a in (out, h_n, dx, dh0, *grads.values())])
@@ -279,7 +307,10 @@ def test_jax_program_does_not_grow_with_T(cell):
     sizes = {}
     for T in (16, 100, 1000, 1024):  # 100 and 1000 fill their last block of the scan with identity steps
         x = jnp.ones((T, 2, config.input_size), dtype=jnp.float64)
-        sizes[T] = (_equations(jax.make_jaxpr(loss)(model.params, x).jaxpr), _equations(jax.make_jaxpr(jax.grad(loss))(model.params, x).jaxpr))
+        sizes[T] = (
+            _equations(jax.make_jaxpr(loss)(model.params, x).jaxpr),
+            _equations(jax.make_jaxpr(jax.grad(loss))(model.params, x).jaxpr),
+        )
     assert sizes[16] == sizes[1024] and sizes[100] == sizes[1000], sizes
     assert sizes[16][0] > 20  # the count sees the scans' bodies
 

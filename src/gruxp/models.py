@@ -207,7 +207,9 @@ class Recurrent(Module):
         Unidirectional models only (a reverse direction needs the whole sequence). No dropout.
         """
         if self.structure.bidirectional:
-            raise ValueError(f"step() needs a unidirectional {type(self).__name__}: the reverse direction reads the sequence backwards")
+            raise ValueError(
+                f"step() needs a unidirectional {type(self).__name__}: the reverse direction reads the sequence backwards"
+            )
         if not hasattr(x_t, "ndim") or x_t.ndim not in (1, 2):  # a whole (T, B, I) sequence is not a step
             raise ValueError(
                 f"x_t must have shape (B, {self.input_size}) or ({self.input_size},) (one time step; "
@@ -239,7 +241,11 @@ class Recurrent(Module):
     def __repr__(self) -> str:
         c = self.structure
         defaults = type(c)(c.input_size, c.hidden_size)
-        extras = [f"{name}={value}" for name, value in c._asdict().items() if name not in ("input_size", "hidden_size") and value != getattr(defaults, name)]
+        extras = [
+            f"{name}={value}"
+            for name, value in c._asdict().items()
+            if name not in ("input_size", "hidden_size") and value != getattr(defaults, name)
+        ]
         if self.dropout:
             extras.append(f"dropout={self.dropout}")
         extras += self._repr_extras()
@@ -359,12 +365,16 @@ class LayerNormGRU(Recurrent):
         seed: Any = None,
     ) -> None:
         self.zoneout = check_dropout("zoneout", zoneout)
-        structure = F.LayerNormGRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after)
+        structure = F.LayerNormGRUConfig.checked(
+            input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after
+        )
         self._build(structure, dropout, xp, device, dtype, seed)
 
     def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
         shapes = self._param_shapes()
-        drawn = F.uniform_init({k: v for k, v in shapes.items() if not k.startswith("ln_")}, 1.0 / math.sqrt(self.hidden_size), rng)
+        drawn = F.uniform_init(
+            {k: v for k, v in shapes.items() if not k.startswith("ln_")}, 1.0 / math.sqrt(self.hidden_size), rng
+        )
         return {k: drawn[k] if k in drawn else np.ones(shape) for k, shape in shapes.items()}
 
     def config(self) -> dict[str, Any]:
@@ -430,10 +440,12 @@ class MinGRU(Recurrent):
         return {"parallel": not step}
 
 
-CELLS: dict[str, type[Recurrent]] = {"gru": GRU, "lngru": LayerNormGRU, "mingru": MinGRU}
+CELLS: dict[str, Any] = {"gru": GRU, "lngru": LayerNormGRU, "mingru": MinGRU}
 
 
-def recurrent(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, zoneout: float = 0.0, **options: Any) -> Recurrent:
+def recurrent(
+    cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, zoneout: float = 0.0, **options: Any
+) -> Recurrent:
     """The stacked layer of cell ``"gru"``, ``"lngru"`` or ``"mingru"`` (:data:`CELLS`); ``zoneout`` only
     for lngru; ``options`` as the layer's constructor takes them."""
     if cell not in CELLS:

@@ -37,15 +37,15 @@ from .plan import Rules, cut, numba_for
 __all__ = ["LayerNormGruCpu"]
 
 
-
 @cache
-def _loops(dtype: np.dtype) -> tuple[Any, Any]:
+def _loops(dtype: np.dtype) -> tuple[Any, ...]:
     import numba
 
     from . import numba_kernels as nk
     from .blas import NO_TRANS, ROW_MAJOR, TRANS
 
     lib = blas.library()
+    assert lib is not None  # _fused asked for it
     cblas_gemm, cblas_gemv = lib.gemm[dtype], lib.gemv[dtype]
     jit = dict(nk._JIT)
     f32 = dtype == np.float32
@@ -111,7 +111,14 @@ def _loops(dtype: np.dtype) -> tuple[Any, Any]:
                 for j in range(H3):
                     hat[j] = ln_normalise(row[j], mean, rs)
                 live = active[t, b]
-                ho, ro, zo, no, go, kb = hs[t, b], r[t, b], z[t, b], n[t, b], ghn[t, b], keep[t if use_keep else 0, b if use_keep else 0]
+                ho, ro, zo, no, go, kb = (
+                    hs[t, b],
+                    r[t, b],
+                    z[t, b],
+                    n[t, b],
+                    ghn[t, b],
+                    keep[t if use_keep else 0, b if use_keep else 0],
+                )
                 for j in range(H):
                     g_n = hat[2 * H + j] * gain[2 * H + j] + bias[2 * H + j]
                     h_new, rr, zz, nn = gates_forward(
@@ -132,7 +139,30 @@ def _loops(dtype: np.dtype) -> tuple[Any, Any]:
             h = hs[t, b0:b1]
 
     @numba.njit(nogil=True, **jit)
-    def backward_loop(d_out, active, keep, use_keep, rate, h_prev, r, z, n, ghn, gh_hat, gh_rstd, gain, w, dh, d_gi, sum_dv, sum_d, d_raw, reverse, b0, b1):
+    def backward_loop(
+        d_out,
+        active,
+        keep,
+        use_keep,
+        rate,
+        h_prev,
+        r,
+        z,
+        n,
+        ghn,
+        gh_hat,
+        gh_rstd,
+        gain,
+        w,
+        dh,
+        d_gi,
+        sum_dv,
+        sum_d,
+        d_raw,
+        reverse,
+        b0,
+        b1,
+    ):
         # dh[b0:b1] enters as dL/dh_T and leaves as dL/dh0; d_out is (T, B, H), or (1, B, H) of zeros;
         # sum_dv, sum_d (3H,) collect this piece's Σ d_gh ⊙ ĝh and Σ d_gh (the recurrent gain's and
         # bias's gradients), rows in the order they are processed
@@ -258,7 +288,7 @@ def _active(mask, T: int, B: int) -> np.ndarray:
     return np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
 
 
-def _pieces(T: int, B: int, H: int, directions: int) -> tuple[list, int]:
+def _pieces(T: int, B: int, H: int, directions: int) -> tuple[Any, int]:
     """The batch's pieces, by the GRU plan's rule (from the machine's CPUs: the arithmetic never
     follows the load), and the threads that run them (the usable cores)."""
     machine, rules = this_machine(), Rules()
@@ -266,6 +296,12 @@ def _pieces(T: int, B: int, H: int, directions: int) -> tuple[list, int]:
     if T * B * H * H >= rules.piece_min_work and B >= 2 * rules.piece_min_rows:
         count = max(1, min(machine.cpus // directions, B // rules.piece_min_rows))
     return cut(B, count), max(1, min(machine.usable, get_config()["max_workers"] or machine.usable))
+
+
+def _one_thread() -> None:
+    lib = blas.library()
+    if lib is not None:
+        lib.one_thread()
 
 
 class LayerNormGruCpu:
@@ -279,13 +315,18 @@ class LayerNormGruCpu:
         T, B, H = shape
         lib = blas.library()
         dtype = np.dtype(dtype)
-        return lib is not None and dtype in lib.gemm and dtype in (np.float32, np.float64) and numba_for(T * B * H * H, this_machine())
+        return (
+            lib is not None
+            and dtype in lib.gemm
+            and dtype in (np.float32, np.float64)
+            and numba_for(T * B * H * H, this_machine())
+        )
 
     def layer_forward(self, forward, calls):
         x, h0 = calls[0]["x"], calls[0]["h0"]
         if not self._fused((*x.shape[:2], h0.shape[-1]), x.dtype):
             return GENERIC.layer_forward(forward, calls)
-        blas.library().one_thread()
+        _one_thread()
         jobs = [self._forward_job(call, len(calls)) for call in calls]
         workers.run([task for tasks, _, _ in jobs for task in tasks], jobs[0][2])
         return [result() for _, result, _ in jobs]
@@ -294,7 +335,7 @@ class LayerNormGruCpu:
         hs = calls[0]["tape"].hs
         if not self._fused(hs.shape, hs.dtype):
             return GENERIC.layer_backward(backward, calls)
-        blas.library().one_thread()
+        _one_thread()
         jobs = [self._backward_job(call, len(calls)) for call in calls]
         workers.run([task for tasks, _, _ in jobs for task in tasks], jobs[0][2])
         return [finish() for _, finish, _ in jobs]
@@ -321,7 +362,9 @@ class LayerNormGruCpu:
         tasks = [partial(loop, *args, start, *rest, b0, b1) for b0, b1 in pieces]
         mask = call["mask"]
         tape = (
-            _lngru.LayerNormDirectionTape(x, h0, hs, r, z, n, ghn, gh_hat, gh_rstd, gi_hat, gi_rstd, call["zoneout_mask"], call["zoneout"])
+            _lngru.LayerNormDirectionTape(
+                x, h0, hs, r, z, n, ghn, gh_hat, gh_rstd, gi_hat, gi_rstd, call["zoneout_mask"], call["zoneout"]
+            )
             if record
             else None
         )

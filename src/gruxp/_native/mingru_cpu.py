@@ -91,7 +91,7 @@ def _active(mask, T: int, B: int) -> np.ndarray:
     return np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
 
 
-def _pieces(B: int, work: int) -> tuple[list, int]:
+def _pieces(B: int, work: int) -> tuple[Any, int]:
     """Row pieces and threads for a layer: one piece per usable core, when the work is worth it."""
     threads = 1 if work < _PIECE_WORK else max(1, min(B, this_machine().usable, get_config()["max_workers"] or B))
     return cut(B, threads), threads
@@ -106,7 +106,11 @@ class MinGruCpu:
     @staticmethod
     def _fused(call: dict, shape: tuple, dtype) -> bool:
         T, B, H = shape
-        return not call.get("log_space", False) and np.dtype(dtype) in (np.float32, np.float64) and numba_for(T * B * H * H, this_machine())
+        return (
+            not call.get("log_space", False)
+            and np.dtype(dtype) in (np.float32, np.float64)
+            and numba_for(T * B * H * H, this_machine())
+        )
 
     def layer_forward(self, forward, calls):
         x, h0 = calls[0]["x"], calls[0]["h0"]
@@ -156,7 +160,9 @@ class MinGruCpu:
         v = tape.v  # a view of the projections (rows of 2H, the candidate's half): read in place
         start = np.ascontiguousarray(h0)
         pieces, threads = _pieces(B, T * B * H)
-        workers.run([partial(backward_rows, z, v, hs, start, d, active, carry, d_proj, reverse, b0, b1) for b0, b1 in pieces], threads)
+        workers.run(
+            [partial(backward_rows, z, v, hs, start, d, active, carry, d_proj, reverse, b0, b1) for b0, b1 in pieces], threads
+        )
         d2 = np.reshape(d_proj, (T * B, 2 * H))
         grads = {"weight_ih": self.route.matmul(d2.T, np.reshape(x, (T * B, I)))}
         if call["bias"]:

@@ -267,7 +267,8 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
         f"vocabulary {len(text.vocab)}"
     )
     print(
-        f"model: embedding {opts['embed']} → {type(model.layers['gru']).__name__} {opts['layers']}×{opts['hidden']} → linear, {n_params:,} parameters, "
+        f"model: embedding {opts['embed']} → {type(model.layers['gru']).__name__} {opts['layers']}×{opts['hidden']} → linear, "
+        f"{n_params:,} parameters, "
         f"{opts['backend']} {opts['dtype']}; batch {B} × window {T}, AdamW lr {opts['lr']}"
     )
     print(f"unigram baseline: {baseline:.3f} bits/char on the validation text")

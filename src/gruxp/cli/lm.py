@@ -33,7 +33,17 @@ def build_model(
 ) -> gruxp.Sequential:
     """The model; its recurrent layer (of ``cell``) is named ``gru`` whatever the cell, as checkpoints know it."""
     place = dict(xp=xp, device=device, dtype=dtype)
-    rnn = recurrent(cell, embed, hidden, layers, zoneout=zoneout, batch_first=True, dropout=dropout if layers > 1 else 0.0, seed=seed + 1, **place)
+    rnn = recurrent(
+        cell,
+        embed,
+        hidden,
+        layers,
+        zoneout=zoneout,
+        batch_first=True,
+        dropout=dropout if layers > 1 else 0.0,
+        seed=seed + 1,
+        **place,
+    )
     return gruxp.Sequential(
         embed=gruxp.Embedding(vocab_size, embed, seed=seed, **place),
         gru=rnn,

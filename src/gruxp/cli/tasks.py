@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 import gruxp
-from gruxp.models import recurrent
 from gruxp import losses
+from gruxp.models import recurrent
 
 
 class Task(NamedTuple):

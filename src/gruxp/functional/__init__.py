@@ -25,6 +25,8 @@ from ._cell import (
     step_forward,
     tanh_grad,
 )
+from ._lngru import LayerNormDirectionTape, LayerNormGRUConfig, layer_norm, layer_norm_backward, lngru, lngru_forward
+from ._mingru import MinGRUConfig, MinGRUDirectionTape, linear_scan, log_linear_scan, mingru, mingru_forward
 from ._params import (
     cell_param_shapes,
     gru_param_shapes,
@@ -32,9 +34,18 @@ from ._params import (
     init_params,
     uniform_init,
 )
-from ._lngru import LayerNormDirectionTape, LayerNormGRUConfig, layer_norm, layer_norm_backward, lngru, lngru_forward
-from ._mingru import MinGRUConfig, MinGRUDirectionTape, linear_scan, log_linear_scan, mingru, mingru_forward
-from ._sequence import Cell, DirectionTape, GRUConfig, GRUTape, backward_stack, gru, gru_backward, gru_forward, infer_stack, run_stack
+from ._sequence import (
+    Cell,
+    DirectionTape,
+    GRUConfig,
+    GRUTape,
+    backward_stack,
+    gru,
+    gru_backward,
+    gru_forward,
+    infer_stack,
+    run_stack,
+)
 
 __all__ = [
     "Cell",

@@ -116,7 +116,9 @@ class LayerNormGRUConfig(GRUConfig):
         return LNGRU_CELL
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes = gru_param_shapes(self.input_size, self.hidden_size, self.num_layers, bias=self.bias, bidirectional=self.bidirectional)
+        shapes = gru_param_shapes(
+            self.input_size, self.hidden_size, self.num_layers, bias=self.bias, bidirectional=self.bidirectional
+        )
         H = self.hidden_size
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
@@ -179,7 +181,9 @@ def lngru_direction_forward(x, h0, p, *, mask, reverse, record, xp, zoneout=0.0,
         if b_hh is not None:
             gh = gh + b_hh
         gh_n = gh[:, 2 * H :]
-        h_new, r, z, n = gates_forward(gi_t[:, :H], gi_t[:, H : 2 * H], gi_t[:, 2 * H :], gh[:, :H], gh[:, H : 2 * H], gh_n, h, sigmoid, tanh)
+        h_new, r, z, n = gates_forward(
+            gi_t[:, :H], gi_t[:, H : 2 * H], gi_t[:, 2 * H :], gh[:, :H], gh[:, H : 2 * H], gh_n, h, sigmoid, tanh
+        )
         keep = zoneout if keep_t is None else keep_t
         if keep_t is not None or zoneout:
             h_new = zoneout_blend(keep, h_new, h)
@@ -191,7 +195,8 @@ def lngru_direction_forward(x, h0, p, *, mask, reverse, record, xp, zoneout=0.0,
     out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
     if not record:
         return out, h, None
-    return out, h, LayerNormDirectionTape(x, h0, *ys, gi_hat, gi_rstd, zoneout_mask, zoneout)
+    hs, r, z, n, gh_n, gh_hat, gh_rstd = ys
+    return out, h, LayerNormDirectionTape(x, h0, hs, r, z, n, gh_n, gh_hat, gh_rstd, gi_hat, gi_rstd, zoneout_mask, zoneout)
 
 
 def _sum_rows(a: Array, *, xp: Any) -> Any:
@@ -236,7 +241,9 @@ def _gain_and_bias_grads(d: Array, v_hat: Array, *, xp: Any) -> tuple[Any, Any]:
     return _sum_rows(d * v_hat, xp=xp), _sum_rows(d, xp=xp)
 
 
-def finish_backward(d_gi, d_gh, d_raw, h_prev, tape, p, *, bias, need_dx, xp, matmul=_product, norm_backward=None, sums=None, gh_sums=None):
+def finish_backward(
+    d_gi, d_gh, d_raw, h_prev, tape, p, *, bias, need_dx, xp, matmul=_product, norm_backward=None, sums=None, gh_sums=None
+):
     """The work after the time loop, from the per-step gradients of gi (after the norm), of gh (after
     it) and of W_hh h (before it), all (T, B, 3H): ``(grads with short names, dx or None)``.
     ``norm_backward(d, v_hat, rstd, gain)`` is :func:`layer_norm_backward` by default; ``sums(d, v̂)``
@@ -246,7 +253,9 @@ def finish_backward(d_gi, d_gh, d_raw, h_prev, tape, p, *, bias, need_dx, xp, ma
     T, B, I = x.shape
     H = h_prev.shape[-1]
     rows = T * B
-    d_gi_raw = xp.reshape((norm_backward or partial(layer_norm_backward, xp=xp))(d_gi, tape.gi_hat, tape.gi_rstd, p["ln_weight_ih"]), (rows, 3 * H))
+    d_gi_raw = xp.reshape(
+        (norm_backward or partial(layer_norm_backward, xp=xp))(d_gi, tape.gi_hat, tape.gi_rstd, p["ln_weight_ih"]), (rows, 3 * H)
+    )
     sums = sums or partial(_gain_and_bias_grads, xp=xp)
     (g_ih, b_ih), (g_hh, b_hh) = sums(d_gi, tape.gi_hat), gh_sums or sums(d_gh, tape.gh_hat)
     grads = {
@@ -275,7 +284,10 @@ def _draws(config: LayerNormGRUConfig, shape: tuple, options: Mapping[str, Any],
 
 def _forward_options(config: LayerNormGRUConfig, layer: int, direction: int, draws: Any) -> dict[str, Any]:
     rate, masks = draws
-    return {"zoneout": float(rate), "zoneout_mask": None if masks is None else masks[layer * config.num_directions + direction, ...]}
+    return {
+        "zoneout": float(rate),
+        "zoneout_mask": None if masks is None else masks[layer * config.num_directions + direction, ...],
+    }
 
 
 def _backward_options(config: LayerNormGRUConfig) -> dict[str, Any]:

@@ -224,7 +224,8 @@ def _sequential(a: Array, b: Array, h0: Array, *, xp: Any, loop: Any) -> tuple[A
     """The same recurrence one step at a time (the oracle of the scans, and :meth:`MinGRU.step`)."""
 
     def step(h, inputs):
-        h = linear_step(*inputs, h)
+        a_t, b_t = inputs
+        h = linear_step(a_t, b_t, h)
         return h, (h,)
 
     h_T, (hs,) = loop(step, h0, (a, b), length=a.shape[0], reverse=False, xp=xp)
@@ -290,7 +291,9 @@ def mingru_direction_forward(x, h0, p, *, mask, reverse, record, xp, log_space=F
     return out, h_T, MinGRUDirectionTape(x, h0, hs, _flip(z, reverse, xp=xp), _flip(v, reverse, xp=xp))
 
 
-def mingru_direction_backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, log_space=False, parallel=True, loop=python_loop):
+def mingru_direction_backward(
+    tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, log_space=False, parallel=True, loop=python_loop
+):
     """One direction's backward, the adjoint recurrence by the same scan: ``((grads, dx or None), dh0)``."""
     x, h0 = tape.x, tape.h0
     T, B, I = x.shape
@@ -372,7 +375,9 @@ def mingru(
 ) -> tuple[Array, Array]:
     """Inference ``(out, h_n)`` of a stacked minGRU; shapes, ``lengths`` and ``dropout`` as :func:`gru`.
     ``parallel=False`` runs the recurrence one step at a time (the same results)."""
-    config = _mingru_config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, log_space=log_space)
+    config = _mingru_config(
+        params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, log_space=log_space
+    )
     options = {"parallel": check_bool("parallel", parallel)}
     return infer_stack(params, x, h0, lengths, config, xp=xp, dropout=dropout, rng=rng, options=options)
 
@@ -394,6 +399,8 @@ def mingru_forward(
     xp: Any = None,
 ) -> tuple[Array, Array, GRUTape]:
     """Like :func:`mingru`, and also the tape for :func:`gru_backward` (which takes every cell's)."""
-    config = _mingru_config(params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, log_space=log_space)
+    config = _mingru_config(
+        params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, log_space=log_space
+    )
     options = {"parallel": check_bool("parallel", parallel)}
     return run_stack(params, x, h0, lengths, config, record=True, xp=xp, dropout=dropout, rng=rng, options=options)

@@ -406,6 +406,7 @@ def infer_stack(params, x, h0, lengths, config, *, xp, dropout=0.0, rng=None, op
     namespace = namespace_of(next(iter(params.values())), what="params")
     differentiable = route_for(namespace).differentiable(namespace)
     if differentiable is not None:  # JAX: jax.grad through this call uses gruxp's backward
+
         def run(p, x, h0, *, record):
             return run_stack(p, x, h0, lengths, config, record=record, xp=xp, dropout=dropout, rng=rng, options=options)
 
@@ -456,7 +457,9 @@ def gru_backward(
 def backward_stack(tape: GRUTape, d_out: Array = None, d_hn: Array = None, *, input_grad: bool = True) -> tuple:
     """Any cell's backward through its stack: ``(grads, dx, dh0)`` (see :func:`gru_backward`)."""
     if not isinstance(tape, GRUTape):
-        raise TypeError(f"tape must be the GRUTape returned by a forward with record (gru_forward, ...); got {type(tape).__name__}")
+        raise TypeError(
+            f"tape must be the GRUTape returned by a forward with record (gru_forward, ...); got {type(tape).__name__}"
+        )
     params, config = tape.params, tape.config
     cell: Cell = config.cell
     ref = next(iter(params.values()))
