@@ -328,3 +328,45 @@ def test_bad_structures_and_inputs_name_what_is_wrong():
         gruxp.models.recurrent("mingru", 2, 3, zoneout=0.1)
     with pytest.raises(ValueError, match=r"params\['weight_ih_l0'\] must have shape \(2H, I\)"):
         F.mingru({"weight_ih_l0": np.zeros((3, 2))}, np.zeros((2, 1, 2)))
+
+
+@pytest.mark.parametrize("cell", ["lngru", "mingru"])
+def test_trained_in_a_sequential_then_saved_and_rebuilt(tmp_path, cell):
+    """Trainer steps a Sequential holding the cell; a checkpoint and a safetensors file rebuild it
+    (the cell recorded with its options) with the same outputs, bit for bit."""
+    from gruxp import checkpoint, interop, losses, optim
+
+    options = {"zoneout": 0.2} if cell == "lngru" else {"log_space": True}
+    rnn = gruxp.LayerNormGRU if cell == "lngru" else gruxp.MinGRU
+    model = gruxp.Sequential(
+        embed=gruxp.Embedding(12, 6, seed=0),
+        gru=rnn(6, 8, num_layers=2, batch_first=True, seed=1, **options),
+        head=gruxp.Linear(8, 12, seed=2),
+    )
+    rng = np.random.default_rng(0)
+    trainer = gruxp.Trainer(model, losses.cross_entropy, optim.Adam(lr=1e-2))
+    before = {k: np.array(v) for k, v in model.params.items()}
+    ids = rng.integers(0, 12, size=(4, 10))
+    losses_seen = [trainer.train_step(gruxp.Batch(ids, ids))["loss"] for _ in range(5)]
+    assert losses_seen[-1] < losses_seen[0]
+    assert all(not np.array_equal(before[k], model.params[k]) for k in model.params)
+    checkpoint.save(tmp_path / "ckpt.npz", model)
+    rebuilt = checkpoint.build_model(checkpoint.load(tmp_path / "ckpt.npz"))
+    assert type(rebuilt.layers["gru"]) is rnn and rebuilt.layers["gru"].config() == model.layers["gru"].config()
+    model.eval(), rebuilt.eval()
+    assert np.array_equal(rebuilt(ids)[0], model(ids)[0])
+    pytest.importorskip("safetensors")
+    interop.save_safetensors(model.layers["gru"], tmp_path / "rnn.safetensors")
+    alone = rnn(6, 8, num_layers=2, batch_first=True, seed=5, **options)
+    alone.load_state_dict(interop.load_safetensors(tmp_path / "rnn.safetensors"))
+    assert all(np.array_equal(alone.params[k], model.layers["gru"].params[k]) for k in alone.params)
+
+
+def test_onnx_export_refuses_the_new_cells_by_name(tmp_path):
+    pytest.importorskip("onnx")
+    for model, cell in ((gruxp.LayerNormGRU(2, 3, seed=0), "lngru"), (gruxp.MinGRU(2, 3, seed=0), "mingru")):
+        with pytest.raises(ValueError, match=f"{type(model).__name__} .*cell '{cell}'.* has no ONNX export"):
+            gruxp.onnx.export(model, tmp_path / "m.onnx")
+        seq = gruxp.Sequential(rnn=model, head=gruxp.Linear(3, 2, seed=1))
+        with pytest.raises(ValueError, match=f"cell '{cell}'"):
+            gruxp.onnx.export(seq, tmp_path / "s.onnx")

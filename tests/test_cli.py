@@ -635,3 +635,25 @@ def test_a_one_character_corpus_is_too_short_not_empty(tmp_path):
     (tmp_path / "one.txt").write_text("a")
     proc = gruxp_cmd("train", "--data", "one.txt", "--steps", 1, *TINY, "--out", "run", cwd=tmp_path, check=False)
     assert_one_line_error(proc, "holds only 1 character(s): too short to train on")
+
+
+@pytest.mark.parametrize("cell", ["lngru", "mingru"])
+def test_train_another_cell_then_resume_and_sample(tmp_path, cell):
+    """--cell trains that cell; the checkpoint records it, so resume and sample rebuild it."""
+    (tmp_path / "code.py").write_text(TEXT)
+    extra = ["--zoneout", "0.1"] if cell == "lngru" else []
+    out = gruxp_cmd("train", "--data", "code.py", "--cell", cell, *extra, *TINY, "--steps", "3", "--out", "run", cwd=tmp_path)
+    name = {"lngru": "LayerNormGRU", "mingru": "MinGRU"}[cell]
+    assert f"→ {name} 1×8 → linear" in out.stdout
+    gruxp_cmd("train", "--data", "code.py", "--steps", "4", "--out", "run", "--resume", cwd=tmp_path)
+    ckpt = gruxp.checkpoint.load(tmp_path / "run" / "checkpoint.npz")
+    assert ckpt.meta["step"] == 4 and ckpt.meta["extra"]["options"]["cell"] == cell
+    assert type(gruxp.checkpoint.build_model(ckpt).layers["gru"]).__name__ == name
+    gruxp_cmd("sample", "run/checkpoint.npz", "--length", "20", cwd=tmp_path)
+    clash = gruxp_cmd("train", "--data", "code.py", "--cell", "gru", "--steps", "5", "--out", "run", "--resume", cwd=tmp_path, check=False)
+    assert_one_line_error(clash, "--cell gru differs from the checkpoint's", cell)
+
+
+def test_zoneout_needs_the_lngru_cell(tmp_path):
+    proc = gruxp_cmd("train", "--cell", "mingru", "--zoneout", "0.1", "--out", "run", cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "--zoneout is an option of --cell lngru")
