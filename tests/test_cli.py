@@ -650,7 +650,9 @@ def test_train_another_cell_then_resume_and_sample(tmp_path, cell):
     assert ckpt.meta["step"] == 4 and ckpt.meta["extra"]["options"]["cell"] == cell
     assert type(gruxp.checkpoint.build_model(ckpt).layers["gru"]).__name__ == name
     gruxp_cmd("sample", "run/checkpoint.npz", "--length", "20", cwd=tmp_path)
-    clash = gruxp_cmd("train", "--data", "code.py", "--cell", "gru", "--steps", "5", "--out", "run", "--resume", cwd=tmp_path, check=False)
+    clash = gruxp_cmd(
+        "train", "--data", "code.py", "--cell", "gru", "--steps", "5", "--out", "run", "--resume", cwd=tmp_path, check=False
+    )
     assert_one_line_error(clash, "--cell gru differs from the checkpoint's", cell)
 
 

@@ -98,7 +98,7 @@ def _numpy_backward_step(gz, prod, active_prev, carry, d_out, active, h_prev, r,
 numpy_fuser = Fuser("numpy", _numpy_forward_step, _numpy_backward_step)
 
 
-def _active(mask, T: int, B: int) -> np.ndarray:
+def active_steps(mask, T: int, B: int) -> np.ndarray:
     """(T, B) bool: whether each sequence is still running at each step."""
     return np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
 
@@ -270,7 +270,7 @@ class Executor:
         # transposed view; the compiled loop needs it); on NumPy's by the view, as the generic code
         # multiplies (the copy would change the bits at some shapes). W hᵀ takes W itself.
         w = np.ascontiguousarray(w_hh) if plan.transposed else transposed(w_hh) if plan.blas == "gruxp" else w_hh.T
-        active = _active(call["mask"], T, B)
+        active = active_steps(call["mask"], T, B)
         h = np.ascontiguousarray(h0)
         tape = (hs, r, z, n, ghn)
         tasks = [
@@ -338,7 +338,7 @@ class Executor:
             d_out = np.zeros((1, B, H), dtype)
         elif d_source is not None:
             d_out = _scratch(("d_out", d), d_out.shape, dtype)
-        active = _active(call["mask"], T, B)
+        active = active_steps(call["mask"], T, B)
         first_active = np.ones((B,), bool)
         loop = self._loops(plan)[1]
         r, z, n, gh_n = (np.ascontiguousarray(a) for a in (tape.r, tape.z, tape.n, tape.gh_n))

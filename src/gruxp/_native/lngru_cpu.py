@@ -30,9 +30,10 @@ from ..functional import _cell, _lngru
 from ..functional._routes import GENERIC
 from ..functional._sequence import previous_states
 from . import blas, workers
+from .cpu import active_steps as _active
 from .loops import transposed
 from .machine import this_machine
-from .plan import Rules, cut, numba_for
+from .plan import cell_pieces, cut, numba_for
 
 __all__ = ["LayerNormGruCpu"]
 
@@ -284,18 +285,8 @@ def _norm_backward(d, v_hat, rstd, gain, *, threads: int):
     return np.reshape(dv, shape)
 
 
-def _active(mask, T: int, B: int) -> np.ndarray:
-    return np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
-
-
-def _pieces(T: int, B: int, H: int, directions: int) -> tuple[Any, int]:
-    """The batch's pieces, by the GRU plan's rule (from the machine's CPUs: the arithmetic never
-    follows the load), and the threads that run them (the usable cores)."""
-    machine, rules = this_machine(), Rules()
-    count = 1
-    if T * B * H * H >= rules.piece_min_work and B >= 2 * rules.piece_min_rows:
-        count = max(1, min(machine.cpus // directions, B // rules.piece_min_rows))
-    return cut(B, count), max(1, min(machine.usable, get_config()["max_workers"] or machine.usable))
+def _pieces(T: int, B: int, H: int, directions: int) -> tuple[list, int]:
+    return cell_pieces(T, B, H, directions, this_machine(), get_config()["max_workers"])
 
 
 def _one_thread() -> None:

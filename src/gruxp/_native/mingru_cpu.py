@@ -26,13 +26,12 @@ from .._config import get_config
 from ..functional import _mingru
 from ..functional._routes import GENERIC
 from . import workers
+from .cpu import _scratch
+from .cpu import active_steps as _active
 from .machine import this_machine
-from .plan import cut, numba_for
+from .plan import cell_pieces, numba_for
 
 __all__ = ["MinGruCpu"]
-
-# below this many elements per direction a layer is not worth a second thread
-_PIECE_WORK = 1 << 16
 
 
 @cache
@@ -50,8 +49,10 @@ def _kernels(dtype: np.dtype) -> tuple[Any, Any]:
     masked, select = nk._masked_state, nk.select
 
     @numba.njit(nogil=True, **jit)
-    def forward_rows(proj, h0, active, hs, z_out, reverse, b0, b1):
+    def forward_rows(proj, bias, h0, active, hs, z_out, reverse, b0, b1):
+        # proj (T, B, 2H) without the bias: its candidate half gets it here, in place (the tape's v)
         T, H = proj.shape[0], h0.shape[1]
+        b_k, b_v = bias[:H], bias[H:]
         for b in range(b0, b1):
             h = h0[b]
             for s in range(T):
@@ -59,15 +60,18 @@ def _kernels(dtype: np.dtype) -> tuple[Any, Any]:
                 k, v, zo, ho = proj[t, b, :H], proj[t, b, H:], z_out[t, b], hs[t, b]
                 live = active[t, b]
                 for j in range(H):
-                    a, bb, z = gates(k[j], v[j], sigmoid)
+                    v[j] += b_v[j]
+                    a, bb, z = gates(k[j] + b_k[j], v[j], sigmoid)
                     zo[j] = z
                     ho[j] = masked(live, step(a, bb, h[j]), h[j], select)
                 h = ho
 
     @numba.njit(nogil=True, **jit)
-    def backward_rows(z, v, hs, h0, d_out, active, carry, d_proj, reverse, b0, b1):
-        # carry[b] enters as dL/dh_T and leaves as dL/dh0; d_out is (T, B, H), or (1, B, H) of zeros
+    def backward_rows(z, v, hs, h0, d_out, active, carry, d_proj, sums, reverse, b0, b1):
+        # carry[b] enters as dL/dh_T and leaves as dL/dh0; d_out is (T, B, H), or (1, B, H) of zeros;
+        # sums (2H,) collects this piece's Σ d_proj (the bias's gradient), rows in processing order
         T, H = z.shape[0], h0.shape[1]
+        sums[:] = zero
         for b in range(b0, b1):
             c = carry[b]  # a_{t+1} λ_{t+1}: what the later steps send back to h_t
             for s in range(T):
@@ -82,19 +86,15 @@ def _kernels(dtype: np.dtype) -> tuple[Any, Any]:
                     g_k, g_v = gates_backward(lam, hp[j], zb[j], vb[j])
                     dk[j] = masked(live, g_k, zero, select)
                     dv[j] = masked(live, g_v, zero, select)
+                    sums[j] += dk[j]
+                    sums[H + j] += dv[j]
                     c[j] = masked(live, step(1.0 - zb[j], zero, lam), lam, select)
 
     return forward_rows, backward_rows
 
 
-def _active(mask, T: int, B: int) -> np.ndarray:
-    return np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
-
-
-def _pieces(B: int, work: int) -> tuple[Any, int]:
-    """Row pieces and threads for a layer: one piece per usable core, when the work is worth it."""
-    threads = 1 if work < _PIECE_WORK else max(1, min(B, this_machine().usable, get_config()["max_workers"] or B))
-    return cut(B, threads), threads
+def _pieces(T: int, B: int, H: int, directions: int) -> tuple[list, int]:
+    return cell_pieces(T, B, H, directions, this_machine(), get_config()["max_workers"])
 
 
 class MinGruCpu:
@@ -129,16 +129,14 @@ class MinGruCpu:
         T, B, I = x.shape
         w = p["weight_ih"]
         H = w.shape[0] // 2
-        proj = self.route.matmul(np.reshape(x, (T * B, I)), w.T)
-        if "bias_ih" in p:
-            proj += p["bias_ih"]  # proj is this call's own array
-        proj = np.reshape(proj, (T, B, 2 * H))
+        proj = np.reshape(self.route.matmul(np.reshape(x, (T * B, I)), w.T), (T, B, 2 * H))  # this call's own array
+        bias = np.ascontiguousarray(p["bias_ih"]) if "bias_ih" in p else np.zeros((2 * H,), x.dtype)
         hs, z = np.empty((T, B, H), x.dtype), np.empty((T, B, H), x.dtype)
         start = np.ascontiguousarray(h0)
         active = _active(call["mask"], T, B)
         forward_rows = _kernels(np.dtype(x.dtype))[0]
-        pieces, threads = _pieces(B, T * B * H)
-        workers.run([partial(forward_rows, proj, start, active, hs, z, reverse, b0, b1) for b0, b1 in pieces], threads)
+        pieces, threads = _pieces(T, B, H, 1)
+        workers.run([partial(forward_rows, proj, bias, start, active, hs, z, reverse, b0, b1) for b0, b1 in pieces], threads)
         mask = call["mask"]
         out = hs if mask is None else np.where(mask, hs, np.zeros((), hs.dtype))
         h_T = hs[0 if reverse else T - 1]
@@ -153,19 +151,19 @@ class MinGruCpu:
         dtype = x.dtype
         d = np.zeros((1, B, H), dtype) if d_out is None else np.ascontiguousarray(d_out)
         carry = np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
-        d_proj = np.empty((T, B, 2 * H), dtype)
+        d_proj = _scratch(("mingru d_proj", reverse), (T, B, 2 * H), dtype)  # read only by this call's products
         active = _active(call["mask"], T, B)
         backward_rows = _kernels(np.dtype(dtype))[1]
         z, hs = np.ascontiguousarray(tape.z), np.ascontiguousarray(tape.hs)
         v = tape.v  # a view of the projections (rows of 2H, the candidate's half): read in place
         start = np.ascontiguousarray(h0)
-        pieces, threads = _pieces(B, T * B * H)
-        workers.run(
-            [partial(backward_rows, z, v, hs, start, d, active, carry, d_proj, reverse, b0, b1) for b0, b1 in pieces], threads
-        )
+        pieces, threads = _pieces(T, B, H, 1)
+        sums = np.empty((len(pieces), 2 * H), dtype)
+        args = (z, v, hs, start, d, active, carry, d_proj)
+        workers.run([partial(backward_rows, *args, sums[k], reverse, b0, b1) for k, (b0, b1) in enumerate(pieces)], threads)
         d2 = np.reshape(d_proj, (T * B, 2 * H))
         grads = {"weight_ih": self.route.matmul(d2.T, np.reshape(x, (T * B, I)))}
         if call["bias"]:
-            grads["bias_ih"] = np.sum(d2, axis=0)
+            grads["bias_ih"] = sums[0] if len(pieces) == 1 else np.sum(sums, axis=0)
         dx = np.reshape(self.route.matmul(d2, p["weight_ih"]), (T, B, I)) if call["need_dx"] else None
         return (grads, dx), carry

@@ -309,3 +309,15 @@ def numba_for(work: int, machine: Machine) -> bool:
     if fuser == "numba" and not machine.numba:
         raise ValueError("fuser='numba' was asked for, but numba is not installed (pip install numba, or gruxp's fast extra)")
     return fuser == "numba" or (fuser == "auto" and machine.numba and work >= Rules().numba_min_work)
+
+
+def cell_pieces(
+    steps: int, batch: int, hidden: int, directions: int, machine: Machine, max_workers: int | None
+) -> tuple[list, int]:
+    """The rows' pieces of a cell's own CPU loop, by :func:`plan`'s rule for the GRU's (from the
+    machine's CPUs, never its load), and the threads that run them (the usable cores)."""
+    rules = Rules()
+    count = 1
+    if steps * batch * hidden * hidden >= rules.piece_min_work and batch >= 2 * rules.piece_min_rows:
+        count = max(1, min(machine.cpus // directions, batch // rules.piece_min_rows))
+    return cut(batch, count), max(1, min(machine.usable, max_workers or machine.usable))
