@@ -285,7 +285,7 @@ def _norm_backward(d, v_hat, rstd, gain, *, threads: int):
     return np.reshape(dv, shape)
 
 
-def _pieces(T: int, B: int, H: int, directions: int) -> tuple[list, int]:
+def _pieces(T: int, B: int, H: int, directions: int) -> tuple[tuple, int]:
     return cell_pieces(T, B, H, directions, this_machine(), get_config()["max_workers"])
 
 

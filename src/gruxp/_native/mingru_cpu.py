@@ -93,7 +93,7 @@ def _kernels(dtype: np.dtype) -> tuple[Any, Any]:
     return forward_rows, backward_rows
 
 
-def _pieces(T: int, B: int, H: int, directions: int) -> tuple[list, int]:
+def _pieces(T: int, B: int, H: int, directions: int) -> tuple[tuple, int]:
     return cell_pieces(T, B, H, directions, this_machine(), get_config()["max_workers"])
 
 

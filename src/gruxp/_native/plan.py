@@ -313,7 +313,7 @@ def numba_for(work: int, machine: Machine) -> bool:
 
 def cell_pieces(
     steps: int, batch: int, hidden: int, directions: int, machine: Machine, max_workers: int | None
-) -> tuple[list, int]:
+) -> tuple[tuple, int]:
     """The rows' pieces of a cell's own CPU loop, by :func:`plan`'s rule for the GRU's (from the
     machine's CPUs, never its load), and the threads that run them (the usable cores)."""
     rules = Rules()

@@ -168,59 +168,78 @@ def _unblocks(a: Array, T: int, *, xp: Any) -> Any:
     return xp.reshape(xp.permute_dims(a, (1, 0, 2, 3)), (n * C, *a.shape[2:]))[:T, ...]
 
 
-def linear_scan(a: Array, b: Array, h0: Array, *, xp: Any, loop: Any = python_loop) -> tuple[Any, Any]:
-    """``(hs, h_T)`` of h_t = a_t ⊙ h_{t−1} + b_t over axis 0 of a, b (T, B, H) from h0 (B, H),
-    in two levels of about √T steps each (see the module docstring); ``loop`` runs each level."""
+def _two_level(a, b, h0, *, step, combine, fill, start, reverse, xp, loop):
+    """``(hs, h_T)`` of h ← step(a_t, b_t, h) over axis 0 (from the end with ``reverse``), in two
+    levels of about √T steps: every block at once from ``start`` (the identity), keeping each step's
+    product of a's (``combine``); then the state each block starts from; then one update. Blocks are
+    filled out with identity steps (``fill``), which leave the state as it is."""
     T = a.shape[0]
     C = _block(T)
-    blocks_a, blocks_b = _blocks(a, 1.0, C, xp=xp), _blocks(b, 0.0, C, xp=xp)
+    blocks_a, blocks_b = _blocks(a, fill[0], C, xp=xp), _blocks(b, fill[1], C, xp=xp)
 
-    def within(carry, inputs):  # every block at once, from a zero state: (Π a, local state)
+    def within(carry, inputs):  # step c of every block at once
         prod, h = carry
         a_c, b_c = inputs
-        prod, h = a_c * prod, linear_step(a_c, b_c, h)
+        prod, h = combine(a_c, prod), step(a_c, b_c, h)
         return (prod, h), (prod, h)
 
-    ones, zeros = xp.ones_like(blocks_a[0, ...]), xp.zeros_like(blocks_b[0, ...])
-    _, (prods, local) = loop(within, (ones, zeros), (blocks_a, blocks_b), length=C, reverse=False, xp=xp)
+    _, (prods, local) = loop(within, start(blocks_a[0, ...]), (blocks_a, blocks_b), length=C, reverse=reverse, xp=xp)
+    edge = 0 if reverse else C - 1  # each block's last step processed: its whole product and local state
 
     def across(h, inputs):  # the state each block starts from
         prod, h_local = inputs
-        return linear_step(prod, h_local, h), (h,)
+        return step(prod, h_local, h), (h,)
 
-    h_T, (starts,) = loop(across, h0, (prods[C - 1, ...], local[C - 1, ...]), length=prods.shape[1], reverse=False, xp=xp)
-    return _unblocks(linear_step(prods, local, xp.expand_dims(starts, axis=0)), T, xp=xp), h_T
+    h_T, (starts,) = loop(across, h0, (prods[edge, ...], local[edge, ...]), length=prods.shape[1], reverse=reverse, xp=xp)
+    return _unblocks(step(prods, local, xp.expand_dims(starts, axis=0)), T, xp=xp), h_T
 
 
-def log_linear_scan(log_a: Array, log_b: Array, log_h0: Array, *, xp: Any, loop: Any = python_loop) -> tuple[Any, Any]:
-    """:func:`linear_scan` on logarithms (positive b and h0): ``(log hs, log h_T)``, each block's sums by
-    ``logaddexp`` (log h' = logaddexp(log a + log h, log b))."""
-    T = log_a.shape[0]
-    C = _block(T)
-    blocks_a, blocks_b = _blocks(log_a, 0.0, C, xp=xp), _blocks(log_b, -math.inf, C, xp=xp)
+def _product(a: Any, prod: Any) -> Any:
+    return a * prod
+
+
+def linear_scan(a: Array, b: Array, h0: Array, *, reverse: bool = False, xp: Any, loop: Any = python_loop) -> tuple[Any, Any]:
+    """``(hs, h_T)`` of h_t = a_t ⊙ h_{t−1} + b_t over axis 0 of a, b (T, B, H) from h0 (B, H) (with
+    ``reverse``, h_t = a_t ⊙ h_{t+1} + b_t from the end), in two levels of about √T steps each (see
+    the module docstring); ``loop`` runs each level."""
+    return _two_level(
+        a,
+        b,
+        h0,
+        step=linear_step,
+        combine=_product,
+        fill=(1.0, 0.0),
+        start=lambda a0: (xp.ones_like(a0), xp.zeros_like(a0)),
+        reverse=reverse,
+        xp=xp,
+        loop=loop,
+    )
+
+
+def log_linear_scan(
+    log_a: Array, log_b: Array, log_h0: Array, *, reverse: bool = False, xp: Any, loop: Any = python_loop
+) -> tuple[Any, Any]:
+    """:func:`linear_scan` on logarithms (positive b and h0): ``(log hs, log h_T)``, each step
+    log h' = logaddexp(log a + log h, log b), so every block's sums are carried by ``logaddexp``."""
 
     def step(la, lb, lh):
         return xp.logaddexp(la + lh, lb)
 
-    def within(carry, inputs):
-        lprod, lh = carry
-        la, lb = inputs
-        lprod, lh = la + lprod, step(la, lb, lh)
-        return (lprod, lh), (lprod, lh)
-
-    zeros = xp.zeros_like(blocks_a[0, ...])
-    start = (zeros, xp.full_like(blocks_b[0, ...], -math.inf))
-    _, (lprods, local) = loop(within, start, (blocks_a, blocks_b), length=C, reverse=False, xp=xp)
-
-    def across(lh, inputs):
-        lprod, lh_local = inputs
-        return step(lprod, lh_local, lh), (lh,)
-
-    lh_T, (starts,) = loop(across, log_h0, (lprods[C - 1, ...], local[C - 1, ...]), length=lprods.shape[1], reverse=False, xp=xp)
-    return _unblocks(step(lprods, local, xp.expand_dims(starts, axis=0)), T, xp=xp), lh_T
+    return _two_level(
+        log_a,
+        log_b,
+        log_h0,
+        step=step,
+        combine=lambda la, lprod: la + lprod,
+        fill=(0.0, -math.inf),
+        start=lambda a0: (xp.zeros_like(a0), xp.full_like(a0, -math.inf)),
+        reverse=reverse,
+        xp=xp,
+        loop=loop,
+    )
 
 
-def _sequential(a: Array, b: Array, h0: Array, *, xp: Any, loop: Any) -> tuple[Any, Any]:
+def _sequential(a: Array, b: Array, h0: Array, *, reverse: bool = False, xp: Any, loop: Any) -> tuple[Any, Any]:
     """The same recurrence one step at a time (the oracle of the scans, and :meth:`MinGRU.step`)."""
 
     def step(h, inputs):
@@ -228,7 +247,7 @@ def _sequential(a: Array, b: Array, h0: Array, *, xp: Any, loop: Any) -> tuple[A
         h = linear_step(a_t, b_t, h)
         return h, (h,)
 
-    h_T, (hs,) = loop(step, h0, (a, b), length=a.shape[0], reverse=False, xp=xp)
+    h_T, (hs,) = loop(step, h0, (a, b), length=a.shape[0], reverse=reverse, xp=xp)
     return hs, h_T
 
 
@@ -241,10 +260,6 @@ class MinGRUDirectionTape(NamedTuple):
     hs: Any  # (T, B, H)
     z: Any  # (T, B, H)
     v: Any  # (T, B, H) the candidate's projection (h̃ = v, or g(v) in log space)
-
-
-def _flip(a: Any, reverse: bool, *, xp: Any) -> Any:
-    return xp.flip(a, axis=0) if reverse and a is not None else a
 
 
 def _projections(x, p, *, xp):
@@ -260,66 +275,64 @@ def _projections(x, p, *, xp):
 
 def mingru_direction_forward(x, h0, p, *, mask, reverse, record, xp, log_space=False, parallel=True, loop=python_loop):
     """One direction: ``(out, h_T, MinGRUDirectionTape or None)``; ``parallel`` picks the scan (else
-    the sequential loop). Processing runs in time order; a reverse direction flips time around it."""
+    the sequential loop). The reverse direction runs the same recurrence from the end."""
     k, v = _projections(x, p, xp=xp)
-    k, v, live = _flip(k, reverse, xp=xp), _flip(v, reverse, xp=xp), _flip(mask, reverse, xp=xp)
     h_tilde = candidate_g(v, xp=xp) if log_space else v
     sig, _ = activations(xp)
     a, b, z = min_gates(k, h_tilde, sig)
-    if live is not None:  # past a sequence's end the step is the identity
-        a, b = masked_state(live, a, xp.ones_like(a), xp.where), masked_state(live, b, xp.zeros_like(b), xp.where)
+    if mask is not None:  # past a sequence's end the step is the identity
+        a, b = masked_state(mask, a, xp.ones_like(a), xp.where), masked_state(mask, b, xp.zeros_like(b), xp.where)
     if not parallel:
-        hs, h_T = _sequential(a, b, h0, xp=xp, loop=loop)
+        hs, h_T = _sequential(a, b, h0, reverse=reverse, xp=xp, loop=loop)
     elif log_space:
         if not is_traced(h0) and bool(xp.any(h0 < 0)):
             raise ValueError("h0 must be non-negative for a log-space minGRU (its states are; g(·) > 0)")
         log_a = -_softplus(k, xp=xp)
         log_b = -_softplus(-k, xp=xp) + log_candidate_g(v, xp=xp)
-        if live is not None:
-            log_a = xp.where(live, log_a, xp.zeros_like(log_a))
-            log_b = xp.where(live, log_b, xp.full_like(log_b, -math.inf))
+        if mask is not None:
+            log_a = xp.where(mask, log_a, xp.zeros_like(log_a))
+            log_b = xp.where(mask, log_b, xp.full_like(log_b, -math.inf))
         positive = h0 > 0
         log_h0 = xp.where(positive, xp.log(xp.where(positive, h0, xp.ones_like(h0))), xp.full_like(h0, -math.inf))
-        log_hs, log_hT = log_linear_scan(log_a, log_b, log_h0, xp=xp, loop=loop)
+        log_hs, log_hT = log_linear_scan(log_a, log_b, log_h0, reverse=reverse, xp=xp, loop=loop)
         hs, h_T = xp.exp(log_hs), xp.exp(log_hT)
     else:
-        hs, h_T = linear_scan(a, b, h0, xp=xp, loop=loop)
-    hs = _flip(hs, reverse, xp=xp)
+        hs, h_T = linear_scan(a, b, h0, reverse=reverse, xp=xp, loop=loop)
     out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
     if not record:
         return out, h_T, None
-    return out, h_T, MinGRUDirectionTape(x, h0, hs, _flip(z, reverse, xp=xp), _flip(v, reverse, xp=xp))
+    return out, h_T, MinGRUDirectionTape(x, h0, hs, z, v)
 
 
 def mingru_direction_backward(
     tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, log_space=False, parallel=True, loop=python_loop
 ):
     """One direction's backward, the adjoint recurrence by the same scan: ``((grads, dx or None), dh0)``."""
-    x, h0 = tape.x, tape.h0
+    x, h0, hs, z, v = tape.x, tape.h0, tape.hs, tape.z, tape.v
     T, B, I = x.shape
     H = h0.shape[-1]
-    # processing order (time reversed for the reverse direction)
-    hs, z, v, live = (_flip(a, reverse, xp=xp) for a in (tape.hs, tape.z, tape.v, mask))
-    g = xp.zeros_like(hs) if d_out is None else _flip(d_out, reverse, xp=xp)
-    if live is not None:
-        g = xp.where(live, g, xp.zeros_like(g))
+    g = xp.zeros_like(hs) if d_out is None else d_out
     a = 1.0 - z
-    if live is not None:
-        a = xp.where(live, a, xp.ones_like(a))
-    # λ_t = g_t + a_{t+1} λ_{t+1}, λ_T = d_hT: a scan over reversed processing order
-    coeff = xp.concat([a[1:, ...], xp.ones_like(a[:1, ...])], axis=0)
+    if mask is not None:
+        g = xp.where(mask, g, xp.zeros_like(g))
+        a = xp.where(mask, a, xp.ones_like(a))
+    # λ_t = g_t + a_next λ_next, λ past the last step = d_hT: the recurrence run the other way, whose
+    # coefficient at t is the a of the step that read h_t (1 at the far end, where d_hT enters)
+    one = xp.ones_like(a[:1, ...])
+    first = xp.expand_dims(h0, axis=0)
+    if reverse:
+        coeff, h_prev, start = xp.concat([one, a[:-1, ...]], axis=0), xp.concat([hs[1:, ...], first], axis=0), T - 1
+    else:
+        coeff, h_prev, start = xp.concat([a[1:, ...], one], axis=0), xp.concat([first, hs[:-1, ...]], axis=0), 0
     lam_T = xp.zeros_like(h0) if d_hT is None else d_hT
-    scan = linear_scan if parallel else _sequential
-    lam_rev, _ = scan(xp.flip(coeff, axis=0), xp.flip(g, axis=0), lam_T, xp=xp, loop=loop)
-    lam = xp.flip(lam_rev, axis=0)
-    h_prev = xp.concat([xp.expand_dims(h0, axis=0), hs[:-1, ...]], axis=0)
+    lam, _ = (linear_scan if parallel else _sequential)(coeff, g, lam_T, reverse=not reverse, xp=xp, loop=loop)
     h_tilde = candidate_g(v, xp=xp) if log_space else v
     dk, dh_tilde = min_gates_backward(lam, h_prev, z, h_tilde)
     dv = dh_tilde * candidate_g_grad(v, xp=xp) if log_space else dh_tilde
-    if live is not None:
-        dk, dv = (xp.where(live, d, xp.zeros_like(d)) for d in (dk, dv))
-    dh0 = a[0, ...] * lam[0, ...]
-    d_proj = xp.reshape(_flip(xp.concat([dk, dv], axis=-1), reverse, xp=xp), (T * B, 2 * H))
+    if mask is not None:
+        dk, dv = (xp.where(mask, d, xp.zeros_like(d)) for d in (dk, dv))
+    dh0 = a[start, ...] * lam[start, ...]
+    d_proj = xp.reshape(xp.concat([dk, dv], axis=-1), (T * B, 2 * H))
     grads = {"weight_ih": xp.matrix_transpose(d_proj) @ xp.reshape(x, (T * B, I))}
     if bias:
         grads["bias_ih"] = xp.sum(d_proj, axis=0)
