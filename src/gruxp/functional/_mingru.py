@@ -31,12 +31,12 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .._checks import check_bool, check_positive_int, is_traced
+from .._checks import check_bool, is_traced
 from .._namespace import device_of
 from .._typing import Array
 from ._cell import activations, masked_state, sigmoid, sigmoid_grad
 from ._routes import python_loop
-from ._sequence import Cell, GRUTape, _suffix, config_from_params, infer_stack, run_stack
+from ._sequence import Cell, GRUConfig, GRUTape, _suffix, config_from_params, infer_stack, run_stack
 
 __all__ = [
     "MinGRUConfig",
@@ -67,23 +67,21 @@ class MinGRUConfig(NamedTuple):
     log_space: bool = False
 
     @classmethod
-    def checked(
-        cls,
-        input_size: Any,
-        hidden_size: Any,
-        num_layers: Any = 1,
-        bias: Any = True,
-        batch_first: Any = False,
-        bidirectional: Any = False,
-        log_space: Any = False,
-    ) -> MinGRUConfig:
+    def checked(cls, *structure: Any, log_space: Any = False, **named: Any) -> MinGRUConfig:
+        """The structure from user values: :meth:`GRUConfig.checked`'s fields (positional or named,
+        in its order, without reset_after), then ``log_space``."""
+        if "reset_after" in named:
+            raise TypeError("a minGRU has no reset gate: reset_after is not one of its options")
+        if len(structure) > 6:
+            structure, log_space = structure[:6], structure[6]
+        base = GRUConfig.checked(*structure, **named)
         return cls(
-            check_positive_int("input_size", input_size),
-            check_positive_int("hidden_size", hidden_size),
-            check_positive_int("num_layers", num_layers),
-            check_bool("bias", bias),
-            check_bool("batch_first", batch_first),
-            check_bool("bidirectional", bidirectional),
+            base.input_size,
+            base.hidden_size,
+            base.num_layers,
+            base.bias,
+            base.batch_first,
+            base.bidirectional,
             check_bool("log_space", log_space),
         )
 
