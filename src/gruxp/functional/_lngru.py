@@ -270,7 +270,7 @@ def finish_backward(
     return grads, dx
 
 
-def _draws(config: LayerNormGRUConfig, shape: tuple, options: Mapping[str, Any], rng: Any, xp: Any, dtype: Any, device: Any):
+def _prepare(config: LayerNormGRUConfig, shape: tuple, options: Mapping[str, Any], rng: Any, xp: Any, dtype: Any, device: Any):
     """``(rate, masks)``: zoneout's rate and, in training, its (L·D, T, B, H) keep-draws from the host ``rng``."""
     rate = check_dropout("zoneout", options.get("zoneout", 0.0))
     if not rate or not options.get("training", False):
@@ -282,8 +282,8 @@ def _draws(config: LayerNormGRUConfig, shape: tuple, options: Mapping[str, Any],
     return rate, from_numpy(host, xp=xp, device=device, dtype=dtype)
 
 
-def _forward_options(config: LayerNormGRUConfig, layer: int, direction: int, draws: Any) -> dict[str, Any]:
-    rate, masks = draws
+def _forward_options(config: LayerNormGRUConfig, layer: int, direction: int, prepared: Any) -> dict[str, Any]:
+    rate, masks = prepared
     return {
         "zoneout": float(rate),
         "zoneout_mask": None if masks is None else masks[layer * config.num_directions + direction, ...],
@@ -294,7 +294,7 @@ def _backward_options(config: LayerNormGRUConfig) -> dict[str, Any]:
     return {}
 
 
-LNGRU_CELL = Cell("lngru", lngru_direction_forward, lngru_direction_backward, _forward_options, _backward_options, _draws)
+LNGRU_CELL = Cell("lngru", lngru_direction_forward, lngru_direction_backward, _forward_options, _backward_options, _prepare)
 
 
 def _lngru_config(params, *, num_layers, bias, batch_first, bidirectional) -> LayerNormGRUConfig:

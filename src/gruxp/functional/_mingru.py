@@ -338,20 +338,20 @@ def mingru_direction_backward(
     return (grads, dx), dh0
 
 
-def _forward_options(config: MinGRUConfig, layer: int, direction: int, draws: Any) -> dict[str, Any]:
-    return {"log_space": config.log_space, "parallel": draws}
+def _forward_options(config: MinGRUConfig, layer: int, direction: int, prepared: Any) -> dict[str, Any]:
+    return {"log_space": config.log_space, "parallel": prepared}
 
 
 def _backward_options(config: MinGRUConfig) -> dict[str, Any]:
     return {"log_space": config.log_space}
 
 
-def _draws(config, shape, options, rng, xp, dtype, device) -> bool:
-    """Nothing random: passes on whether to scan in parallel (else step by step)."""
+def _prepare(config, shape, options, rng, xp, dtype, device) -> bool:
+    """Whether to scan in parallel (else step by step); nothing random."""
     return bool(options.get("parallel", True))
 
 
-MINGRU_CELL = Cell("mingru", mingru_direction_forward, mingru_direction_backward, _forward_options, _backward_options, _draws)
+MINGRU_CELL = Cell("mingru", mingru_direction_forward, mingru_direction_backward, _forward_options, _backward_options, _prepare)
 
 
 def _mingru_config(params, *, num_layers, bias, batch_first, bidirectional, log_space) -> MinGRUConfig:

@@ -51,10 +51,11 @@ class Cell(NamedTuple):
     ``backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop, **backward_options)``
     returns ``((grads with short names, dx or None), dh0)``. Both drive the cell's step with the
     ``loop`` a route hands them. ``p`` holds the layer-direction's parameters by short name
-    (``weight_ih``, not ``weight_ih_l0_reverse``). ``forward_options(config, layer, direction, draws)``
+    (``weight_ih``, not ``weight_ih_l0_reverse``). ``forward_options(config, layer, direction, prepared)``
     and ``backward_options(config)`` give the cell's own keywords (``reset_after``, ``zoneout``, ...);
-    ``draws(config, shape, options, rng, xp, dtype, device)`` makes any random masks of a call on
-    the host (zoneout), once per call, before the layers run.
+    ``prepare(config, shape, options, rng, xp, dtype, device)`` reads the call's options (``shape`` is
+    (T, B, H)) once, before the layers run, and makes any random masks on the host (zoneout); what it
+    returns reaches ``forward_options`` as ``prepared``.
     """
 
     name: str
@@ -62,7 +63,7 @@ class Cell(NamedTuple):
     backward: Any
     forward_options: Any
     backward_options: Any
-    draws: Any = None
+    prepare: Any = None
 
 
 class GRUConfig(NamedTuple):
@@ -285,7 +286,7 @@ def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, 
     L, D, H = config.num_layers, config.num_directions, config.hidden_size
     T, B = x.shape[0], x.shape[1]
     drop = dropout_mask(dropout, (L - 1, T, B, D * H), rng, xp=xp, dtype=x.dtype, device=device_of(x))
-    draws = None if cell.draws is None else cell.draws(config, (T, B, H), options or {}, rng, xp, x.dtype, device_of(x))
+    prepared = None if cell.prepare is None else cell.prepare(config, (T, B, H), options or {}, rng, xp, x.dtype, device_of(x))
     if record:
         # The tape keeps its own x and h0: an edit of the caller's arrays between forward and
         # backward cannot change the gradients (the copy also makes a batch-first x time-major).
@@ -303,7 +304,7 @@ def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, 
                 reverse=bool(d),
                 record=record,
                 xp=xp,
-                **cell.forward_options(config, layer, d, draws),
+                **cell.forward_options(config, layer, d, prepared),
             )
             for d in range(D)
         ]
@@ -334,7 +335,7 @@ def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout
     return run_stack(params, x, h0, lengths, config, record=record, xp=xp, dropout=dropout, rng=rng)
 
 
-def _gru_forward_options(config: GRUConfig, layer: int, direction: int, draws: Any) -> dict[str, Any]:
+def _gru_forward_options(config: GRUConfig, layer: int, direction: int, prepared: Any) -> dict[str, Any]:
     return {"reset_after": config.reset_after}
 
 
