@@ -659,3 +659,10 @@ def test_train_another_cell_then_resume_and_sample(tmp_path, cell):
 def test_zoneout_needs_the_lngru_cell(tmp_path):
     proc = gruxp_cmd("train", "--cell", "mingru", "--zoneout", "0.1", "--out", "run", cwd=tmp_path, check=False)
     assert_one_line_error(proc, "--zoneout is an option of --cell lngru")
+
+
+def test_info_plan_for_another_cell(tmp_path):
+    out = gruxp_cmd("info", "--plan", "64", "100", "256", "256", "--cell", "lngru", "--cpus", "4", cwd=tmp_path).stdout
+    assert "CPU plan for a LayerNormGRU" in out and "route: the lngru cell's numba loop" in out and "pieces: 4" in out
+    out = gruxp_cmd("info", "--plan", "8", "10", "16", "16", "--cell", "mingru", cwd=tmp_path).stdout
+    assert "generic code" in out and "numba's compile would not pay" in out

@@ -106,3 +106,27 @@ def test_this_machine_is_described_consistently():
     assert isinstance(plan(Shape(5, 3, 4, 8), "float32", here), Plan)
     with pytest.raises(ValueError):
         Machine(cpus=0)
+
+
+def test_the_other_cells_plans_follow_the_gru_plans_rules():
+    """lngru and mingru: the fuser threshold, the pieces from CPUs (never the usable cores), the
+    refusals that send a layer to the generic code, each with its reason."""
+    from gruxp._native.plan import Shape, cell_plan
+
+    big, small = Shape(100, 64, 256, 256, 1), Shape(10, 8, 16, 16, 1)
+    for cell in ("lngru", "mingru"):
+        busy = cell_plan(cell, big, "float32", Machine(cpus=4, usable=1, blas="SkylakeX", numba=True))
+        quiet = cell_plan(cell, big, "float32", Machine(cpus=4, usable=4, blas="SkylakeX", numba=True))
+        assert busy.route == quiet.route == "fused" and busy.pieces == quiet.pieces and len(quiet.pieces) == 4
+        assert (busy.workers, quiet.workers) == (1, 4)
+        assert cell_plan(cell, small, "float32", Machine(cpus=4, usable=4, numba=True, blas="Haswell")).route == "generic"
+        forced = cell_plan(cell, small, "float32", Machine(cpus=4, usable=4, numba=True, blas="Haswell"), fuser="numba")
+        assert forced.route == "fused" and len(forced.pieces) == 1
+        assert cell_plan(cell, big, "float16", Machine(cpus=4, usable=4, numba=True, blas="Haswell")).route == "generic"
+        assert cell_plan(cell, big, "float32", Machine(cpus=4, usable=4, numba=False, blas="Haswell")).route == "generic"
+    no_blas = cell_plan("lngru", big, "float32", Machine(cpus=4, usable=4, numba=True, blas=None))
+    assert no_blas.route == "generic" and "BLAS" in no_blas.reasons[0]
+    log = cell_plan("mingru", big, "float32", Machine(cpus=4, usable=4, numba=True, blas=None), log_space=True)
+    assert log.route == "generic" and "log_space" in log.reasons[0]
+    with pytest.raises(ValueError, match="numba is not installed"):
+        cell_plan("mingru", big, "float32", Machine(cpus=4, usable=4, numba=False), fuser="numba")

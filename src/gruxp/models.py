@@ -165,8 +165,8 @@ class Recurrent(Module):
         self._place(xp, device, dtype, seed, self._draw)
 
     def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
-        """Host float64 initial parameters: U(−1/√H, 1/√H) for each, in order (PyTorch's default)."""
-        return F.uniform_init(self._param_shapes(), 1.0 / math.sqrt(self.structure.hidden_size), rng)
+        """Host float64 initial parameters, as the cell's structure draws them (``initial_params``)."""
+        return self.structure.initial_params(rng)
 
     def __getattr__(self, name: str) -> Any:
         # the structure's fields: input_size, hidden_size, num_layers, bias, batch_first, ...
@@ -369,13 +369,6 @@ class LayerNormGRU(Recurrent):
             input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after
         )
         self._build(structure, dropout, xp, device, dtype, seed)
-
-    def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
-        shapes = self._param_shapes()
-        drawn = F.uniform_init(
-            {k: v for k, v in shapes.items() if not k.startswith("ln_")}, 1.0 / math.sqrt(self.hidden_size), rng
-        )
-        return {k: drawn[k] if k in drawn else np.ones(shape) for k, shape in shapes.items()}
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "zoneout": self.zoneout}

@@ -54,25 +54,28 @@ def cpu_plan(
     bidirectional: bool = False,
     dtype: str = "float32",
     reset_after: bool = True,
+    cell: str = "gru",
+    log_space: bool = False,
     machine=None,
 ) -> list:
-    """The CPU route's plan for each layer of a GRU call, under the settings in effect here, on this
-    machine or on ``machine`` (a :class:`gruxp._native.machine.Machine`)."""
+    """The CPU route's plan for each layer of a call (a :class:`~gruxp._native.plan.Plan` for the GRU,
+    a :class:`~gruxp._native.plan.CellPlan` for ``cell="lngru"`` or ``"mingru"``), under the settings
+    in effect here, on this machine or on ``machine`` (a :class:`gruxp._native.machine.Machine`)."""
     from .._config import get_config
     from .machine import this_machine
-    from .plan import Shape, plan
+    from .plan import Shape, cell_plan, plan
 
     config = get_config()
     D = 2 if bidirectional else 1
-    return [
-        plan(
-            Shape(steps, batch, inputs if layer == 0 else D * hidden, hidden, D),
-            dtype,
-            machine or this_machine(),
-            reset_after=reset_after,
-            fuser=config["fuser"],
-            force=config["cpu_plan"],
-            max_workers=config["max_workers"],
-        )
-        for layer in range(num_layers)
-    ]
+    machine = machine or this_machine()
+    if cell not in ("gru", "lngru", "mingru"):
+        raise ValueError(f"cell must be 'gru', 'lngru' or 'mingru'; got {cell!r}")
+    plans: list = []
+    for layer in range(num_layers):
+        shape = Shape(steps, batch, inputs if layer == 0 else D * hidden, hidden, D if cell != "mingru" else 1)
+        options = dict(fuser=config["fuser"], max_workers=config["max_workers"])
+        if cell == "gru":
+            plans.append(plan(shape, dtype, machine, reset_after=reset_after, force=config["cpu_plan"], **options))
+        else:
+            plans.append(cell_plan(cell, shape, dtype, machine, log_space=log_space, **options))
+    return plans

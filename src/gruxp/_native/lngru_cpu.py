@@ -33,7 +33,7 @@ from . import blas, workers
 from .cpu import active_steps as _active
 from .loops import transposed
 from .machine import this_machine
-from .plan import cell_pieces, cut, numba_for
+from .plan import CellPlan, Shape, cell_plan, cut
 
 __all__ = ["LayerNormGruCpu"]
 
@@ -285,8 +285,12 @@ def _norm_backward(d, v_hat, rstd, gain, *, threads: int):
     return np.reshape(dv, shape)
 
 
-def _pieces(T: int, B: int, H: int, directions: int) -> tuple[tuple, int]:
-    return cell_pieces(T, B, H, directions, this_machine(), get_config()["max_workers"])
+def _plan(shape: tuple, dtype, directions: int) -> CellPlan:
+    T, B, H = shape
+    config = get_config()
+    return cell_plan(
+        "lngru", Shape(T, B, H, H, directions), dtype, this_machine(), fuser=config["fuser"], max_workers=config["max_workers"]
+    )
 
 
 def _one_thread() -> None:
@@ -301,42 +305,32 @@ class LayerNormGruCpu:
     def __init__(self, route: Any) -> None:
         self.route = route  # the CPU route: its matmul makes the products outside the loop
 
-    @staticmethod
-    def _fused(shape: tuple, dtype) -> bool:
-        T, B, H = shape
-        lib = blas.library()
-        dtype = np.dtype(dtype)
-        return (
-            lib is not None
-            and dtype in lib.gemm
-            and dtype in (np.float32, np.float64)
-            and numba_for(T * B * H * H, this_machine())
-        )
-
     def layer_forward(self, forward, calls):
         x, h0 = calls[0]["x"], calls[0]["h0"]
-        if not self._fused((*x.shape[:2], h0.shape[-1]), x.dtype):
+        plan = _plan((*x.shape[:2], h0.shape[-1]), x.dtype, len(calls))
+        if plan.route == "generic":
             return GENERIC.layer_forward(forward, calls)
         _one_thread()
-        jobs = [self._forward_job(call, len(calls)) for call in calls]
-        workers.run([task for tasks, _, _ in jobs for task in tasks], jobs[0][2])
-        return [result() for _, result, _ in jobs]
+        jobs = [self._forward_job(call, plan) for call in calls]
+        workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
+        return [result() for _, result in jobs]
 
     def layer_backward(self, backward, calls):
         hs = calls[0]["tape"].hs
-        if not self._fused(hs.shape, hs.dtype):
+        plan = _plan(hs.shape, hs.dtype, len(calls))
+        if plan.route == "generic":
             return GENERIC.layer_backward(backward, calls)
         _one_thread()
-        jobs = [self._backward_job(call, len(calls)) for call in calls]
-        workers.run([task for tasks, _, _ in jobs for task in tasks], jobs[0][2])
-        return [finish() for _, finish, _ in jobs]
+        jobs = [self._backward_job(call, plan) for call in calls]
+        workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
+        return [finish() for _, finish in jobs]
 
-    def _forward_job(self, call: dict, directions: int):
+    def _forward_job(self, call: dict, plan: CellPlan):
         x, h0, p, reverse, record = call["x"], call["h0"], call["p"], call["reverse"], call["record"]
         T, B, _ = x.shape
         H = h0.shape[-1]
         dtype = x.dtype
-        pieces, threads = _pieces(T, B, H, directions)
+        pieces, threads = plan.pieces, plan.workers
         norm = partial(_norm, threads=threads)
         gi, gi_hat, gi_rstd = _lngru.input_side(x, p, xp=call["xp"], matmul=self.route.matmul, norm=norm)
         hs, r, z, n, ghn = (np.empty((T, B, H), dtype) for _ in range(5))
@@ -364,9 +358,9 @@ class LayerNormGruCpu:
             out = hs if mask is None else np.where(mask, hs, np.zeros((), dtype))
             return out, hs[0 if reverse else T - 1], tape
 
-        return tasks, result, threads
+        return tasks, result
 
-    def _backward_job(self, call: dict, directions: int):
+    def _backward_job(self, call: dict, plan: CellPlan):
         tape, d_out, d_hT, p, reverse = call["tape"], call["d_out"], call["d_hT"], call["p"], call["reverse"]
         x, h0 = tape.x, tape.h0
         T, B, _ = x.shape
@@ -384,7 +378,7 @@ class LayerNormGruCpu:
         saved = (np.ascontiguousarray(a) for a in (h_prev, tape.r, tape.z, tape.n, tape.gh_n, tape.gh_hat, tape.gh_rstd))
         args = (d, active, keep, use_keep, dtype.type(tape.zoneout), *saved, np.ascontiguousarray(p["ln_weight_hh"]))
         w = np.ascontiguousarray(p["weight_hh"])
-        pieces, threads = _pieces(T, B, H, directions)
+        pieces, threads = plan.pieces, plan.workers
         sum_dv, sum_d = np.empty((len(pieces), 3 * H), dtype), np.empty((len(pieces), 3 * H), dtype)
         tasks = [
             partial(loop, *args, w, dh, d_gi, sum_dv[k], sum_d[k], d_raw, reverse, b0, b1) for k, (b0, b1) in enumerate(pieces)
@@ -409,4 +403,4 @@ class LayerNormGruCpu:
             )
             return (grads, dx), dh
 
-        return tasks, finish, threads
+        return tasks, finish

@@ -29,7 +29,7 @@ from . import workers
 from .cpu import _scratch
 from .cpu import active_steps as _active
 from .machine import this_machine
-from .plan import cell_pieces, numba_for
+from .plan import CellPlan, Shape, cell_plan
 
 __all__ = ["MinGruCpu"]
 
@@ -93,8 +93,18 @@ def _kernels(dtype: np.dtype) -> tuple[Any, Any]:
     return forward_rows, backward_rows
 
 
-def _pieces(T: int, B: int, H: int, directions: int) -> tuple[tuple, int]:
-    return cell_pieces(T, B, H, directions, this_machine(), get_config()["max_workers"])
+def _plan(call: dict, shape: tuple, dtype) -> CellPlan:
+    T, B, H = shape
+    config = get_config()
+    return cell_plan(
+        "mingru",
+        Shape(T, B, H, H, 1),
+        dtype,
+        this_machine(),
+        fuser=config["fuser"],
+        max_workers=config["max_workers"],
+        log_space=call.get("log_space", False),
+    )
 
 
 class MinGruCpu:
@@ -103,28 +113,21 @@ class MinGruCpu:
     def __init__(self, route: Any) -> None:
         self.route = route  # the CPU route: its matmul makes every product
 
-    @staticmethod
-    def _fused(call: dict, shape: tuple, dtype) -> bool:
-        T, B, H = shape
-        return (
-            not call.get("log_space", False)
-            and np.dtype(dtype) in (np.float32, np.float64)
-            and numba_for(T * B * H * H, this_machine())
-        )
-
     def layer_forward(self, forward, calls):
         x, h0 = calls[0]["x"], calls[0]["h0"]
-        if not self._fused(calls[0], (*x.shape[:2], h0.shape[-1]), x.dtype):
+        plan = _plan(calls[0], (*x.shape[:2], h0.shape[-1]), x.dtype)
+        if plan.route == "generic":
             return GENERIC.layer_forward(forward, calls)
-        return [self._forward(call) for call in calls]
+        return [self._forward(call, plan) for call in calls]
 
     def layer_backward(self, backward, calls):
         hs = calls[0]["tape"].hs
-        if not self._fused(calls[0], hs.shape, hs.dtype):
+        plan = _plan(calls[0], hs.shape, hs.dtype)
+        if plan.route == "generic":
             return GENERIC.layer_backward(backward, calls)
-        return [self._backward(call) for call in calls]
+        return [self._backward(call, plan) for call in calls]
 
-    def _forward(self, call: dict):
+    def _forward(self, call: dict, plan: CellPlan):
         x, h0, p, reverse = call["x"], call["h0"], call["p"], call["reverse"]
         T, B, I = x.shape
         w = p["weight_ih"]
@@ -135,7 +138,7 @@ class MinGruCpu:
         start = np.ascontiguousarray(h0)
         active = _active(call["mask"], T, B)
         forward_rows = _kernels(np.dtype(x.dtype))[0]
-        pieces, threads = _pieces(T, B, H, 1)
+        pieces, threads = plan.pieces, plan.workers
         workers.run([partial(forward_rows, proj, bias, start, active, hs, z, reverse, b0, b1) for b0, b1 in pieces], threads)
         mask = call["mask"]
         out = hs if mask is None else np.where(mask, hs, np.zeros((), hs.dtype))
@@ -143,7 +146,7 @@ class MinGruCpu:
         tape = _mingru.MinGRUDirectionTape(x, h0, hs, z, proj[..., H:]) if call["record"] else None
         return out, h_T, tape
 
-    def _backward(self, call: dict):
+    def _backward(self, call: dict, plan: CellPlan):
         tape, d_out, d_hT, p, reverse = call["tape"], call["d_out"], call["d_hT"], call["p"], call["reverse"]
         x, h0 = tape.x, tape.h0
         T, B, I = x.shape
@@ -157,7 +160,7 @@ class MinGruCpu:
         z, hs = np.ascontiguousarray(tape.z), np.ascontiguousarray(tape.hs)
         v = tape.v  # a view of the projections (rows of 2H, the candidate's half): read in place
         start = np.ascontiguousarray(h0)
-        pieces, threads = _pieces(T, B, H, 1)
+        pieces, threads = plan.pieces, plan.workers
         sums = np.empty((len(pieces), 2 * H), dtype)
         args = (z, v, hs, start, d, active, carry, d_proj)
         workers.run([partial(backward_rows, *args, sums[k], reverse, b0, b1) for k, (b0, b1) in enumerate(pieces)], threads)

@@ -299,25 +299,59 @@ def describe(p: Plan) -> str:
     return "\n".join(f"  {line}" for line in p.reasons)
 
 
-def numba_for(work: int, machine: Machine) -> bool:
-    """Whether a loop of ``work`` (T·B·H²) runs compiled by numba under the setting ``fuser``: "auto"
-    where numba is installed and the work pays for its compile, "numba" always (an error without
-    numba), "numpy" never. The rule of :func:`plan`'s fuser, for the cells' own CPU loops."""
-    from .._config import get_config
+@dataclass(frozen=True)
+class CellPlan:
+    """The CPU route's choices for a layer of another cell (``lngru``, ``mingru``): its own numba loop
+    or the generic code, the rows' pieces (arithmetic: from shapes and ``Machine.cpus``) and the threads
+    that run them (scheduling: the usable cores). Printed by ``gruxp info --plan ... --cell``."""
 
-    fuser = get_config()["fuser"]
+    cell: str
+    route: str  # "fused" (the cell's numba loop) or "generic"
+    pieces: tuple
+    workers: int
+    reasons: tuple = field(default=(), compare=False)
+
+
+def cell_plan(
+    cell: str,
+    shape: Shape,
+    dtype: Any,
+    machine: Machine,
+    *,
+    fuser: str = "auto",
+    max_workers: int | None = None,
+    log_space: bool = False,
+    rules: Rules = RULES,
+) -> CellPlan:
+    """A pure function, as :func:`plan`: the fuser rule of the GRU's plan (numba where installed and
+    T·B·H² pays for its compile; ``fuser`` forces it) and its rule for pieces of the batch."""
+    B, D, work = shape.batch, shape.directions, shape.work
+    dtype = str(getattr(dtype, "name", dtype))
+    why = []
     if fuser == "numba" and not machine.numba:
         raise ValueError("fuser='numba' was asked for, but numba is not installed (pip install numba, or gruxp's fast extra)")
-    return fuser == "numba" or (fuser == "auto" and machine.numba and work >= Rules().numba_min_work)
-
-
-def cell_pieces(
-    steps: int, batch: int, hidden: int, directions: int, machine: Machine, max_workers: int | None
-) -> tuple[tuple, int]:
-    """The rows' pieces of a cell's own CPU loop, by :func:`plan`'s rule for the GRU's (from the
-    machine's CPUs, never its load), and the threads that run them (the usable cores)."""
-    rules = Rules()
+    blocked = (
+        f"{dtype} (the loop is compiled for float32 and float64)"
+        if dtype not in ("float32", "float64")
+        else "log_space (the loop runs the linear form)"
+        if cell == "mingru" and log_space
+        else "gruxp's BLAS is not installed (the loop calls it each step)"
+        if cell == "lngru" and machine.blas is None
+        else "fuser='numpy'"
+        if fuser == "numpy"
+        else "numba is not installed"
+        if not machine.numba
+        else f"T·B·H² = {work:,} < {rules.numba_min_work:,}, numba's compile would not pay"
+        if fuser == "auto" and work < rules.numba_min_work
+        else None
+    )
+    if blocked is not None:
+        return CellPlan(cell, "generic", ((0, B),), 1, (f"route: generic code: {blocked}",))
+    why.append(f"route: the {cell} cell's numba loop" + (" (fuser='numba')" if fuser == "numba" else f" (T·B·H² = {work:,})"))
     count = 1
-    if steps * batch * hidden * hidden >= rules.piece_min_work and batch >= 2 * rules.piece_min_rows:
-        count = max(1, min(machine.cpus // directions, batch // rules.piece_min_rows))
-    return cut(batch, count), max(1, min(machine.usable, max_workers or machine.usable))
+    if work >= rules.piece_min_work and B >= 2 * rules.piece_min_rows:
+        count = max(1, min(machine.cpus // D, B // rules.piece_min_rows))
+    why.append(f"pieces: {count} (min(CPUs // directions, B // {rules.piece_min_rows}) when T·B·H² ≥ {rules.piece_min_work:,})")
+    workers = max(1, min(machine.usable, max_workers or machine.usable))
+    why.append(f"workers: {workers} (the usable cores{', capped by max_workers' if max_workers else ''}; scheduling only)")
+    return CellPlan(cell, "fused", cut(B, count), workers, tuple(why))

@@ -567,6 +567,9 @@ def _load_lm(path: str, backend: str, device: str | None):
 )
 @click.option("--layers", type=POSITIVE_INT, default=1, show_default=True, help="With --plan: the number of layers.")
 @click.option("--bidirectional", is_flag=True, help="With --plan: a bidirectional GRU.")
+@click.option(
+    "--cell", type=click.Choice(["gru", "lngru", "mingru"]), default="gru", show_default=True, help="With --plan: the cell."
+)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True, help="With --plan.")
 @click.option(
     "--cpus",
@@ -574,11 +577,13 @@ def _load_lm(path: str, backend: str, device: str | None):
     default=None,
     help="With --plan: plan for a machine of this many CPUs (all usable) instead of this one.",
 )
-def info(plan_shape: tuple[int, int, int, int] | None, layers: int, bidirectional: bool, dtype: str, cpus: int | None) -> None:
+def info(
+    plan_shape: tuple[int, int, int, int] | None, layers: int, bidirectional: bool, cell: str, dtype: str, cpus: int | None
+) -> None:
     """Versions, the backends of the matrix and their devices, NumPy's BLAS and gruxp's; or, with
     --plan, what the CPU route will run for a call of that shape."""
     if plan_shape is not None:
-        _print_plan(plan_shape, layers=layers, bidirectional=bidirectional, dtype=dtype, cpus=cpus)
+        _print_plan(plan_shape, layers=layers, bidirectional=bidirectional, cell=cell, dtype=dtype, cpus=cpus)
         return
     from gruxp.benchmarking import blas_info, describe_pool
 
@@ -613,7 +618,9 @@ def _cpu_step() -> str:
     return f"fused by numba {numba.__version__}, {loop} (for T·B·H² ≥ {RULES.numba_min_work:,}); {blas}"
 
 
-def _print_plan(shape: tuple[int, int, int, int], *, layers: int, bidirectional: bool, dtype: str, cpus: int | None) -> None:
+def _print_plan(
+    shape: tuple[int, int, int, int], *, layers: int, bidirectional: bool, cell: str, dtype: str, cpus: int | None
+) -> None:
     from dataclasses import replace
 
     from gruxp._native import cpu_plan
@@ -624,9 +631,10 @@ def _print_plan(shape: tuple[int, int, int, int], *, layers: int, bidirectional:
     machine = this_machine() if cpus is None else replace(this_machine(), cpus=cpus, usable=cpus)
     where = f"this machine ({machine.cpus} CPUs, {machine.usable} usable now)" if cpus is None else f"a machine of {cpus} CPUs"
     direction = "bidirectional" if bidirectional else "unidirectional"
-    click.echo(f"CPU plan for B={B}, T={T}, I={I}, H={H}, {layers} layer(s), {direction}, {dtype}, on {where}:")
+    name = {"gru": "GRU", "lngru": "LayerNormGRU", "mingru": "MinGRU"}[cell]
+    click.echo(f"CPU plan for a {name}, B={B}, T={T}, I={I}, H={H}, {layers} layer(s), {direction}, {dtype}, on {where}:")
     for layer, plan in enumerate(
-        cpu_plan(T, B, I, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype, machine=machine)
+        cpu_plan(T, B, I, H, num_layers=layers, bidirectional=bidirectional, cell=cell, dtype=dtype, machine=machine)
     ):
         click.echo(f"layer {layer}: {'fused loop' if plan.route == 'fused' else 'generic code'}")
         click.echo(describe(plan))

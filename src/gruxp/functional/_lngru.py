@@ -29,7 +29,7 @@ from .._checks import check_dropout
 from .._namespace import device_of, from_numpy
 from .._typing import Array
 from ._cell import activations, gates_backward, gates_forward, masked_state
-from ._params import gru_param_shapes
+from ._params import constant_init, gru_param_shapes
 from ._routes import python_loop
 from ._sequence import Cell, GRUConfig, GRUTape, _suffix, config_from_params, infer_stack, previous_states, run_stack
 
@@ -126,6 +126,13 @@ class LayerNormGRUConfig(GRUConfig):
                 shapes["ln_weight_ih" + s] = (3 * H,)
                 shapes["ln_weight_hh" + s] = (3 * H,)
         return shapes
+
+    def initial_params(self, rng: Any) -> dict[str, Any]:
+        """The GRU's draws for its parameters, in order, and ones for the norm's gains."""
+        drawn = GRUConfig(*self).initial_params(rng) | constant_init(
+            {k: v for k, v in self.param_shapes().items() if k.startswith("ln_")}, 1.0
+        )
+        return {k: drawn[k] for k in self.param_shapes()}
 
 
 class LayerNormDirectionTape(NamedTuple):

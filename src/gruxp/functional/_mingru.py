@@ -35,6 +35,7 @@ from .._checks import check_bool, is_traced
 from .._namespace import device_of
 from .._typing import Array
 from ._cell import activations, masked_state, sigmoid, sigmoid_grad
+from ._params import uniform_init
 from ._routes import python_loop
 from ._sequence import Cell, GRUConfig, GRUTape, _suffix, config_from_params, infer_stack, run_stack
 
@@ -104,6 +105,10 @@ class MinGRUConfig(NamedTuple):
                 if self.bias:
                     shapes["bias_ih" + s] = (2 * H,)
         return shapes
+
+    def initial_params(self, rng: Any) -> dict[str, Any]:
+        """Host float64 draws for every parameter, in order: U(−1/√H, 1/√H), as the GRU's."""
+        return uniform_init(self.param_shapes(), 1.0 / math.sqrt(self.hidden_size), rng)
 
 
 # -- The element-wise part, written once -------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._namespace import from_numpy
 
-__all__ = ["gru_param_shapes", "cell_param_shapes", "init_params", "uniform_init", "host_rng"]
+__all__ = ["gru_param_shapes", "cell_param_shapes", "init_params", "uniform_init", "constant_init", "host_rng"]
 
 
 def _suffix(layer: int, direction: int) -> str:
@@ -67,6 +67,11 @@ def uniform_init(shapes: dict[str, tuple[int, ...]], bound: float, rng: Any) -> 
     """Host float64 draws from U(-bound, bound), one per entry of ``shapes``, in order."""
     rng = host_rng(rng)
     return {name: rng.uniform(-bound, bound, size=shape) for name, shape in shapes.items()}
+
+
+def constant_init(shapes: dict[str, tuple[int, ...]], value: float) -> dict[str, np.ndarray]:
+    """Host float64 arrays filled with ``value``, one per entry of ``shapes`` (no draws)."""
+    return {name: np.full(shape, float(value)) for name, shape in shapes.items()}
 
 
 def init_params(

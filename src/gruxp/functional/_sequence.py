@@ -17,6 +17,7 @@ Nothing is mutated: per-step results are collected in lists and stacked.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -37,7 +38,7 @@ from .._namespace import device_of, namespace_of, resolve_xp
 from .._typing import Array
 from ._cell import StepCache, folded_bias, input_grad, masked_state, param_grads, step_backward, step_forward
 from ._layers import dropout_mask
-from ._params import gru_param_shapes
+from ._params import gru_param_shapes, uniform_init
 from ._routes import python_loop, route_for
 
 __all__ = ["Cell", "GRUConfig", "DirectionTape", "GRUTape", "gru", "gru_forward", "gru_backward", "run_stack", "backward_stack"]
@@ -113,6 +114,10 @@ class GRUConfig(NamedTuple):
         return gru_param_shapes(
             self.input_size, self.hidden_size, self.num_layers, bias=self.bias, bidirectional=self.bidirectional
         )
+
+    def initial_params(self, rng: Any) -> dict[str, Any]:
+        """Host float64 draws for every parameter, in order: U(−1/√H, 1/√H) (PyTorch's default)."""
+        return uniform_init(self.param_shapes(), 1.0 / math.sqrt(self.hidden_size), rng)
 
 
 class DirectionTape(NamedTuple):
