@@ -72,8 +72,17 @@ JAX_SLOW = pytest.mark.slow_on("jax")  # compiles proving no more on JAX than th
 )
 def test_against_pytorch_autograd(backend, name):
     """Outputs and every gradient of a 2-layer bidirectional ragged run, ≤ 1e-10 of autograd's."""
+    _check_against_pytorch(backend, name, np.array([6, 2, 4]))
+
+
+@pytest.mark.parametrize("name", ["lngru", "mingru"])
+def test_against_pytorch_autograd_full_length(backend, name):
+    """The same without lengths: the tape keeps a direction's states as a slice of the next layer's input."""
+    _check_against_pytorch(backend, name, None)
+
+
+def _check_against_pytorch(backend, name, lengths):
     T, B, I, H, L, D = 6, 3, 3, 4, 2, 2
-    lengths = np.array([6, 2, 4])
     params = _host_params(name, I, H, L, D)
     x, h0, d_out, d_hn = _inputs(name, T, B, I, H, L, D)
     _, forward, _ = CELLS[name]
