@@ -348,7 +348,7 @@ def _forward_options(config: MinGRUConfig, layer: int, direction: int, prepared:
 
 
 def _backward_options(config: MinGRUConfig) -> dict[str, Any]:
-    return {"log_space": config.log_space}
+    return {"log_space": config.log_space, "parallel": True}  # the adjoint as a scan; a route may run it step by step
 
 
 def _prepare(config, shape, options, rng, xp, dtype, device) -> bool:
