@@ -100,3 +100,45 @@ def test_the_plans_arithmetic_does_not_read_the_usable_cpus():
         plans = [cpu_plan(*shape, num_layers=2, bidirectional=True, machine=replace(here, usable=u)) for u in (1, 2, 64)]
         assert all([p.arithmetic for p in ps] == [p.arithmetic for p in plans[0]] for ps in plans)
         assert [p.workers for p in plans[0]] == [1, 1]
+
+
+def cells_digest() -> str:
+    """sha256 over a LayerNormGRU (zoneout drawn) and a MinGRU call, forward and backward, at sizes
+    where their CPU loops cut the batch into pieces on gruxp's threads."""
+    h = hashlib.sha256()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((12, 32, 24))
+    for model in (
+        gruxp.LayerNormGRU(24, 256, bidirectional=True, zoneout=0.2, dtype="float32", seed=1),
+        gruxp.MinGRU(24, 256, num_layers=2, dtype="float64", seed=1),
+    ):
+        xs = x.astype(model.dtype)
+        out, h_n, tape = model.forward(xs, lengths=rng.integers(1, 13, 32))
+        grads, dx, dh0 = model.backward(tape, np.ones_like(out), np.ones_like(h_n))
+        for a in [out, h_n, dx, dh0, *grads.values()]:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def test_the_new_cells_give_the_same_bytes_quiet_busy_and_threaded():
+    from gruxp._native import cpu_plan
+
+    # both run their own loops here: the LayerNormGRU's two directions at once, the MinGRU's rows in pieces
+    assert cpu_plan(12, 32, 24, 256, cell="lngru", bidirectional=True)[0].route == "fused"
+    from gruxp._native.machine import this_machine
+
+    assert len(cpu_plan(12, 32, 24, 256, cell="mingru", dtype="float64")[0].pieces) == min(this_machine().cpus, 32 // 4)
+    quiet = cells_digest()
+    table = {"quiet": quiet}
+    with busy(2):
+        table["two busy processes"] = cells_digest()
+    found: list = [None] * 2
+    threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, cells_digest())) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    table.update({f"thread {i + 1} of 2 at once": d for i, d in enumerate(found)})
+    with gruxp.config_context(max_workers=1):
+        table["max_workers=1"] = cells_digest()
+    assert set(table.values()) == {quiet}, {k: v[:12] for k, v in table.items()}
