@@ -80,9 +80,9 @@ class JaxRoute(Route):
 
 
 def _time_order(call: dict) -> dict:
-    """A cell that may run its recurrence in parallel over time (``parallel``, minGRU's scan) runs it
-    step by step on XLA's CPU backend: there is no parallel hardware across time there, and the scan's
-    two levels cost their transposes (measured: 88 ms against 9 ms for T·B·H = 1000·32·256 float32).
+    """A cell that may run its recurrence in parallel over time (the ``parallel`` keyword, see
+    :class:`gruxp.functional.Cell`) runs it step by step on XLA's CPU backend: nothing there runs the
+    steps of time at once, and the scan's two levels pay for their transposes (benchmarks/README.md).
     On an accelerator the call keeps its choice. Both are tested against the generic code."""
     if "parallel" in call:
         import jax

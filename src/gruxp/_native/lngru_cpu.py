@@ -43,7 +43,6 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
     import numba
 
     from . import numba_kernels as nk
-    from .blas import NO_TRANS, ROW_MAJOR, TRANS
 
     lib = blas.library()
     assert lib is not None  # _fused asked for it
@@ -56,9 +55,10 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
     zero = ftype(0.0)
     compiled = {
         name: numba.njit(inline="always", **jit)(getattr(_lngru, name))
-        for name in ("ln_rstd", "ln_normalise", "ln_input_grad", "zoneout_blend", "zoneout_blend_backward")
+        for name in ("ln_rstd", "ln_normalise", "ln_affine", "ln_input_grad", "zoneout_blend", "zoneout_blend_backward")
     }
     ln_rstd, ln_normalise, ln_input_grad = compiled["ln_rstd"], compiled["ln_normalise"], compiled["ln_input_grad"]
+    ln_affine = compiled["ln_affine"]
     blend, blend_backward = compiled["zoneout_blend"], compiled["zoneout_blend_backward"]
     gates_forward, gates_backward, masked, select = nk._gates_forward, nk._gates_backward, nk._masked_state, nk.select
     sqrt = math.sqrt
@@ -83,14 +83,7 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
             s0 += c * c if square else c
         return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
-    @numba.njit(inline="always", **jit)
-    def gemm(a, b, c):  # c = a @ b, all C-contiguous; one row as GEMV, as NumPy sends it
-        M, K = a.shape
-        N = b.shape[1]
-        if M == 1:
-            cblas_gemv(ROW_MAJOR, TRANS, K, N, 1.0, b.ctypes.data, N, a.ctypes.data, 1, 0.0, c.ctypes.data, 1)
-        else:
-            cblas_gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
+    gemm = nk.gemm_kernel(cblas_gemm, cblas_gemv)  # gemm(a, b, c, 0): c = a @ b, all C-contiguous
 
     @numba.njit(nogil=True, **jit)
     def forward_loop(gi, w_t, gain, bias, h0, active, keep, use_keep, rate, hs, r, z, n, ghn, gh_hat, gh_rstd, reverse, b0, b1):
@@ -102,7 +95,7 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
         zoneout = use_keep or rate > zero
         for s in range(T):
             t = T - 1 - s if reverse else s
-            gemm(h, w_t, gh)
+            gemm(h, w_t, gh, 0)
             for i in range(b1 - b0):
                 b = b0 + i
                 row, hat, gib, hb = gh[i], gh_hat[t, b], gi[t, b], h[i]
@@ -121,13 +114,13 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
                     keep[t if use_keep else 0, b if use_keep else 0],
                 )
                 for j in range(H):
-                    g_n = hat[2 * H + j] * gain[2 * H + j] + bias[2 * H + j]
+                    g_n = ln_affine(hat[2 * H + j], gain[2 * H + j], bias[2 * H + j])
                     h_new, rr, zz, nn = gates_forward(
                         gib[j],
                         gib[H + j],
                         gib[2 * H + j],
-                        hat[j] * gain[j] + bias[j],
-                        hat[H + j] * gain[H + j] + bias[H + j],
+                        ln_affine(hat[j], gain[j], bias[j]),
+                        ln_affine(hat[H + j], gain[H + j], bias[H + j]),
                         g_n,
                         hb[j],
                         sigmoid,
@@ -201,7 +194,7 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
                 rs = gh_rstd[t, b, 0]
                 for j in range(H3):
                     draw[j] = ln_input_grad(dg[j], hat[j], rs, mean_dg, mean_dg_hat)
-            gemm(d_raw[t, b0:b1], w, prod)
+            gemm(d_raw[t, b0:b1], w, prod, 0)
             for i in range(rows):
                 b = b0 + i
                 live = active[t, b]
@@ -220,7 +213,7 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
             rstd[i, 0] = rs
             for j in range(F):
                 hat[j] = ln_normalise(row[j], mean, rs)
-                out[j] = hat[j] * gain[j] + bias[j]
+                out[j] = ln_affine(hat[j], gain[j], bias[j])
 
     @numba.njit(nogil=True, **jit)
     def norm_backward_rows(d, v_hat, rstd, gain, dv, r0, r1):  # dL/dv of rows r0:r1 from d = dL/d(γ ⊙ v̂)

@@ -171,14 +171,11 @@ def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
     return forward_step, backward_step
 
 
-def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
-    """:func:`gruxp._native.loops.time_loops` compiled as they are, their GEMM a call into gruxp's
-    BLAS (see :mod:`gruxp._native.blas`): no interpreter work between steps, and the GIL released
-    (pieces of a batch, and a layer's two directions, run at once). Two pairs: the product
-    written as it is, and written transposed (the plan's ``transposed``). A single row goes to
-    GEMV, as NumPy sends it: OpenBLAS's GEMM with one row is slower (see benchmarks/README.md)."""
+def gemm_kernel(cblas_gemm, cblas_gemv):
+    """The compiled loops' GEMM for gruxp's BLAS: ``gemm(a, b, c, panel)``, c = a @ b with all three
+    C-contiguous, in column panels of b and c where panel > 0; a single row goes to GEMV, as NumPy
+    sends it (OpenBLAS's GEMM with one row is slower: see benchmarks/README.md)."""
     from .blas import NO_TRANS, ROW_MAJOR, TRANS
-    from .loops import time_loops
 
     @numba.njit(inline="always", **_JIT)
     def gemm(a, b, c, panel):  # c = a @ b, all C-contiguous; in column panels of b and c where panel > 0
@@ -206,6 +203,19 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
                 )
         else:
             cblas_gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
+
+    return gemm
+
+
+def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
+    """:func:`gruxp._native.loops.time_loops` compiled as they are, their GEMM a call into gruxp's
+    BLAS (see :mod:`gruxp._native.blas`): no interpreter work between steps, and the GIL released
+    (pieces of a batch, and a layer's two directions, run at once). Two pairs: the product
+    written as it is, and written transposed (the plan's ``transposed``); the GEMM is :func:`gemm_kernel`'s."""
+    from .blas import NO_TRANS, ROW_MAJOR, TRANS
+    from .loops import time_loops
+
+    gemm = gemm_kernel(cblas_gemm, cblas_gemv)
 
     @numba.njit(inline="always", **_JIT)
     def gemm_transposed(a, bt, c, panel):  # c = a @ b as (bᵀ aᵀ)ᵀ, given bᵀ; all C-contiguous

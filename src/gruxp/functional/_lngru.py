@@ -41,6 +41,7 @@ __all__ = [
     "layer_norm_backward",
     "ln_rstd",
     "ln_normalise",
+    "ln_affine",
     "ln_input_grad",
     "zoneout_blend",
     "zoneout_blend_backward",
@@ -66,18 +67,24 @@ def ln_normalise(v: Any, mean: Any, rstd: Any) -> Any:
     return (v - mean) * rstd
 
 
+def ln_affine(v_hat: Any, gain: Any, bias: Any) -> Any:
+    """γ ⊙ v̂ + b: the gain, then the bias, which the norm keeps in place of its own shift."""
+    return v_hat * gain + bias
+
+
 def ln_input_grad(dg: Any, v_hat: Any, rstd: Any, mean_dg: Any, mean_dg_v_hat: Any) -> Any:
     """dL/dv from dg = γ ⊙ dL/d(γ ⊙ v̂) and its two row means, mean(dg) and mean(dg ⊙ v̂)."""
     return rstd * (dg - mean_dg - v_hat * mean_dg_v_hat)
 
 
-def layer_norm(v: Array, gain: Array, *, xp: Any) -> tuple[Any, Any, Any]:
-    """``(γ ⊙ v̂, v̂, rstd)`` over the last axis of v; rstd keeps that axis (size 1)."""
+def layer_norm(v: Array, gain: Array, bias: Any = None, *, xp: Any) -> tuple[Any, Any, Any]:
+    """``(γ ⊙ v̂ + bias, v̂, rstd)`` over the last axis of v (bias None: none added); rstd keeps that
+    axis (size 1)."""
     mean = xp.mean(v, axis=-1, keepdims=True)
     centred = v - mean
     rstd = ln_rstd(xp.mean(centred * centred, axis=-1, keepdims=True), xp.sqrt)
     v_hat = ln_normalise(v, mean, rstd)
-    return v_hat * gain, v_hat, rstd
+    return (v_hat * gain if bias is None else ln_affine(v_hat, gain, bias)), v_hat, rstd
 
 
 def layer_norm_backward(d: Array, v_hat: Array, rstd: Array, gain: Array, *, xp: Any) -> Any:
@@ -157,18 +164,13 @@ def _product(a: Any, b: Any) -> Any:
     return a @ b
 
 
-def _norm(v: Array, gain: Array, bias: Any, *, xp: Any) -> tuple[Any, Any, Any]:
-    y, v_hat, rstd = layer_norm(v, gain, xp=xp)
-    return (y if bias is None else y + bias), v_hat, rstd
-
-
 def input_side(x: Array, p: Mapping[str, Any], *, xp: Any, matmul: Any = _product, norm: Any = None) -> tuple[Any, Any, Any]:
     """``(gi, gi_hat, gi_rstd)`` of all T steps at once: LN(W_ih x)·γ_ih + b_ih, (T, B, 3H).
     ``norm(v, gain, bias)`` (rows, 3H) -> ``(γ ⊙ v̂ + bias, v̂, rstd)``: :func:`layer_norm` by default."""
     T, B, I = x.shape
     w_ih = p["weight_ih"]
     v = matmul(xp.reshape(x, (T * B, I)), xp.matrix_transpose(w_ih))
-    gi, gi_hat, gi_rstd = (norm or partial(_norm, xp=xp))(v, p["ln_weight_ih"], p.get("bias_ih"))
+    gi, gi_hat, gi_rstd = (norm or partial(layer_norm, xp=xp))(v, p["ln_weight_ih"], p.get("bias_ih"))
     G = w_ih.shape[0]
     return xp.reshape(gi, (T, B, G)), xp.reshape(gi_hat, (T, B, G)), xp.reshape(gi_rstd, (T, B, 1))
 
@@ -184,9 +186,7 @@ def lngru_direction_forward(x, h0, p, *, mask, reverse, record, xp, zoneout=0.0,
 
     def step(h, inputs):
         gi_t, mask_t, keep_t = inputs
-        gh, gh_hat, rstd = layer_norm(h @ xp.matrix_transpose(w_hh), p["ln_weight_hh"], xp=xp)
-        if b_hh is not None:
-            gh = gh + b_hh
+        gh, gh_hat, rstd = layer_norm(h @ xp.matrix_transpose(w_hh), p["ln_weight_hh"], b_hh, xp=xp)
         gh_n = gh[:, 2 * H :]
         h_new, r, z, n = gates_forward(
             gi_t[:, :H], gi_t[:, H : 2 * H], gi_t[:, 2 * H :], gh[:, :H], gh[:, H : 2 * H], gh_n, h, sigmoid, tanh

@@ -68,14 +68,18 @@ class MinGRUConfig(NamedTuple):
     log_space: bool = False
 
     @classmethod
-    def checked(cls, *structure: Any, log_space: Any = False, **named: Any) -> MinGRUConfig:
-        """The structure from user values: :meth:`GRUConfig.checked`'s fields (positional or named,
-        in its order, without reset_after), then ``log_space``."""
-        if "reset_after" in named:
-            raise TypeError("a minGRU has no reset gate: reset_after is not one of its options")
-        if len(structure) > 6:
-            structure, log_space = structure[:6], structure[6]
-        base = GRUConfig.checked(*structure, **named)
+    def checked(
+        cls,
+        input_size: Any,
+        hidden_size: Any,
+        num_layers: Any = 1,
+        bias: Any = True,
+        batch_first: Any = False,
+        bidirectional: Any = False,
+        log_space: Any = False,
+    ) -> MinGRUConfig:
+        """The structure from user values, :meth:`GRUConfig.checked`'s checks and ``log_space``'s."""
+        base = GRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional)
         return cls(
             base.input_size,
             base.hidden_size,

@@ -48,7 +48,8 @@ class Cell(NamedTuple):
     """A recurrent cell as the stack driver and the routes see it: one definition per cell.
 
     ``forward(x, h0, p, *, mask, reverse, record, xp, loop, **forward_options)`` runs one
-    layer-direction over x (T, B, I) from h0 (B, H) and returns ``(out, h_T, tape or None)``;
+    layer-direction over x (T, B, I) from h0 (B, H) and returns ``(out, h_T, tape or None)``, the
+    tape a NamedTuple with at least ``x``, ``h0`` and ``hs`` (T, B, H), the states in time order;
     ``backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop, **backward_options)``
     returns ``((grads with short names, dx or None), dh0)``. Both drive the cell's step with the
     ``loop`` a route hands them. ``p`` holds the layer-direction's parameters by short name
@@ -57,6 +58,10 @@ class Cell(NamedTuple):
     ``prepare(config, shape, options, rng, xp, dtype, device)`` reads the call's options (``shape`` is
     (T, B, H)) once, before the layers run, and makes any random masks on the host (zoneout); what it
     returns reaches ``forward_options`` as ``prepared``.
+
+    A cell whose direction functions take ``parallel`` (minGRU's scan over time) lets a route run its
+    recurrence step by step instead (``parallel=False``) where that is faster; both are the same
+    function, tested against each other.
     """
 
     name: str
@@ -316,7 +321,7 @@ def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, 
         outs, h_Ts, tapes = zip(*route.layer_forward(cell.forward, calls), strict=True)
         finals += h_Ts
         layer_in = outs[0] if D == 1 else xp.concat(outs, axis=-1)
-        if record and D == 2 and mask is None and layer < L - 1 and route.shares_states and hasattr(tapes[0], "hs"):
+        if record and D == 2 and mask is None and layer < L - 1 and route.shares_states:
             # each direction's states are now a slice of the next layer's input, which the tape
             # keeps anyway: keep only that (not the last layer's: the caller gets its output)
             tapes = tuple(t._replace(hs=layer_in[..., d * H : (d + 1) * H]) for d, t in enumerate(tapes))
@@ -324,7 +329,7 @@ def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, 
             layer_in = layer_in * drop[layer, ...]
         layers.append(tuple(tapes))
     out, h_n = layer_in, xp.stack(finals, axis=0)
-    if record and out is getattr(layers[-1][0], "hs", None):
+    if record and out is layers[-1][0].hs:
         out = xp.asarray(out, copy=True)  # the caller may edit what it gets; the tape's states stay
     if unbatched:
         out, h_n = out[:, 0, ...], h_n[:, 0, ...]
@@ -334,10 +339,6 @@ def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, 
         return out, h_n, None
     tape = GRUTape(dict(params), config, tuple(layers), mask, drop, unbatched, tuple(out.shape), tuple(h_n.shape))
     return out, h_n, tape
-
-
-def _run(params, x, h0, lengths, config: GRUConfig, *, record: bool, xp, dropout=0.0, rng=None):
-    return run_stack(params, x, h0, lengths, config, record=record, xp=xp, dropout=dropout, rng=rng)
 
 
 def _gru_forward_options(config: GRUConfig, layer: int, direction: int, prepared: Any) -> dict[str, Any]:
@@ -444,7 +445,7 @@ def gru_forward(
     config = _config(
         params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after
     )
-    return _run(params, x, h0, lengths, config, record=True, xp=xp, dropout=dropout, rng=rng)
+    return run_stack(params, x, h0, lengths, config, record=True, xp=xp, dropout=dropout, rng=rng)
 
 
 def gru_backward(
