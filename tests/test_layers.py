@@ -89,15 +89,21 @@ def test_embedding_rejects_bad_ids(backend):
         emb(backend.asarray([[0.0, 1.0]]))
 
 
-def test_dropout_same_mask_on_every_backend_and_eval_is_identity(backend):
-    x = np.ones((4, 3, 5))
+def test_dropout_masks_from_the_backends_generator_seeded_and_eval_is_identity(backend):
+    """The mask is the backend's own draw (they need not agree across backends): the same seed gives
+    the same mask on one backend, another seed another; values 0 or 1/(1−p); backward uses it."""
+    x = np.ones((40, 3, 5))
     ours = gruxp.Dropout(0.5, seed=3)
     y, tape = ours.forward(backend.asarray(x))
-    ref, _ = gruxp.Dropout(0.5, seed=3).forward(x)
-    np.testing.assert_array_equal(to_numpy(y), ref)
-    assert set(np.unique(ref)) == {0.0, 2.0}
+    again, _ = gruxp.Dropout(0.5, seed=3).forward(backend.asarray(x))
+    other, _ = gruxp.Dropout(0.5, seed=4).forward(backend.asarray(x))
+    np.testing.assert_array_equal(to_numpy(y), to_numpy(again))
+    assert not np.array_equal(to_numpy(y), to_numpy(other))
+    assert set(np.unique(to_numpy(y))) == {0.0, 2.0}
+    assert 0.4 < np.mean(to_numpy(y) == 0) < 0.6
     _, dx = ours.backward(tape, backend.asarray(x))
-    np.testing.assert_array_equal(to_numpy(dx), ref)
+    np.testing.assert_array_equal(to_numpy(dx), to_numpy(y))
+    assert not np.array_equal(to_numpy(ours(backend.asarray(x))), to_numpy(y))  # a fresh mask per call
     ours.eval()
     np.testing.assert_array_equal(to_numpy(ours(backend.asarray(x))), x)
 
@@ -109,11 +115,17 @@ def test_gru_dropout_between_layers(backend):
     gru = gruxp.GRU(3, 4, 3, dropout=0.4, **_place(backend, seed=7))
     state = gru.state_dict(numpy=True)
     rng_state = gru.rng.bit_generator.state
-    out, h_n = gru(backend.asarray(x))
-    # the same computation by hand, one layer at a time, masks drawn from the same host stream
-    masks = np.random.default_rng()
-    masks.bit_generator.state = rng_state
-    keep = (masks.random((2, 5, 2, 4)) >= 0.4) / 0.6
+    out, h_n, tape = gru.forward(backend.asarray(x))
+    keep = to_numpy(tape.dropout_masks)  # (L−1, T, B, H): the backend's draws
+    assert keep.shape == (2, 5, 2, 4) and set(np.unique(keep)) <= {0.0, 1 / 0.6}
+    if backend.name == "numpy":  # NumPy draws from the model's host Generator itself, as every earlier version did
+        masks = np.random.default_rng()
+        masks.bit_generator.state = rng_state
+        np.testing.assert_array_equal(keep, (masks.random((2, 5, 2, 4)) >= 0.4) / 0.6)
+    # the same seed, the same masks; the same computation by hand, one layer at a time
+    np.testing.assert_array_equal(
+        to_numpy(gruxp.GRU(3, 4, 3, dropout=0.4, **_place(backend, seed=7))(backend.asarray(x))[0]), to_numpy(out)
+    )
     layer_in = x
     for k in range(3):
         single = gruxp.GRU(layer_in.shape[-1], 4, dtype="float64")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from . import functional as F
 from ._checks import check_bool, check_positive_int
+from ._random import is_jax_key
 from ._typing import Array
 
 __all__ = ["apply", "init"]
@@ -49,20 +50,13 @@ def init(
         bidirectional=check_bool("bidirectional", bidirectional),
     )
     bound = 1.0 / hidden_size**0.5
-    if _is_key(seed_or_key):
+    if is_jax_key(seed_or_key):
         keys = jax.random.split(seed_or_key, len(shapes))
         return {
             name: jax.random.uniform(key, shape, dtype=jnp.dtype(dtype), minval=-bound, maxval=bound)
             for key, (name, shape) in zip(keys, shapes.items(), strict=True)
         }
     return F.init_params(shapes, hidden_size, seed=seed_or_key, xp=jnp, device=None, dtype=getattr(jnp, str(dtype)))
-
-
-def _is_key(a: Any) -> bool:
-    """A ``jax.random`` key: typed (``jax.random.key``) or raw (``PRNGKey``: two uint32)."""
-    if not isinstance(a, jax.Array):
-        return False
-    return bool(jnp.issubdtype(a.dtype, jax.dtypes.prng_key)) or (a.dtype == jnp.uint32 and a.shape == (2,))
 
 
 def _structure(params: Mapping[str, Any]) -> tuple[int, bool, bool]:
@@ -86,7 +80,12 @@ def apply(
 ) -> tuple[Array, Array]:
     """``(out, h_n)`` of the GRU whose parameters ``init`` made: a pure function, for ``jax.jit``,
     ``jax.grad`` and ``jax.vmap``. Shapes and ``lengths`` as :class:`gruxp.GRU`'s; ``lengths`` may
-    be traced inside ``jax.jit`` (check their values before)."""
+    be traced inside ``jax.jit`` (check their values before).
+
+    ``dropout=p`` (between layers, as ``nn.GRU`` in training) draws its masks in the program from
+    ``rng``, a ``jax.random`` key, as flax modules take theirs: the same key, the same masks; split
+    a new one for each step. Under ``jax.jit`` a call with dropout and no key raises a ``ValueError``
+    (a host generator would be read once, while tracing, and every call would repeat its mask)."""
     num_layers, bidirectional, bias = _structure(params)
     return F.gru(
         params,

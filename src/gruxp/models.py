@@ -158,6 +158,9 @@ class Recurrent(Module):
 
     structure_type: Any = F.GRUConfig
     structure: Any
+    # The options that draw random masks in training mode (a declaration the Trainer reads, see
+    # :attr:`draws_randomness`): dropout between layers here; a cell adds its own (zoneout).
+    random_options: tuple[str, ...] = ("dropout",)
 
     def _build(self, structure: Any, dropout: Any, xp: Any, device: Any, dtype: Any, seed: Any) -> None:
         self.dropout = check_dropout("dropout", dropout)
@@ -187,16 +190,25 @@ class Recurrent(Module):
         """The cell's own call options (zoneout, ...); ``step``: for :meth:`step`."""
         return {}
 
-    def _run_options(self, *, step: bool = False) -> dict[str, Any]:
+    @property
+    def draws_randomness(self) -> bool:
+        """Whether a call in the current mode draws random masks: training mode and a random option
+        that acts (dropout needs two layers or more to act between)."""
+        if not self.training:
+            return False
+        return any(getattr(self, name) and (name != "dropout" or self.structure.num_layers > 1) for name in self.random_options)
+
+    def _run_options(self, *, step: bool = False, rng: Any = None) -> dict[str, Any]:
         return dict(
             dropout=0.0 if step or not self.training else self.dropout,
-            rng=self.rng,
+            rng=self.rng if rng is None else rng,
             options=self._cell_options(step=step),
         )
 
-    def __call__(self, x: Array, h0: Array = None, *, lengths: Any = None) -> tuple[Array, Array]:
-        """Inference ``(out, h_n)``; keeps nothing for backward."""
-        return F.infer_stack(self.params, x, h0, lengths, self.structure, xp=None, **self._run_options())
+    def __call__(self, x: Array, h0: Array = None, *, lengths: Any = None, rng: Any = None) -> tuple[Array, Array]:
+        """Inference ``(out, h_n)``; keeps nothing for backward. ``rng`` (default: ``model.rng``) is
+        where a training-mode call's masks come from; under ``jax.jit`` pass a ``jax.random`` key."""
+        return F.infer_stack(self.params, x, h0, lengths, self.structure, xp=None, **self._run_options(rng=rng))
 
     def step(self, x_t: Array, h: Array = None) -> tuple[Array, Array]:
         """Streaming inference, one time step: ``(out_t, h)`` from x_t (B, I) or (I,) and h (L, B, H).
@@ -220,9 +232,10 @@ class Recurrent(Module):
         out, h_n = F.infer_stack(self.params, x, h, None, structure, xp=None, **self._run_options(step=True))
         return out[0, ...], h_n
 
-    def forward(self, x: Array, h0: Array = None, *, lengths: Any = None) -> tuple[Array, Array, F.GRUTape]:
-        """``(out, h_n, tape)``; pass the tape to :meth:`backward`."""
-        out, h_n, tape = F.run_stack(self.params, x, h0, lengths, self.structure, record=True, xp=None, **self._run_options())
+    def forward(self, x: Array, h0: Array = None, *, lengths: Any = None, rng: Any = None) -> tuple[Array, Array, F.GRUTape]:
+        """``(out, h_n, tape)``; pass the tape to :meth:`backward`. ``rng`` as in :meth:`__call__`."""
+        options = self._run_options(rng=rng)
+        out, h_n, tape = F.run_stack(self.params, x, h0, lengths, self.structure, record=True, xp=None, **options)
         return out, h_n, self._own(tape)
 
     def backward(
@@ -270,8 +283,10 @@ class GRU(Recurrent):
         False: n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn) (Cho et al. 2014).
     dropout
         p in [0, 1): in training mode (:meth:`train`, the default), each output of every layer but the
-        last is zeroed with probability p and scaled by 1/(1−p), as ``nn.GRU(dropout=p)``; masks come
-        from the model's host Generator ``model.rng``, so a seed fixes them on every backend.
+        last is zeroed with probability p and scaled by 1/(1−p), as ``nn.GRU(dropout=p)``. Masks are
+        drawn on the arrays' device by the backend's generator, seeded from the model's host Generator
+        ``model.rng`` (a seed fixes them on each backend; see ``docs/numerics.md``), or from the call's
+        ``rng=`` (under ``jax.jit``: a key).
     xp, device, dtype
         Namespace (module or its array-api-compat wrapper; default NumPy), device, and float dtype
         (default float32 of that namespace).
@@ -333,7 +348,7 @@ class LayerNormGRU(Recurrent):
         at once, which reset_before never forms.
     zoneout
         rate in [0, 1): in training mode each hidden unit keeps its previous value with probability
-        rate (draws from ``model.rng``); in evaluation mode the state is the expectation,
+        rate (drawn as dropout's masks are); in evaluation mode the state is the expectation,
         rate·h_{t−1} + (1 − rate)·h_t. The outputs are the states, zoned out.
 
     Examples
@@ -346,6 +361,7 @@ class LayerNormGRU(Recurrent):
     """
 
     structure_type = F.LayerNormGRUConfig
+    random_options = ("dropout", "zoneout")
 
     def __init__(
         self,

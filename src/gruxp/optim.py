@@ -4,6 +4,11 @@ They work on any namespace (JAX's immutable arrays included) and follow ``torch.
 single-tensor update rules and defaults exactly, so the same gradients give the same parameters
 (tested to 1e-12 in float64 over 20 steps). ``state`` is a plain dict of arrays and ints that a
 checkpoint can store.
+
+A user may change an optimizer's settings between steps (``opt.lr = 1e-4``). A compiled training
+step must not freeze them: it takes :meth:`~Adam.hyperparams` (the numbers) as arguments and
+passes them to ``step(..., hyper=...)``; :meth:`~Adam.structure` (which terms exist at all:
+amsgrad, momentum, weight decay) decides the program, so changing it compiles another.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ._checks import is_traced
 from ._namespace import dtype_name, namespace_of
 
 __all__ = ["SGD", "Adam", "AdamW", "clip_grad_norm", "OPTIMIZERS"]
@@ -65,19 +71,31 @@ class SGD:
     def init(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {"step": 0, "momentum_buffer": {}}
 
-    def step(self, params: Mapping[str, Any], grads: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[dict, dict]:
+    def hyperparams(self) -> dict[str, float]:
+        """The numbers of the update, which a compiled step takes as arguments."""
+        return dict(lr=self.lr, momentum=self.momentum, dampening=self.dampening, weight_decay=self.weight_decay)
+
+    def structure(self) -> tuple:
+        """Which terms the update has (momentum, Nesterov, weight decay): what a compiled step is built for."""
+        return (bool(self.momentum), self.nesterov, bool(self.weight_decay))
+
+    def step(
+        self, params: Mapping[str, Any], grads: Mapping[str, Any], state: Mapping[str, Any], *, hyper: Mapping | None = None
+    ) -> tuple[dict, dict]:
+        """``(params, state)`` after one update; ``hyper`` (default :meth:`hyperparams`) the numbers to use."""
         _check_keys(params, grads)
+        h = self.hyperparams() if hyper is None else hyper
         new_params, buffers = {}, dict(state["momentum_buffer"])
         for k, p in params.items():
             d = grads[k]
             if self.weight_decay:
-                d = d + self.weight_decay * p
+                d = d + h["weight_decay"] * p
             if self.momentum:
                 buf = buffers.get(k)
-                buf = d if buf is None else self.momentum * buf + (1.0 - self.dampening) * d
+                buf = d if buf is None else h["momentum"] * buf + (1.0 - h["dampening"]) * d
                 buffers[k] = buf
-                d = d + self.momentum * buf if self.nesterov else buf
-            new_params[k] = p - self.lr * d
+                d = d + h["momentum"] * buf if self.nesterov else buf
+            new_params[k] = p - h["lr"] * d
         return new_params, {"step": state["step"] + 1, "momentum_buffer": buffers}
 
 
@@ -110,18 +128,30 @@ class Adam:
             state["max_exp_avg_sq"] = dict(zeros)
         return state
 
-    def step(self, params: Mapping[str, Any], grads: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[dict, dict]:
+    def hyperparams(self) -> dict[str, float]:
+        """The numbers of the update, which a compiled step takes as arguments."""
+        return dict(lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay)
+
+    def structure(self) -> tuple:
+        """Which terms the update has (amsgrad, L2 weight decay): what a compiled step is built for."""
+        return (self.amsgrad, bool(self.weight_decay))
+
+    def step(
+        self, params: Mapping[str, Any], grads: Mapping[str, Any], state: Mapping[str, Any], *, hyper: Mapping | None = None
+    ) -> tuple[dict, dict]:
+        """``(params, state)`` after one update; ``hyper`` (default :meth:`hyperparams`) the numbers to use."""
         _check_keys(params, grads)
-        b1, b2 = self.betas
+        h = self.hyperparams() if hyper is None else hyper
+        lr, b1, b2, eps, weight_decay = h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"]
         t = state["step"] + 1
-        if isinstance(t, int):
-            step_size = self.lr / (1.0 - b1**t)
+        if all(isinstance(v, (int, float)) for v in (t, b1, b2)):
+            step_size = lr / (1.0 - b1**t)
             bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
-        else:  # a traced step count (inside a compiled training step): the same formulas on 0-d arrays
+        else:  # traced (inside a compiled training step): the same formulas on 0-d arrays
             first = next(iter(params.values()))
             xp = namespace_of(first)
-            tf = xp.astype(t, first.dtype)
-            step_size = self.lr / (1.0 - b1**tf)
+            tf = xp.astype(t, first.dtype) if hasattr(t, "dtype") else float(t)
+            step_size = lr / (1.0 - b1**tf)
             bias_correction2_sqrt = xp.sqrt(1.0 - b2**tf)
         new = {"step": t, "exp_avg": {}, "exp_avg_sq": {}}
         if self.amsgrad:
@@ -130,9 +160,9 @@ class Adam:
         for k, p in params.items():
             g = grads[k]
             if self.decoupled:
-                p = p * (1.0 - self.lr * self.weight_decay)
+                p = p * (1.0 - lr * weight_decay)
             elif self.weight_decay:
-                g = g + self.weight_decay * p
+                g = g + weight_decay * p
             m = state["exp_avg"][k]
             m = m + (1.0 - b1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
             v = state["exp_avg_sq"][k] * b2 + (1.0 - b2) * (g * g)
@@ -140,7 +170,7 @@ class Adam:
             if self.amsgrad:
                 v = namespace_of(v).maximum(state["max_exp_avg_sq"][k], v)
                 new["max_exp_avg_sq"][k] = v
-            denom = namespace_of(v).sqrt(v) / bias_correction2_sqrt + self.eps
+            denom = namespace_of(v).sqrt(v) / bias_correction2_sqrt + eps
             new_params[k] = p - step_size * (m / denom)
         return new_params, new
 
@@ -170,7 +200,8 @@ def clip_grad_norm(grads: Mapping[str, Any], max_norm: float) -> tuple[dict[str,
     Returns ``(clipped, total_norm)`` with the norm before clipping as a 0-d array, following
     ``torch.nn.utils.clip_grad_norm_`` (coefficient max_norm / (norm + 1e-6), capped at 1).
     """
-    max_norm = _number("max_norm", max_norm, open_low=True)
+    if not is_traced(max_norm):  # a compiled step passes it traced, checked on the host before
+        max_norm = _number("max_norm", max_norm, open_low=True)
     if not grads:
         raise ValueError("grads must not be empty")
     xp = namespace_of(*grads.values(), what="grads")

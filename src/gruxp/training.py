@@ -16,6 +16,7 @@ the last good checkpoint on disk is never overwritten (``checkpoint.save`` refus
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,10 +26,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import checkpoint as ckpt_io
-from ._checks import check_lengths, check_positive_int
+from ._checks import check_bool, check_positive_int, placed_lengths
+from ._namespace import to_numpy
+from ._random import key_from_words, seed_words
 from ._typing import Array
 from .functional._routes import route_for
-from .optim import OPTIMIZERS, clip_grad_norm
+from .optim import OPTIMIZERS, _number, clip_grad_norm
 
 __all__ = ["Batch", "Trainer", "NonFiniteLossError", "stream_windows"]
 
@@ -130,6 +133,9 @@ class Trainer:
         Seeds the host RNG passed to ``batch_fn``.
     history_size
         How many of the latest step records :attr:`history` keeps.
+    compile
+        Run each step as one compiled program where the namespace has a compiler (JAX's ``jax.jit``);
+        False runs it eagerly, operation by operation (the same numbers and masks, slower).
     """
 
     def __init__(
@@ -144,6 +150,7 @@ class Trainer:
         checkpoint_every: int = 0,
         seed: Any = 0,
         history_size: int = 10_000,
+        compile: bool = True,
     ) -> None:
         if not hasattr(model, "layers"):
             raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
@@ -157,7 +164,8 @@ class Trainer:
         self.carry: dict[str, Any] = {}
         self.history_size = check_positive_int("history_size", history_size)
         self.history: list[dict[str, float]] = []
-        self._compiled: Callable | None = None
+        self.compile = check_bool("compile", compile)
+        self._programs: dict[tuple, Callable] = {}
 
     # -- one step ---------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> dict[str, float]:
@@ -194,21 +202,45 @@ class Trainer:
         return self._eager_step(batch)
 
     # -- the compiled step (JAX) ------------------------------------------------------------------
+    # Compiled = eager: nothing a user may change between steps is read only while tracing. The
+    # numbers (learning rate and the optimizer's other settings, the clipping norm, the random layers'
+    # seeds, the step count) are arguments of the program; what decides its shape (each layer's mode
+    # and structure, which optimizer terms exist, whether to clip or carry state) is its static
+    # signature, and a change of it builds another program, counted in :attr:`compiles`.
     def _compiled_step(self) -> Callable | None:
-        """One compiled function for forward, loss, backward, clipping and the update, where the
-        namespace has a compiler (JAX) and no dropout is active: dropout masks are drawn on the host
-        from each layer's Generator, which a compiled step would freeze into constants."""
+        """The compiled function for the current static signature (built on first use), or None
+        where the namespace has no compiler."""
         compiler = route_for(self.model.xp).compiler(self.model.xp)
-        dropping = any(
-            getattr(layer, "training", False) and (getattr(layer, "p", 0.0) or getattr(layer, "dropout", 0.0))
-            for layer in self.model.layers.values()
-        )
-        if compiler is None or dropping:
+        if compiler is None or not self.compile:
             return None
-        if self._compiled is None:
-            # lengths are traced, not static: a new ragged pattern reuses the program (one compile per shape)
-            self._compiled = compiler(self._pure_step)
-        return self._compiled
+        signature = self.static_signature()
+        program = self._programs.get(signature)
+        if program is None:
+            # a fresh function per signature: the compiler's cache, keyed on shapes, is per function
+            program = compiler(lambda *args, **kwargs: self._pure_step(*args, **kwargs))
+            self._programs[signature] = program
+        return program
+
+    @property
+    def compiles(self) -> int:
+        """How many programs the compiled step (JAX) has built: one per static signature
+        (:meth:`static_signature`) and input shapes; 0 where steps run eagerly."""
+        return sum(program._cache_size() if hasattr(program, "_cache_size") else 1 for program in self._programs.values())
+
+    def static_signature(self) -> tuple:
+        """What the compiled step is built for: each layer's type, structure and mode, the optimizer's
+        type and :meth:`structure`, the loss, and whether it clips and carries state. The numbers a
+        user changes between steps are not in it: they are the program's arguments."""
+        layers = tuple(
+            (name, type(layer).__name__, json.dumps(layer.config(), sort_keys=True, default=repr), bool(layer.training))
+            for name, layer in self.model.layers.items()
+        )
+        optimizer = (type(self.optimizer).__name__, self.optimizer.structure())
+        return layers, optimizer, self.loss, self.clip_norm is None, self.stateful
+
+    def _random_layers(self) -> list[str]:
+        """The layers that draw masks in the current mode (each one's own declaration)."""
+        return [name for name, layer in self.model.layers.items() if getattr(layer, "draws_randomness", False)]
 
     def _steps_and_batch(self, x: Array) -> tuple[int, int]:
         """(T, B) of a batch's input, batch-first or time-major as the model's recurrent layers read it."""
@@ -217,48 +249,70 @@ class Trainer:
             raise ValueError(f"a batch with lengths needs x of shape (T, B, ...) or (B, T, ...); got {tuple(x.shape)}")
         return (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
 
-    def _pure_step(self, params: dict, opt_state: dict, x: Array, target: Array, carry: dict, *, lengths: Any) -> tuple:
+    def _pure_step(
+        self,
+        params: dict,
+        opt_state: dict,
+        x: Array,
+        target: Array,
+        carry: dict,
+        seeds: dict,
+        hyper: dict,
+        clip: Any,
+        *,
+        lengths: Any,
+    ) -> tuple:
         """The step as a pure function of arrays (what the compiler traces). The model's own
-        forward/backward run on ``params`` lent to it for the trace and given back afterwards."""
+        forward/backward run on ``params`` lent to it for the trace and given back afterwards; each
+        random layer draws from the key of its seed, as the eager step does (:mod:`gruxp._random`)."""
         model = self.model
         kept = model.params
         model.params = params
         try:
-            y, state, tape = model.forward(x, carry if self.stateful else None, lengths=lengths)
+            rngs = {name: key_from_words(*words) for name, words in seeds.items()}
+            y, state, tape = model.forward(x, carry if self.stateful else None, lengths=lengths, rng=rngs)
             loss, dy = self.loss(y, target)
             grads, _, _ = model.backward(tape, dy)
         finally:
             model.params = kept
         xp = model.xp
-        if self.clip_norm is not None:
-            grads, norm = clip_grad_norm(grads, self.clip_norm)
+        if clip is not None:
+            grads, norm = clip_grad_norm(grads, clip)
         else:
             norm = xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
-        new_params, new_state = self.optimizer.step(params, grads, opt_state)
+        new_params, new_state = self.optimizer.step(params, grads, opt_state, hyper=hyper)
         finite = _all_finite(new_params, new_state, xp=xp)
         return new_params, new_state, state, loss, norm, finite
 
     def _run_compiled(self, compiled: Callable, batch: Batch) -> tuple[dict, dict, dict, dict]:
+        model = self.model
         lengths = None
         if batch.lengths is not None:  # checked here, on the host: inside the program their values cannot be read
             T, B = self._steps_and_batch(batch.x)
-            lengths = self.model.xp.asarray(check_lengths(batch.lengths, batch=B, steps=T), device=self.model.device)
-        placed = route_for(self.model.xp).placed
+            lengths = placed_lengths(batch.lengths, batch=B, steps=T, xp=model.xp, device=model.device)[1]
+        # one 64-bit seed per random layer, from its own Generator, as its eager forward would take it
+        seeds = {name: seed_words(model.layers[name].rng) for name in self._random_layers()}
+        if self.clip_norm is not None:
+            _number("clip_norm", self.clip_norm, open_low=True)
+        placed = route_for(model.xp).placed
         params, opt_state, state, loss, norm, finite = compiled(
-            placed(self.model.params),
+            placed(model.params),
             placed(self.opt_state),
             batch.x,
             batch.target,
             placed(self.carry if self.stateful else {}),
+            seeds,
+            self.optimizer.hyperparams(),
+            self.clip_norm,
             lengths=lengths,
         )
-        value, norm = float(loss), float(norm)  # the host syncs, outside the compiled step
-        opt_state = {k: (v if isinstance(v, Mapping) else int(v)) for k, v in opt_state.items()}  # counters stay ints
+        value, norm, finite = (float(v) for v in to_numpy(model.xp.stack([loss, norm, model.xp.astype(finite, loss.dtype)])))
+        opt_state = {k: (v if isinstance(v, Mapping) else int(to_numpy(v))) for k, v in opt_state.items()}  # counters stay ints
         if not math.isfinite(value):
             raise self._stop(f"loss is {value}")
         if not math.isfinite(norm):
             raise self._stop(f"gradient norm is {norm}")
-        if not bool(finite):
+        if not finite:
             raise self._stop("the update made parameters inf or NaN (or the optimizer state; try a smaller learning rate)")
         return {"loss": value, "grad_norm": norm}, params, opt_state, state
 
@@ -267,19 +321,19 @@ class Trainer:
         model = self.model
         y, state, tape = model.forward(batch.x, self.carry if self.stateful else None, lengths=batch.lengths)
         loss, dy = self.loss(y, batch.target)
-        value = float(loss)
+        value = float(to_numpy(loss))  # explicit transfers: the only host reads of a step
         if not math.isfinite(value):
             raise self._stop(f"loss is {value}")
         grads, _, _ = model.backward(tape, dy)
         if self.clip_norm is not None:
             grads, norm = clip_grad_norm(grads, self.clip_norm)
         else:
-            norm = math.sqrt(sum(float(model.xp.sum(g * g)) for g in grads.values()))
-        norm = float(norm)
+            norm = model.xp.sqrt(sum(model.xp.sum(g * g) for g in grads.values()))
+        norm = float(to_numpy(norm))
         if not math.isfinite(norm):
             raise self._stop(f"gradient norm is {norm}")
         params, opt_state = self.optimizer.step(model.params, grads, self.opt_state)
-        if not bool(_all_finite(params, opt_state, xp=model.xp)):
+        if not bool(to_numpy(_all_finite(params, opt_state, xp=model.xp))):
             raise self._stop("the update made parameters inf or NaN (or the optimizer state; try a smaller learning rate)")
         return {"loss": value, "grad_norm": norm}, params, opt_state, state
 

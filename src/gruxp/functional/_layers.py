@@ -10,12 +10,10 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from .._checks import check_dropout
 from .._namespace import concrete_bool, device_of, dtype_name, index_dtype, namespace_of
+from .._random import randomness
 from .._typing import Array
-from ._params import host_rng
 from ._routes import route_for
 
 __all__ = [
@@ -107,21 +105,23 @@ def embedding_backward(
     return {"weight": grad}
 
 
-def dropout_mask(p: float, shape: tuple[int, ...], rng: Any, *, xp: ModuleType, dtype: Any, device: Any) -> Any:
-    """Inverted-dropout keep-mask (0 or 1/(1−p)) drawn on the host, so a seed fixes it on every
-    backend, and moved to the device in one transfer. None when p == 0."""
+def dropout_mask(p: float, shape: tuple[int, ...], rng: Any, *, xp: ModuleType, dtype: Any, device: Any, what: str = "") -> Any:
+    """Inverted-dropout keep-mask (0 or 1/(1−p)) of ``shape``, None when p == 0 (nothing drawn).
+
+    ``rng`` is the call's :class:`gruxp._random.Randomness` (or what makes one: a key, a generator, a
+    seed): the draws are the backend's, made on ``device``. ``what`` names the option in errors."""
     p = check_dropout("dropout", p)
     if p == 0.0 or 0 in shape:
         return None
-    keep = (host_rng(rng).random(shape) >= p) / (1.0 - p)
-    return xp.asarray(keep, dtype=dtype, device=device)
+    source = randomness(rng, None, xp=xp, device=device)
+    drop = source.bernoulli(shape, p, what=what or f"dropout={p}")
+    return xp.astype(xp.logical_not(drop), dtype) * (1.0 / (1.0 - p))
 
 
-def last_step_mask(lengths: Any, steps: int, batch: int, *, xp: ModuleType, device: Any) -> Any:
-    """Boolean (T, B, 1) selecting each sequence's last valid step (T−1 without lengths); ``lengths``
-    host values, or an array traced by ``jax.jit`` (the mask then built in the program)."""
-    if lengths is not None and not isinstance(lengths, np.ndarray):
-        return xp.arange(steps, dtype=lengths.dtype, device=device)[:, None, None] == (lengths - 1)[None, :, None]
-    last = np.full(batch, steps - 1) if lengths is None else np.asarray(lengths) - 1
-    select = np.arange(steps)[:, None, None] == last[None, :, None]
-    return xp.asarray(select, dtype=xp.bool, device=device)
+def last_step_mask(lengths: Any, steps: int, *, xp: ModuleType, device: Any) -> Any:
+    """Boolean (T, B, 1) selecting each sequence's last valid step ((T, 1, 1), step T−1, without
+    lengths); ``lengths`` an integer array of ``xp`` on ``device`` (checked, or traced by ``jax.jit``),
+    so the mask is built where the arrays live."""
+    if lengths is None:
+        return xp.reshape(xp.arange(steps, device=device) == steps - 1, (steps, 1, 1))
+    return xp.arange(steps, dtype=lengths.dtype, device=device)[:, None, None] == (lengths - 1)[None, :, None]

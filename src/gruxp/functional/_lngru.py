@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from .._checks import check_dropout
-from .._namespace import device_of, from_numpy
+from .._namespace import device_of
 from .._typing import Array
 from ._cell import activations, gates_backward, gates_forward, masked_state
 from ._params import constant_init, gru_param_shapes
@@ -278,15 +278,13 @@ def finish_backward(
 
 
 def _prepare(config: LayerNormGRUConfig, shape: tuple, options: Mapping[str, Any], rng: Any, xp: Any, dtype: Any, device: Any):
-    """``(rate, masks)``: zoneout's rate and, in training, its (L·D, T, B, H) keep-draws from the host ``rng``."""
+    """``(rate, masks)``: zoneout's rate and, in training, its (L·D, T, B, H) keep-draws (ones where a
+    unit keeps its state) from the call's randomness ``rng``, made on ``device``."""
     rate = check_dropout("zoneout", options.get("zoneout", 0.0))
     if not rate or not options.get("training", False):
         return rate, None
-    from ._params import host_rng
-
     L = config.num_layers * config.num_directions
-    host = (host_rng(rng).random((L, *shape)) < rate) * 1.0  # float64 ones where a unit keeps its state
-    return rate, from_numpy(host, xp=xp, device=device, dtype=dtype)
+    return rate, xp.astype(rng.bernoulli((L, *shape), rate, what=f"zoneout={rate}"), dtype)
 
 
 def _forward_options(config: LayerNormGRUConfig, layer: int, direction: int, prepared: Any) -> dict[str, Any]:
