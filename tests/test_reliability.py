@@ -255,7 +255,7 @@ def test_flipped_compression_field_and_renamed_npy(saved, tmp_path):
         checkpoint.load(tmp_path / "flipped.npz")
     np.save(tmp_path / "array.npy", np.ones(3))
     os.replace(tmp_path / "array.npy", tmp_path / "array.npz")
-    with pytest.raises(gruxp.CheckpointError, match="truncated or corrupted"):
+    with pytest.raises(gruxp.CheckpointError, match=r"is not a checkpoint.*starts b'\\x93NUM'"):
         checkpoint.load(tmp_path / "array.npz")
 
 

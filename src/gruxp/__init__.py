@@ -16,6 +16,7 @@ from . import (
     training,
 )
 from ._config import config_context, get_config, set_config
+from ._namespace import DeviceError
 from ._typing import Array
 from .checkpoint import CheckpointError
 from .functional import CellTape, GRUConfig, GRUTape
@@ -43,6 +44,7 @@ __all__ = [
     "Batch",
     "NonFiniteLossError",
     "CheckpointError",
+    "DeviceError",
     "functional",
     "losses",
     "optim",

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._namespace import device_of, dtype_name, namespace_name, namespace_of, same_device, to_numpy
+from ._namespace import device_of, dtype_name, index_dtype, namespace_name, namespace_of, same_device, to_numpy
 
 __all__ = ["check_array", "check_shape", "check_params", "check_lengths", "check_positive_int", "check_bool"]
 
@@ -137,12 +137,35 @@ def check_lengths(lengths: Any, *, batch: int, steps: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
+def placed_lengths(lengths: Any, *, batch: int, steps: int, xp: ModuleType, device: Any) -> tuple[np.ndarray, Any]:
+    """Checked lengths as ``(host values, integer array of xp on device)``: the values are read once,
+    to check them; the array is the caller's own where it already is one of ``xp`` on ``device`` (no
+    copy), else one copy of the B values, so masks are then built where the arrays live."""
+    host = check_lengths(lengths, batch=batch, steps=steps)
+    try:
+        own = namespace_of(lengths) is xp and same_device(device_of(lengths), device)
+    except TypeError:  # a list, or another library's array
+        own = False
+    if not own:
+        return host, xp.asarray(host, dtype=index_dtype(xp), device=device)
+    return host, (lengths if lengths.dtype == index_dtype(xp) else xp.astype(lengths, index_dtype(xp)))
+
+
+def out_of_range(lengths: Any, *, steps: int, xp: ModuleType) -> tuple[Any, Any]:
+    """``(lengths clipped to [1, T], bad)`` for traced lengths: ``bad`` (B,) marks the sequences whose
+    length lay outside [1, T]. The callers make those sequences' results NaN: a traced value cannot
+    raise, and must not pass for a real answer."""
+    bad = (lengths < 1) | (lengths > steps)
+    return xp.clip(lengths, 1, steps), bad
+
+
 def check_traced_lengths(lengths: Any, *, batch: int, xp: ModuleType) -> Any:
     """Lengths traced by ``jax.jit`` (a compiled training step whose batches are ragged): shape (B,)
     and an integer dtype are checked; the values cannot be read there (check them on the host, as
-    :class:`gruxp.Trainer` does, before the compiled step)."""
+    :class:`gruxp.Trainer` does, before the compiled step). A value outside [1, T] makes that
+    sequence's results NaN (:func:`out_of_range`)."""
     if not xp.isdtype(lengths.dtype, "integral"):
         raise TypeError(f"lengths must be integers; got dtype {lengths.dtype}")
     if tuple(lengths.shape) != (batch,):
         raise ValueError(f"lengths must have shape ({batch},) (one length per sequence, B={batch}); got {tuple(lengths.shape)}")
-    return lengths
+    return lengths if lengths.dtype == index_dtype(xp) else xp.astype(lengths, index_dtype(xp))

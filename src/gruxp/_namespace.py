@@ -24,6 +24,7 @@ import array_api_compat as aac
 import numpy as np
 
 __all__ = [
+    "DeviceError",
     "namespace_of",
     "resolve_xp",
     "resolve_dtype",
@@ -53,21 +54,62 @@ def namespace_of(*arrays: Any, what: str = "arrays") -> ModuleType:
         raise TypeError(f"{what} come from different array libraries: {', '.join(kinds)}") from exc
 
 
+class DeviceError(ValueError, RuntimeError):
+    """A namespace or device that cannot run here (CuPy without a usable GPU, ``device='cuda'`` with
+    NumPy): the message says what was found and what to do."""
+
+
+# what to do when a device string is refused, by namespace
+_DEVICE_HINTS = {
+    "numpy": "NumPy arrays live on the CPU (device None or 'cpu'); for a GPU use xp=cupy, or xp=torch with device='cuda'",
+    "torch": "torch.cuda.is_available() says whether this torch sees a GPU (a CPU build never does); "
+    "device None or 'cpu' runs on the CPU",
+    "jax": "jax.devices() lists the devices this JAX sees; device None takes its default",
+    "cupy": "CuPy takes a GPU's number (0, 1, ...) or a cupy.cuda.Device",
+    "array_api_strict": "array_api_strict.Device('CPU_DEVICE'), 'device1' or 'device2'",
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def check_cupy_usable(cupy: Any) -> None:
+    """Raise :class:`DeviceError` unless CuPy can reach a CUDA GPU (it imports without one, and then
+    fails deep inside its first allocation with a driver error that does not say so)."""
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver, an old driver, no device node: each says it differently
+        raise DeviceError(
+            f"cupy is installed but cannot use a CUDA GPU here ({_first_line(exc)}): run on a machine with an NVIDIA GPU "
+            "and its driver, or use the CPU (xp=numpy, the default)"
+        ) from None
+    if count == 0:
+        raise DeviceError("cupy is installed but finds no CUDA GPU here: use the CPU (xp=numpy, the default)")
+
+
 def resolve_xp(xp: Any = None, device: Any = None) -> ModuleType:
     """Normalise a user's ``xp=``: ``None`` (NumPy), a raw module or its array-api-compat wrapper."""
     if xp is None:
-        return aac.array_namespace(np.empty(0))
+        xp = np
     if not isinstance(xp, ModuleType) or not hasattr(xp, "asarray") or not hasattr(xp, "float32"):
         raise TypeError(
             "xp must be an array namespace module such as numpy, cupy, torch, jax.numpy or "
             f"array_api_strict (or its array_api_compat wrapper); got {xp!r}"
         )
+    if xp.__name__ in ("cupy", "array_api_compat.cupy"):
+        check_cupy_usable(sys.modules["cupy"])
     namespace = aac.array_namespace(xp.asarray([0.0], dtype=xp.float32))  # raw CuPy takes no device=
     if device is not None:
         try:
             namespace.asarray([0.0], dtype=namespace.float32, device=device)
         except Exception as exc:  # each library words an unknown device differently
-            raise ValueError(f"device {device!r} is not usable with {namespace_name(namespace)}: {exc}") from exc
+            name = namespace_name(namespace)
+            hint = _DEVICE_HINTS.get(name, "")
+            raise DeviceError(
+                f"device {device!r} is not usable with {name} ({_first_line(exc)})" + (f": {hint}" if hint else "")
+            ) from None
     return namespace
 
 
@@ -149,6 +191,8 @@ def to_numpy(a: Any) -> np.ndarray:
         return a.detach().cpu().numpy().copy()
     if aac.is_cupy_array(a):
         return a.get()
+    if aac.is_jax_array(a):  # an explicit transfer: allowed where jax.transfer_guard refuses implicit ones
+        return np.array(sys.modules["jax"].device_get(a), copy=True)
     if type(a).__module__.partition(".")[0] == "array_api_strict":
         # a simulated non-default device refuses host export; its CPU device allows it
         a = a.to_device(sys.modules["array_api_strict"].Device("CPU_DEVICE"))

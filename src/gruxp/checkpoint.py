@@ -93,6 +93,8 @@ def generator_from_state(state: Any) -> np.random.Generator:
 
 
 def set_rng_states(model: Any, states: Mapping[str, Any]) -> None:
+    """Give each layer named in ``states`` (as :func:`rng_states` returns them) a NumPy Generator in
+    that state: the masks a resumed run draws are then those of the uninterrupted run."""
     layers = getattr(model, "layers", {"": model})
     unknown = [name for name in states if name not in layers or not hasattr(layers[name], "rng")]
     if unknown:
@@ -371,6 +373,15 @@ def load(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise _fail(path, f"cannot be read ({exc.strerror or exc})") from exc
+    if not head.startswith(b"PK"):  # every zip archive (an .npz) starts so; a truncated one still does
+        raise _fail(
+            path, f"is not a checkpoint: gruxp writes them as .npz archives (train's OUT/checkpoint.npz); it starts {head!r}"
+        )
     try:
         size = path.stat().st_size
         with zipfile.ZipFile(path) as zf:

@@ -40,15 +40,13 @@ __all__ = [
 ]
 
 
-def _rzn_to_zrn(a: np.ndarray, H: int) -> np.ndarray:
+def torch_to_keras_gates(a: np.ndarray, H: int) -> np.ndarray:
+    """PyTorch's gate blocks (r, z, n) along axis 0 of ``a`` (3H, ...) in Keras's and ONNX's order
+    (z, r, n); the swap is its own inverse, so it also takes Keras's order back to PyTorch's."""
     return np.concatenate([a[H : 2 * H], a[:H], a[2 * H :]], axis=0)
 
 
-def _zrn_to_rzn(a: np.ndarray, H: int) -> np.ndarray:
-    return np.concatenate([a[H : 2 * H], a[:H], a[2 * H :]], axis=0)  # the swap is its own inverse
-
-
-torch_to_keras_gates = _rzn_to_zrn
+_rzn_to_zrn = _zrn_to_rzn = torch_to_keras_gates
 
 
 # -- PyTorch ------------------------------------------------------------------------------------

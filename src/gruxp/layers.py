@@ -20,8 +20,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import functional as F
-from ._checks import check_array, check_bool, check_lengths, check_positive_int, check_shape, check_traced_lengths, is_traced
+from ._checks import (
+    check_array,
+    check_bool,
+    check_positive_int,
+    check_shape,
+    check_traced_lengths,
+    is_traced,
+    out_of_range,
+    placed_lengths,
+)
 from ._namespace import device_of, namespace_of, same_device, to_numpy
+from ._random import is_jax_key, randomness
 from ._typing import Array
 from .functional._layers import check_ids, dropout_mask, embedding, embedding_backward, last_step_mask, linear, linear_backward
 from .models import GRU, LayerNormGRU, MinGRU, Modal, Module, Recurrent
@@ -164,8 +174,12 @@ class Embedding(Module):
 class Dropout(Modal):
     """Inverted dropout in training mode (``train()``, the default); identity in ``eval()``.
 
-    Masks are drawn on the host from ``self.rng`` (seeded: the same mask on every backend).
+    Masks come from the backend's generator on the input's device, seeded from ``self.rng`` (a host
+    Generator, which checkpoints keep) or from the call's ``rng`` (under ``jax.jit``: a key); see
+    :mod:`gruxp._random`.
     """
+
+    random_options = ("p",)
 
     def __init__(self, p: float = 0.5, *, seed: Any = None) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
@@ -173,16 +187,23 @@ class Dropout(Modal):
         self.p, self.rng = float(p), F.host_rng(seed)
         self.params: dict[str, Any] = {}
 
+    @property
+    def draws_randomness(self) -> bool:
+        """Whether a call now draws a mask (training mode and p > 0)."""
+        return self.training and self.p > 0
+
     def config(self) -> dict[str, Any]:
         return dict(p=self.p)
 
-    def forward(self, x: Array, *, lengths: Any = None) -> tuple[Any, _Tape]:
+    def forward(self, x: Array, *, lengths: Any = None, rng: Any = None) -> tuple[Any, _Tape]:
         xp = namespace_of(x, what="x")
-        mask = dropout_mask(self.p if self.training else 0.0, tuple(x.shape), self.rng, xp=xp, dtype=x.dtype, device=device_of(x))
+        source = randomness(self.rng if rng is None else rng, x, xp=xp, device=device_of(x))
+        p = self.p if self.training else 0.0
+        mask = dropout_mask(p, tuple(x.shape), source, xp=xp, dtype=x.dtype, device=device_of(x), what=f"Dropout(p={p})")
         return (x if mask is None else x * mask), _Tape({}, mask, out_shape=tuple(x.shape))
 
-    def __call__(self, x: Array) -> Any:
-        return self.forward(x)[0]
+    def __call__(self, x: Array, *, rng: Any = None) -> Any:
+        return self.forward(x, rng=rng)[0]
 
     def backward(self, tape: _Tape, dy: Array) -> tuple[dict, Any]:
         _check_mask_grad(tape, dy, "Dropout")
@@ -213,13 +234,17 @@ class LastStep(Modal):
         if self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
         T, B = x.shape[0], x.shape[1]
-        if lengths is not None and is_traced(lengths):
-            checked = check_traced_lengths(lengths, batch=B, xp=xp)
-        else:
-            checked = None if lengths is None else check_lengths(lengths, batch=B, steps=T)
-        select = last_step_mask(checked, T, B, xp=xp, device=device_of(x))
+        bad = None
+        if lengths is not None and is_traced(lengths):  # a length outside [1, T] gives NaN for that row
+            lengths, bad = out_of_range(check_traced_lengths(lengths, batch=B, xp=xp), steps=T, xp=xp)
+        elif lengths is not None:
+            lengths = placed_lengths(lengths, batch=B, steps=T, xp=xp, device=device_of(x))[1]
+        select = last_step_mask(lengths, T, xp=xp, device=device_of(x))
         zero = xp.zeros((), dtype=x.dtype, device=device_of(x))
-        return xp.sum(xp.where(select, x, zero), axis=0), _Tape({}, select, out_shape=(B, x.shape[2]))
+        y = xp.sum(xp.where(select, x, zero), axis=0)
+        if bad is not None:
+            y = xp.where(bad[:, None], xp.asarray(math.nan, dtype=x.dtype), y)
+        return y, _Tape({}, select, out_shape=(B, x.shape[2]))
 
     def __call__(self, x: Array, *, lengths: Any = None) -> Any:
         return self.forward(x, lengths=lengths)[0]
@@ -256,6 +281,27 @@ class SequentialTape(NamedTuple):
 LAYER_TYPES: dict[str, Any] = {cls.__name__: cls for cls in (GRU, LayerNormGRU, MinGRU, Linear, Embedding, Dropout, LastStep)}
 
 
+def _layout(batch_first: bool) -> str:
+    return "(B, T, ·) with batch_first=True" if batch_first else "(T, B, ·) with batch_first=False"
+
+
+def _check_layouts(layers: Mapping[str, Any]) -> None:
+    """Each layer that reads a time axis (a recurrent layer, LastStep) must read it where the one
+    before it wrote it: a mismatch would swap T and B silently, or fail later with a message about
+    the wrong shape. Checked when the model is built, naming both layers."""
+    previous = None
+    for name, layer in layers.items():
+        batch_first = getattr(layer, "batch_first", None) if isinstance(layer, (Recurrent, LastStep)) else None
+        if batch_first is None:
+            continue
+        if previous is not None and previous[1] != batch_first:
+            raise ValueError(
+                f"layer {name!r} reads {_layout(batch_first)}, but layer {previous[0]!r} before it writes "
+                f"{_layout(previous[1])}: build both with the same batch_first"
+            )
+        previous = None if isinstance(layer, LastStep) else (name, batch_first)  # LastStep ends the time axis
+
+
 class Sequential:
     """Layers applied in order, with one flat dict of parameters named ``<layer>.<param>``.
 
@@ -285,6 +331,7 @@ class Sequential:
                 raise TypeError(f"layer {name!r} has no forward/backward; got {type(layer).__name__}")
         self.layers: dict[str, Any] = dict(items)
         self._token = object()
+        _check_layouts(self.layers)
         placed = self.placed
         for name, layer in self.layers.items():
             if isinstance(layer, Module) and (
@@ -408,32 +455,62 @@ class Sequential:
         return self._first_placed("dtype").dtype
 
     # -- computation ------------------------------------------------------------------------
+    def _layer_rngs(self, rng: Any) -> dict[str, Any]:
+        """Each random layer's ``rng`` for one call: a mapping gives them by name; a ``jax.random`` key,
+        ``fold_in(key, position)`` of the layer's position; an int, one shared NumPy Generator seeded by
+        it; a generator, itself (shared: its draws follow one another). None: each layer's own."""
+        random = [name for name, layer in self.layers.items() if hasattr(layer, "random_options")]
+        if rng is None:
+            return {}
+        if isinstance(rng, Mapping):
+            unknown = [k for k in rng if k not in random]
+            if unknown:
+                raise ValueError(f"rng has entries for layers that draw no randomness: {unknown} (those that may: {random})")
+            return dict(rng)
+        if is_jax_key(rng):
+            import jax
+
+            return {name: jax.random.fold_in(rng, i) for i, name in enumerate(self.layers) if name in random}
+        if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+            rng = F.host_rng(int(rng))
+        return dict.fromkeys(random, rng)
+
     def forward(
-        self, x: Array, state: Mapping[str, Any] | None = None, *, lengths: Any = None
+        self, x: Array, state: Mapping[str, Any] | None = None, *, lengths: Any = None, rng: Any = None
     ) -> tuple[Any, dict, SequentialTape]:
-        """``(y, state, tape)``: ``state`` maps each GRU's name to its h_n (its h0 on input)."""
+        """``(y, state, tape)``: ``state`` maps each GRU's name to its h_n (its h0 on input). ``rng``:
+        where the masks of a training-mode call come from (see :meth:`_layer_rngs`; under ``jax.jit``
+        a key); by default each layer's own ``rng``."""
         state = dict(state or {})
         unknown = [k for k in state if not isinstance(self.layers.get(k), Recurrent)]
         if unknown:
             raise ValueError(f"state has entries for layers that are not recurrent (GRU, LayerNormGRU, MinGRU): {unknown}")
+        rngs = self._layer_rngs(rng)
         new_state, tapes, y = {}, [], x
         for name, layer in self.layers.items():
             if isinstance(layer, Recurrent):
-                y, new_state[name], tape = layer.forward(y, state.get(name), lengths=lengths)
+                y, new_state[name], tape = layer.forward(y, state.get(name), lengths=lengths, rng=rngs.get(name))
+            elif name in rngs:
+                y, tape = layer.forward(y, lengths=lengths, rng=rngs[name])
             else:
                 y, tape = layer.forward(y, lengths=lengths)
             tapes.append(tape)
         return y, new_state, SequentialTape(tuple(tapes), self._token)
 
-    def __call__(self, x: Array, state: Mapping[str, Any] | None = None, *, lengths: Any = None) -> tuple[Any, dict]:
-        """Inference ``(y, state)``; GRUs keep no tape."""
+    def __call__(
+        self, x: Array, state: Mapping[str, Any] | None = None, *, lengths: Any = None, rng: Any = None
+    ) -> tuple[Any, dict]:
+        """Inference ``(y, state)``; GRUs keep no tape. ``rng`` as in :meth:`forward`."""
         state = dict(state or {})
+        rngs = self._layer_rngs(rng)
         new_state, y = {}, x
         for name, layer in self.layers.items():
             if isinstance(layer, Recurrent):
-                y, new_state[name] = layer(y, state.get(name), lengths=lengths)
+                y, new_state[name] = layer(y, state.get(name), lengths=lengths, rng=rngs.get(name))
             elif isinstance(layer, LastStep):
                 y = layer(y, lengths=lengths)
+            elif name in rngs:
+                y = layer(y, rng=rngs[name])
             else:
                 y = layer(y)
         return y, new_state

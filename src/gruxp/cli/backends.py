@@ -38,17 +38,23 @@ def load(name: str, device: str | None = None, dtype: str = "float32") -> tuple[
         except RuntimeError as exc:
             raise BackendError(f"jax has no {device!r} device: {exc}") from exc
     if name == "cupy":
+        from gruxp._namespace import DeviceError, check_cupy_usable
+
         try:
-            count = xp.cuda.runtime.getDeviceCount()
-        except Exception as exc:  # the driver itself is missing
-            raise BackendError(f"cupy: installed, no CUDA device ({exc.__class__.__name__})") from exc
-        if count == 0:
-            raise BackendError("cupy: installed, no CUDA device")
+            check_cupy_usable(xp)
+        except DeviceError as exc:
+            raise BackendError(f"{exc} (--backend numpy)") from None
         return xp, (xp.cuda.Device(int(device)) if device else None)
     if name == "torch":
-        dev = xp.device(device or "cpu")
+        try:
+            dev = xp.device(device or "cpu")
+        except RuntimeError as exc:
+            raise BackendError(f"torch does not know the device {device!r} ({exc}); e.g. cpu, cuda, cuda:1") from None
         if dev.type == "cuda" and not xp.cuda.is_available():
-            raise BackendError("torch: installed, no CUDA device")
+            raise BackendError(
+                "torch is installed but sees no CUDA device (a CPU build of torch, or no GPU and driver here): "
+                "leave out --device to run on the CPU, or install a CUDA build of torch on a machine with an NVIDIA GPU"
+            )
         return xp, dev
     if name == "array_api_strict":
         return xp, (xp.Device(device) if device else None)

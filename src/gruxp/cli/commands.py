@@ -132,8 +132,25 @@ def _plot(metrics: Path, png: Path, *, baseline: float | None, ylabel: str, base
     return True
 
 
+ENCODING_OPTION = click.option(
+    "--encoding",
+    type=str,
+    default=None,
+    help="The text's encoding (default: UTF-8, or what a byte-order mark names), e.g. latin-1, cp1252, utf-16.",
+)
+MAX_BYTES_OPTION = click.option(
+    "--max-bytes",
+    type=POSITIVE_INT,
+    default=corpus_mod.MAX_FILE_BYTES,
+    show_default=True,
+    help="Read at most this many bytes of a file (cut on a character boundary, and said so).",
+)
+
+
 @cli.command()
 @click.option("--data", type=str, default=None, help="A text file or folder (default: the Python standard library's sources).")
+@ENCODING_OPTION
+@MAX_BYTES_OPTION
 @click.option(
     "--task",
     type=click.Choice(["lm", "adding", "copy"]),
@@ -186,13 +203,42 @@ def train(ctx: click.Context, **opts: Any) -> None:
         raise click.UsageError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
     if opts["resume"] and not ckpt_path.exists():
         raise click.UsageError(f"nothing to resume: {ckpt_path} does not exist")
-    if opts["zoneout"] and opts["cell"] != "lngru":
-        raise click.UsageError(f"--zoneout is an option of --cell lngru; got --cell {opts['cell']}")
+    _refuse_what_would_not_apply(ctx, opts)
     xp, device = load(opts["backend"], opts["device"], opts["dtype"])
     if opts["task"] == "lm":
         _train_lm(ctx, opts, xp, device, out, ckpt_path)
     else:
         _train_task(ctx, opts, xp, device, out, ckpt_path)
+
+
+LM_ONLY = ("data", "encoding", "max_bytes", "sample_every")  # the language model's text and samples
+FIXED_ON_RESUME = (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip")  # the checkpoint's model and optimizer
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _refuse_what_would_not_apply(ctx: click.Context, opts: dict) -> None:
+    """Every option given is applied, or refused here with the reason: none is accepted and ignored."""
+    task = opts["task"]
+    if task != "lm":
+        for name in LM_ONLY:
+            if _explicit(ctx, name):
+                raise click.UsageError(f"{_flag(name)} is an option of --task lm (the language model), not of --task {task}")
+    if task == "adding" and _explicit(ctx, "embed"):
+        raise click.UsageError("--embed is not an option of --task adding: its two input channels feed the cell directly")
+    if opts["resume"] and _explicit(ctx, "seed"):
+        raise click.UsageError("--seed is not an option of --resume: a resumed run continues the checkpoint's random state")
+    if opts["resume"]:
+        return  # the structure options are the checkpoint's: _resume_setup refuses any that differ
+    if opts["zoneout"] and opts["cell"] != "lngru":
+        raise click.UsageError(f"--zoneout is an option of --cell lngru; got --cell {opts['cell']}")
+    if opts["dropout"] and opts["layers"] < 2:
+        raise click.UsageError(
+            "--dropout acts between recurrent layers (as nn.GRU's does): "
+            f"it needs --layers 2 or more; got --layers {opts['layers']}"
+        )
 
 
 def _resume_setup(ctx, opts, ckpt_path, task, xp, device):
@@ -207,13 +253,13 @@ def _resume_setup(ctx, opts, ckpt_path, task, xp, device):
     if extra.get("task") != task:
         raise checkpoint.CheckpointError(f"{ckpt_path} was saved by task {extra.get('task')!r}, not {task!r}")
     saved = {"cell": "gru", "zoneout": 0.0, **extra.get("options", {})}  # runs from before --cell were GRUs
-    for name in (*STRUCTURE, "seq_len", "batch", "lr", "dtype"):
+    for name in FIXED_ON_RESUME:
         if _explicit(ctx, name) and name in saved and saved[name] != opts[name]:
             raise click.UsageError(
-                f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's {saved[name]}; "
+                f"{_flag(name)} {opts[name]} differs from the checkpoint's {saved[name]}; "
                 f"a resumed run keeps its model and optimizer"
             )
-    for name in (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip"):
+    for name in FIXED_ON_RESUME:
         if name in saved:
             opts[name] = saved[name]
     model = checkpoint.build_model(ckpt, xp=xp, device=device)
@@ -226,11 +272,14 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
     if opts["resume"]:
         ckpt, extra, model = _resume_setup(ctx, opts, ckpt_path, "lm", xp, device)
         data = opts["data"] if _explicit(ctx, "data") else extra.get("data")
-        text = corpus_mod.build(data, vocab=extra["vocab"])
+        for name in ("encoding", "max_bytes"):  # the text is read again as it was, unless told otherwise
+            if not _explicit(ctx, name) and name in extra.get("reading", {}):
+                opts[name] = extra["reading"][name]
+        text = corpus_mod.build(data, vocab=extra["vocab"], encoding=opts["encoding"], max_bytes=opts["max_bytes"])
         optimizer = optimizer_from_checkpoint(ckpt)
     else:
         data = opts["data"]
-        text = corpus_mod.build(data)
+        text = corpus_mod.build(data, encoding=opts["encoding"], max_bytes=opts["max_bytes"])
         model = lm.build_model(
             len(text.vocab),
             hidden=opts["hidden"],
@@ -259,12 +308,21 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
         trainer.resume(ckpt_path)
     batches = stream_windows(text.train, batch_size=B, window=T, xp=xp, device=device)
     baseline = text.unigram_bits()
-    options = {k: opts[k] for k in (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip")}
-    extra = {"task": "lm", "vocab": text.vocab, "data": data, "corpus": text.source, "unigram_bits": baseline, "options": options}
+    options = {k: opts[k] for k in FIXED_ON_RESUME}
+    reading = {"encoding": opts["encoding"], "max_bytes": opts["max_bytes"]}
+    extra = {
+        "task": "lm",
+        "vocab": text.vocab,
+        "data": data,
+        "reading": reading,
+        "corpus": text.source,
+        "unigram_bits": baseline,
+        "options": options,
+    }
     n_params = sum(int(np.prod(v.shape)) for v in model.params.values())
     print(
         f"corpus: {text.source}: {text.train.size:,} training and {text.valid.size:,} validation characters, "
-        f"vocabulary {len(text.vocab)}"
+        f"vocabulary {len(text.vocab)}; read as {'; '.join(text.notes)}"
     )
     print(
         f"model: embedding {opts['embed']} → {type(model.layers['gru']).__name__} {opts['layers']}×{opts['hidden']} → linear, "
@@ -461,6 +519,7 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
             hidden=opts["hidden"],
             layers=opts["layers"],
             embed=opts["embed"],
+            dropout=opts["dropout"],
             xp=xp,
             device=device,
             dtype=opts["dtype"],
@@ -477,7 +536,8 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
     batches = lambda step, rng: tuple(put(a) for a in task.batch(rng, B, T))  # noqa: E731
     test = tuple(put(a) for a in task.batch(np.random.default_rng(10_000 + opts["seed"]), 500, T))
     baseline = task.baseline(T)
-    options = {k: opts[k] for k in (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip")}
+    # what was applied: the adding task has no embedding
+    options = {k: opts[k] for k in FIXED_ON_RESUME if not (k == "embed" and opts["task"] == "adding")}
     extra = {"task": opts["task"], "options": options}
     print(f"task: {task.title} with T={T}; baseline (a memoryless model): {baseline:.4f} {task.metric}")
 
@@ -505,8 +565,11 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
     )
 
 
+DEFAULT_CHECKPOINT = "gruxp-run/checkpoint.npz"  # where `gruxp train` saves by default
+
+
 @cli.command("sample")
-@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False))
+@click.argument("checkpoint_path", metavar="[CHECKPOINT]", type=click.Path(dir_okay=False), default=DEFAULT_CHECKPOINT)
 @click.option("--temperature", type=POSITIVE_FLOAT, default=0.8, show_default=True)
 @click.option("--length", type=POSITIVE_INT, default=500, show_default=True)
 @click.option("--prime", type=str, default="def ", show_default=True, help="Text to start from.")
@@ -516,7 +579,9 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
 def sample_cmd(
     checkpoint_path: str, temperature: float, length: int, prime: str, seed: int, backend: str, device: str | None
 ) -> None:
-    """Generate text from a language-model checkpoint."""
+    """Generate text from a language-model checkpoint (default: the default run's, gruxp-run/checkpoint.npz)."""
+    if checkpoint_path == DEFAULT_CHECKPOINT and not Path(checkpoint_path).exists():
+        raise click.UsageError(f"no checkpoint named, and none at {DEFAULT_CHECKPOINT}: run `gruxp train` first, or name one")
     model, extra = _load_lm(checkpoint_path, backend, device)
     text = lm.sample(model, extra["vocab"], length=length, temperature=temperature, prime=prime, rng=np.random.default_rng(seed))
     click.echo(prime + text)
@@ -525,12 +590,15 @@ def sample_cmd(
 @cli.command("eval")
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False))
 @click.option("--data", type=str, required=True, help="A text file or folder to score.")
+@ENCODING_OPTION
+@MAX_BYTES_OPTION
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="numpy", show_default=True)
 @click.option("--device", type=str, default=None)
-def eval_cmd(checkpoint_path: str, data: str, backend: str, device: str | None) -> None:
+def eval_cmd(checkpoint_path: str, data: str, encoding: str | None, max_bytes: int, backend: str, device: str | None) -> None:
     """Loss and bits per character of a language-model checkpoint on a text."""
     model, extra = _load_lm(checkpoint_path, backend, device)
-    text, source = corpus_mod.read_whole(data)  # scored as it is: no split, nothing added
+    # scored as it is: no split, nothing added
+    text, source = corpus_mod.read_whole(data, encoding=corpus_mod.check_encoding(encoding), max_bytes=max_bytes)
     if len(text) < 2:
         raise corpus_mod.CorpusError(f"{data!r} holds fewer than 2 characters")
     ids = corpus_mod.encode_text(text, extra["vocab"])

@@ -40,7 +40,7 @@ def build_model(
         layers,
         zoneout=zoneout,
         batch_first=True,
-        dropout=dropout if layers > 1 else 0.0,
+        dropout=dropout,
         seed=seed + 1,
         **place,
     )

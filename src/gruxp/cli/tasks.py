@@ -39,10 +39,10 @@ def _adding_batch(rng: np.random.Generator, batch: int, steps: int) -> tuple[np.
     return np.stack([values, markers], axis=-1), (values * markers).sum(axis=1, keepdims=True)
 
 
-def _adding_model(*, hidden, layers, embed, xp, device, dtype, seed, cell="gru", zoneout=0.0) -> gruxp.Sequential:
+def _adding_model(*, hidden, layers, embed, dropout, xp, device, dtype, seed, cell="gru", zoneout=0.0) -> gruxp.Sequential:
     place = dict(xp=xp, device=device, dtype=dtype)
     return gruxp.Sequential(
-        gru=recurrent(cell, 2, hidden, layers, zoneout=zoneout, batch_first=True, seed=seed, **place),
+        gru=recurrent(cell, 2, hidden, layers, zoneout=zoneout, dropout=dropout, batch_first=True, seed=seed, **place),
         last=gruxp.LastStep(batch_first=True),
         head=gruxp.Linear(hidden, 1, seed=seed + 1, **place),
     )
@@ -58,11 +58,11 @@ def _copy_batch(rng: np.random.Generator, batch: int, steps: int) -> tuple[np.nd
     return x, y
 
 
-def _copy_model(*, hidden, layers, embed, xp, device, dtype, seed, cell="gru", zoneout=0.0) -> gruxp.Sequential:
+def _copy_model(*, hidden, layers, embed, dropout, xp, device, dtype, seed, cell="gru", zoneout=0.0) -> gruxp.Sequential:
     place = dict(xp=xp, device=device, dtype=dtype)
     return gruxp.Sequential(
         embed=gruxp.Embedding(10, embed, seed=seed, **place),
-        gru=recurrent(cell, embed, hidden, layers, zoneout=zoneout, batch_first=True, seed=seed + 1, **place),
+        gru=recurrent(cell, embed, hidden, layers, zoneout=zoneout, dropout=dropout, batch_first=True, seed=seed + 1, **place),
         head=gruxp.Linear(hidden, 9, seed=seed + 2, **place),
     )
 

@@ -292,8 +292,6 @@ def mingru_direction_forward(x, h0, p, *, mask, reverse, record, xp, log_space=F
     if not parallel:
         hs, h_T = _sequential(a, b, h0, reverse=reverse, xp=xp, loop=loop)
     elif log_space:
-        if not is_traced(h0) and bool(xp.any(h0 < 0)):
-            raise ValueError("h0 must be non-negative for a log-space minGRU (its states are; g(·) > 0)")
         log_a = -_softplus(k, xp=xp)
         log_b = -_softplus(-k, xp=xp) + log_candidate_g(v, xp=xp)
         if mask is not None:
@@ -360,7 +358,22 @@ def _prepare(config, shape, options, rng, xp, dtype, device) -> bool:
     return bool(options.get("parallel", True))
 
 
-MINGRU_CELL = Cell("mingru", mingru_direction_forward, mingru_direction_backward, _forward_options, _backward_options, _prepare)
+def _check(config: MinGRUConfig, h0: Any, xp: Any) -> Any:
+    """The log-space form's states are positive (g(·) > 0): a negative h0 is refused here, before any
+    route runs, so every route and ``step()`` give the one answer; under ``jax.jit``, where h0's values
+    cannot be read, those units start from NaN, which cannot pass for a result."""
+    if not config.log_space:
+        return h0
+    if is_traced(h0):
+        return xp.where(h0 < 0, xp.asarray(math.nan, dtype=h0.dtype), h0)
+    if bool(xp.any(h0 < 0)):
+        raise ValueError("h0 must be non-negative for a log-space minGRU (its states are; g(·) > 0)")
+    return h0
+
+
+MINGRU_CELL = Cell(
+    "mingru", mingru_direction_forward, mingru_direction_backward, _forward_options, _backward_options, _prepare, _check
+)
 
 
 def _mingru_config(params, *, num_layers, bias, batch_first, bidirectional, log_space) -> MinGRUConfig:

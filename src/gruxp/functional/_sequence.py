@@ -8,7 +8,7 @@ Work is arranged so that the time loop holds only what must be sequential:
   ``dx`` as one GEMM each after the loop.
 
 Variable lengths follow PyTorch's packed sequences (``enforce_sorted=False``): a boolean mask
-(T, B, 1), built on the host, freezes each sequence's state after its last valid step and zeroes
+(T, B, 1), built where the arrays live from the B lengths, freezes each sequence's state after its last valid step and zeroes
 its outputs there; the reverse direction therefore starts at step len−1 from h0. Padding in ``x``
 is replaced by zeros at entry, so NaN or garbage padding can never leak into a gradient.
 
@@ -22,19 +22,19 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from .._checks import (
     check_array,
     check_bool,
-    check_lengths,
     check_params,
     check_positive_int,
     check_shape,
     check_traced_lengths,
     is_traced,
+    out_of_range,
+    placed_lengths,
 )
 from .._namespace import device_of, namespace_of, resolve_xp
+from .._random import Randomness, randomness
 from .._typing import Array
 from ._cell import StepCache, folded_bias, input_grad, masked_state, param_grads, step_backward, step_forward
 from ._layers import dropout_mask
@@ -56,8 +56,12 @@ class Cell(NamedTuple):
     (``weight_ih``, not ``weight_ih_l0_reverse``). ``forward_options(config, layer, direction, prepared)``
     and ``backward_options(config)`` give the cell's own keywords (``reset_after``, ``zoneout``, ...);
     ``prepare(config, shape, options, rng, xp, dtype, device)`` reads the call's options (``shape`` is
-    (T, B, H)) once, before the layers run, and makes any random masks on the host (zoneout); what it
-    returns reaches ``forward_options`` as ``prepared``.
+    (T, B, H)) once, before the layers run, and draws any random masks (zoneout) from ``rng``, the
+    call's :class:`gruxp._random.Randomness` (on the device); what it returns reaches
+    ``forward_options`` as ``prepared``.
+
+    ``check(config, h0, xp)`` (optional) checks the call's initial state against the cell's own rules
+    before any route runs, and returns it (poisoned with NaN where a traced value breaks them).
 
     A cell whose direction functions take ``parallel`` (minGRU's scan over time) lets a route run its
     recurrence step by step instead (``parallel=False``) where that is faster; both are the same
@@ -70,6 +74,7 @@ class Cell(NamedTuple):
     forward_options: Any
     backward_options: Any
     prepare: Any = None
+    check: Any = None
 
 
 class GRUConfig(NamedTuple):
@@ -239,7 +244,7 @@ def finish_backward(d_i, d_h, x, h_prev, r, p, *, reset_after, bias, need_dx, xp
 
 
 def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
-    """Validate everything and bring x to (T, B, I), h0 to (L·D, B, H); build the host mask."""
+    """Validate everything and bring x to (T, B, I), h0 to (L·D, B, H); build the lengths mask on the device."""
     p_xp, device, dtype = check_params(params, config.param_shapes())
     if xp is not None and resolve_xp(xp) is not p_xp:
         raise TypeError("xp does not match the namespace of params")
@@ -269,13 +274,18 @@ def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
         else:
             check_shape("h0", h0, (LD, B, H), "(num_layers·num_directions, B, H)")
     mask = None
-    if lengths is not None and is_traced(lengths):  # inside jax.jit: the mask is built in the program
-        lengths = check_traced_lengths(lengths, batch=B, xp=xp)
-        mask = xp.arange(T, dtype=lengths.dtype, device=device_of(x))[:, None, None] < lengths[None, :, None]
-    elif lengths is not None:
-        host = check_lengths(lengths, batch=B, steps=T)
-        if (host < T).any():
-            mask = xp.asarray(np.arange(T)[:, None, None] < host[None, :, None], dtype=xp.bool, device=device_of(x))
+    if lengths is not None:
+        if is_traced(lengths):  # inside jax.jit: the values cannot be read (see check_traced_lengths)
+            lengths, bad = out_of_range(check_traced_lengths(lengths, batch=B, xp=xp), steps=T, xp=xp)
+            x, full = (
+                xp.where(bad[None, :, None], xp.asarray(math.nan, dtype=dtype), x),
+                False,
+            )  # NaN results, never plausible ones
+        else:
+            host, lengths = placed_lengths(lengths, batch=B, steps=T, xp=xp, device=device_of(x))
+            full = bool((host == T).all())
+        if not full:  # built where the arrays live, from B integers
+            mask = xp.arange(T, dtype=lengths.dtype, device=device_of(x))[:, None, None] < lengths[None, :, None]
     if mask is not None:
         x = xp.where(mask, x, xp.zeros((), dtype=dtype, device=device_of(x)))
     return xp, x, h0, mask, unbatched
@@ -291,10 +301,14 @@ def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, 
     """Any cell's stack over a sequence: ``(out, h_n, GRUTape or None)``. ``config`` is the cell's
     structure (it names the cell), ``options`` the cell's own call options (zoneout, ...)."""
     cell: Cell = config.cell
+    traced = is_traced(x)
     xp, x, h0, mask, unbatched = _prepare(params, x, h0, lengths, config, xp)
+    if cell.check is not None:
+        h0 = cell.check(config, h0, xp)
     route = route_for(xp)
     L, D, H = config.num_layers, config.num_directions, config.hidden_size
     T, B = x.shape[0], x.shape[1]
+    rng = rng if isinstance(rng, Randomness) else Randomness(rng, xp=xp, device=device_of(x), traced=traced)
     drop = dropout_mask(dropout, (L - 1, T, B, D * H), rng, xp=xp, dtype=x.dtype, device=device_of(x))
     prepared = None if cell.prepare is None else cell.prepare(config, (T, B, H), options or {}, rng, xp, x.dtype, device_of(x))
     if record:
@@ -400,7 +414,9 @@ def gru(
 
     ``bias=None`` infers it from the params (``bias_ih_l0`` present or not). ``dropout=p`` zeroes
     each output of every layer but the last with probability p (scaled by 1/(1−p)), as PyTorch's
-    ``nn.GRU(dropout=p)`` in training; masks come from ``rng`` (a seed or NumPy Generator).
+    ``nn.GRU(dropout=p)`` in training; masks are drawn on the arrays' device from ``rng``: a NumPy
+    Generator or an int seed on any backend, or the backend's own generator (a ``jax.random`` key,
+    required under ``jax.jit``; a ``torch.Generator``; a CuPy generator). See ``docs/numerics.md``.
     """
     config = _config(
         params, num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, reset_after=reset_after
@@ -410,7 +426,9 @@ def gru(
 
 def infer_stack(params, x, h0, lengths, config, *, xp, dropout=0.0, rng=None, options=None) -> tuple[Array, Array]:
     """Any cell's inference ``(out, h_n)``; under JAX, ``jax.grad`` through it runs gruxp's backward."""
-    namespace = namespace_of(next(iter(params.values())), what="params")
+    first = next(iter(params.values()))
+    namespace = namespace_of(first, what="params")
+    rng = randomness(rng, x, xp=namespace, device=device_of(first))  # made here: inside a custom_vjp x is traced
     differentiable = route_for(namespace).differentiable(namespace)
     if differentiable is not None:  # JAX: jax.grad through this call uses gruxp's backward
 
