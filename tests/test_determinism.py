@@ -142,3 +142,36 @@ def test_the_new_cells_give_the_same_bytes_quiet_busy_and_threaded():
     with gruxp.config_context(max_workers=1):
         table["max_workers=1"] = cells_digest()
     assert set(table.values()) == {quiet}, {k: v[:12] for k, v in table.items()}
+
+
+def tokens_digest() -> str:
+    """sha256 over one-token calls (``step()`` and ``model(x_t, h)``, B = 1, 4, 16; H 128-512), each
+    carrying its state over 20 tokens: the shapes a sampler or a stream sends."""
+    h = hashlib.sha256()
+    for B, H, layers, dtype in ((1, 256, 2, "float32"), (4, 128, 1, "float64"), (16, 512, 1, "float32")):
+        model = gruxp.GRU(64, H, layers, dtype=dtype, seed=1)
+        xs = np.random.default_rng(4).standard_normal((20, B, 64)).astype(dtype)
+        state, state_call = None, None
+        for x_t in xs:
+            y, state = model.step(x_t, state)
+            out, state_call = model(x_t[None], state_call)
+            for a in (y, state, out, state_call):
+                h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def test_one_token_calls_give_the_same_bytes_quiet_busy_and_threaded():
+    quiet = tokens_digest()
+    table = {"quiet": quiet, "again": tokens_digest()}
+    with busy(2):
+        table["two busy processes"] = tokens_digest()
+    found: list = [None] * 2
+    threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, tokens_digest())) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    table.update({f"thread {i + 1} of 2 at once": d for i, d in enumerate(found)})
+    with gruxp.config_context(max_workers=1):
+        table["max_workers=1"] = tokens_digest()
+    assert set(table.values()) == {quiet}, {k: v[:12] for k, v in table.items()}

@@ -7,13 +7,14 @@ array values), so they cost microseconds and never break ``jax.jit`` tracing.
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ._namespace import device_of, dtype_name, index_dtype, namespace_name, namespace_of, same_device, to_numpy
+from ._namespace import NUMPY, device_of, dtype_name, index_dtype, namespace_name, namespace_of, same_device, to_numpy
 
 __all__ = ["check_array", "check_shape", "check_params", "check_lengths", "check_positive_int", "check_bool"]
 
@@ -41,6 +42,8 @@ def check_bool(name: str, value: Any) -> bool:
 
 def check_array(name: str, a: Any, *, xp: ModuleType, device: Any, dtype: Any) -> None:
     """``a`` must be a real floating array of namespace ``xp`` on ``device`` with ``dtype``."""
+    if xp is NUMPY and type(a) is np.ndarray and a.dtype == dtype and a.dtype.kind == "f":
+        return  # the common case, answered without the namespace's look-ups (they cost microseconds)
     if a is None:
         raise TypeError(f"{name} must be a real floating array of dtype {dtype_name(dtype)}; got None")
     a_xp = namespace_of(a, what=name)
@@ -65,10 +68,44 @@ def check_shape(name: str, a: Any, expected: tuple[int, ...], meaning: str) -> N
         raise ValueError(f"{name} must have shape {tuple(expected)} {meaning}; got {tuple(a.shape)}")
 
 
+_checked: dict[Any, tuple[list, tuple]] = {}  # params signature -> (weak references, answer)
+
+
+def _numpy_signature(params: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> Any:
+    """What :func:`check_params`' answer depends on, for NumPy arrays: each entry's name, identity,
+    shape and dtype (a NumPy array's device is the CPU), and the shapes asked for. None for others."""
+    if not isinstance(params, dict):
+        return None
+    entries = []
+    for name, a in params.items():
+        if type(a) is not np.ndarray:
+            return None
+        entries.append((name, id(a), a.shape, a.dtype))
+    return tuple(entries), id(shapes)
+
+
 def check_params(
     params: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *, what: str = "params"
 ) -> tuple[ModuleType, Any, Any]:
-    """Exact keys and shapes, one namespace, one device, one float dtype. Returns (xp, device, dtype)."""
+    """Exact keys and shapes, one namespace, one device, one float dtype. Returns (xp, device, dtype).
+
+    For NumPy parameters the answer is kept per signature (names, identities, shapes, dtypes: all it
+    reads), so a model called token by token checks its parameters once, not at every token; any
+    array replaced, reshaped or retyped is checked again."""
+    signature = _numpy_signature(params, shapes)
+    if signature is not None:
+        kept = _checked.get(signature)
+        if kept is not None and all(ref() is a for ref, a in zip(kept[0], params.values(), strict=True)):
+            return kept[1]
+    answer = _check_params(params, shapes, what=what)
+    if signature is not None:
+        if len(_checked) >= 64:
+            _checked.clear()
+        _checked[signature] = ([weakref.ref(a) for a in params.values()], answer)
+    return answer
+
+
+def _check_params(params: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *, what: str) -> tuple[ModuleType, Any, Any]:
     if not isinstance(params, Mapping):
         raise TypeError(f"{what} must be a mapping of parameter names to arrays; got {type(params).__name__}")
     missing = [k for k in shapes if k not in params]

@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["config_context", "get_config", "set_config"]
 
 FUSERS = ("auto", "numba", "numpy")
-PLAN_FIELDS = ("fuser", "blas", "pieces", "chunk", "panel", "back_panel", "transposed", "grad_blocks", "workers")
+PLAN_FIELDS = ("fuser", "blas", "pieces", "chunk", "panel", "back_panel", "transposed", "grad_blocks", "copy_weights", "workers")
 
 
 def _check(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -36,14 +36,18 @@ __all__ = [
 ]
 
 FLOAT_NAMES = ("float32", "float64")
+NUMPY = aac.array_namespace(np.empty(0))  # array-api-compat's NumPy namespace
 
 
 def namespace_of(*arrays: Any, what: str = "arrays") -> ModuleType:
     """The array-api-compat namespace shared by ``arrays`` (``None`` entries are ignored).
 
     Raises ``TypeError`` naming ``what`` when an entry is no array or the arrays mix libraries.
+    NumPy arrays are answered without asking array-api-compat (a one-token call asks a dozen times).
     """
     present = [a for a in arrays if a is not None]
+    if present and all(type(a) is np.ndarray for a in present):
+        return NUMPY
     for a in present:
         if not aac.is_array_api_obj(a):
             raise TypeError(f"{what} must be an array of an array-API library; got {type(a).__name__}")
@@ -157,7 +161,7 @@ def dtype_name(dtype: Any) -> str:
 
 def device_of(x: Any) -> Any:
     """The device of ``x`` (``None`` for JAX tracers under ``jax.jit``, which hide it)."""
-    return aac.device(x)
+    return "cpu" if type(x) is np.ndarray else aac.device(x)
 
 
 def same_device(a: Any, b: Any) -> bool:

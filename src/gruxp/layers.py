@@ -515,6 +515,23 @@ class Sequential:
                 y = layer(y)
         return y, new_state
 
+    def step(self, x_t: Array, state: Mapping[str, Any] | None = None) -> tuple[Any, dict]:
+        """Streaming inference, one time step: ``(y_t, state)`` from x_t (B, ...) without the time axis
+        (ids (B,) for an Embedding first), each recurrent layer's state carried by name as in
+        :meth:`__call__`, which the caller holds. Recurrent layers run :meth:`gruxp.Recurrent.step`;
+        ``LastStep`` passes a step through (it is its own last); other layers run as in a call."""
+        state = dict(state or {})
+        unknown = [k for k in state if not isinstance(self.layers.get(k), Recurrent)]
+        if unknown:
+            raise ValueError(f"state has entries for layers that are not recurrent (GRU, LayerNormGRU, MinGRU): {unknown}")
+        new_state, y = {}, x_t
+        for name, layer in self.layers.items():
+            if isinstance(layer, Recurrent):
+                y, new_state[name] = layer.step(y, state.get(name))
+            elif not isinstance(layer, LastStep):
+                y = layer(y)
+        return y, new_state
+
     def backward(self, tape: SequentialTape, dy: Array, d_state: Mapping[str, Any] | None = None) -> tuple[dict, Any, dict]:
         """``(grads, dx, d_state0)``: flat grads keyed like :attr:`params`.
 

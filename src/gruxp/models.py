@@ -228,9 +228,15 @@ class Recurrent(Module):
                 f"call the model for a sequence); got {getattr(x_t, 'shape', type(x_t).__name__)}"
             )
         x = self.xp.expand_dims(x_t, axis=0)
-        structure = self.structure._replace(batch_first=False)
-        out, h_n = F.infer_stack(self.params, x, h, None, structure, xp=None, **self._run_options(step=True))
+        out, h_n = F.infer_stack(self.params, x, h, None, self._step_structure(), xp=None, **self._run_options(step=True))
         return out[0, ...], h_n
+
+    def _step_structure(self) -> Any:
+        """The structure a step runs: this one, time-major (made once per structure: a token counts)."""
+        kept = self.__dict__.get("_stepping")
+        if kept is None or kept[0] is not self.structure:
+            kept = self._stepping = (self.structure, self.structure._replace(batch_first=False))
+        return kept[1]
 
     def forward(self, x: Array, h0: Array = None, *, lengths: Any = None, rng: Any = None) -> tuple[Array, Array, F.GRUTape]:
         """``(out, h_n, tape)``; pass the tape to :meth:`backward`. ``rng`` as in :meth:`__call__`."""

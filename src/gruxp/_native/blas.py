@@ -189,6 +189,20 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         raise TypeError(
             f"gruxp's BLAS multiplies 2-D float32/float64 arrays of one dtype; got {a.dtype}{a.shape} @ {b.dtype}{b.shape}"
         )
+    if a.ndim == 2 and a.shape[0] == 1 and a.flags.c_contiguous and (out is None or (out.ndim == 2 and out.flags.c_contiguous)):
+        # one row (a one-token step): y = bᵀ a with as little Python as it takes
+        K, N = b.shape
+        s0, s1 = b.strides
+        item = b.itemsize
+        if a.shape[1] == K and K > 1 and N > 1 and (out is None or (out.shape == (1, N) and out.dtype == dtype)):
+            out = np.empty((1, N), dtype) if out is None else out
+            gemv = lib.gemv[dtype]
+            if s1 == item and s0 >= N * item:  # b row-major: bᵀ a
+                gemv(ROW_MAJOR, TRANS, K, N, 1.0, b.ctypes.data, s0 // item, a.ctypes.data, 1, 0.0, out.ctypes.data, 1)
+                return out
+            if s0 == item and s1 >= K * item:  # b a transposed view of a row-major (N, K): that matrix times a
+                gemv(ROW_MAJOR, NO_TRANS, N, K, 1.0, b.ctypes.data, s1 // item, a.ctypes.data, 1, 0.0, out.ctypes.data, 1)
+                return out
     vector = a.ndim == 1
     a2 = a[None, :] if vector else a
     (M, K), N = a2.shape, b.shape[1]

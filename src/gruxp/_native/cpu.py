@@ -27,6 +27,8 @@ call, which saves a pass per step.
 
 from __future__ import annotations
 
+import functools
+import math
 import sys
 import threading
 import weakref
@@ -43,7 +45,7 @@ from ..functional._sequence import direction_backward_loop, direction_forward_lo
 from . import blas, workers
 from .loops import Fuser, time_loops, transposed
 from .machine import this_machine
-from .plan import Plan, Shape, cut, product_plan
+from .plan import RULES, Plan, Shape, cut, product_plan
 from .plan import plan as make_plan
 
 __all__ = ["CpuRoute", "Executor", "TapePool", "clear_buffers", "numpy_fuser"]
@@ -61,6 +63,7 @@ _numpy_sigmoid, _ = activations(np)
 
 
 def _numpy_forward_step(gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_out, ghn_out):
+    # r_out, z_out and n_out None: nothing records the gates (a call without a tape), none is copied
     H = h.shape[1]
     gi = gi + b_in
     np.add(gh[:, 2 * H :], b_hn, out=ghn_out)
@@ -69,8 +72,11 @@ def _numpy_forward_step(gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_ou
     )
     if not active.all():
         h_new = masked_state(active[:, None], h_new, h, np.where)
-    for buffer, value in ((r_out, r), (z_out, z), (n_out, n), (h_out, h_new)):
-        np.copyto(buffer, value)
+    np.copyto(h_out, h_new)
+    if r_out is not None:
+        np.copyto(r_out, r)
+        np.copyto(z_out, z)
+        np.copyto(n_out, n)
 
 
 def _numpy_backward_step(gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h):
@@ -99,8 +105,16 @@ numpy_fuser = Fuser("numpy", _numpy_forward_step, _numpy_backward_step)
 
 
 def active_steps(mask, T: int, B: int) -> np.ndarray:
-    """(T, B) bool: whether each sequence is still running at each step."""
-    return np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask[:, :, 0])
+    """(T, B) bool: whether each sequence is still running at each step (read only by the kernels;
+    without a mask, one all-True array per small shape, made once)."""
+    if mask is not None:
+        return np.ascontiguousarray(mask[:, :, 0])
+    return _all_active(T, B) if T * B <= 4096 else np.ones((T, B), bool)
+
+
+@functools.lru_cache(maxsize=64)
+def _all_active(T: int, B: int) -> np.ndarray:
+    return np.ones((T, B), bool)
 
 
 class TapePool:
@@ -164,15 +178,21 @@ def _here() -> _Local:
     return local
 
 
+SCRATCH_MIN_BYTES = 1 << 16  # smaller buffers are fresh arrays: cheaper than the lookup, no page to fault
+
+
 def _scratch(name, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
     """This thread's buffer ``name`` as a C-contiguous array of ``shape``, reused by its next call
-    (a fresh array costs a page fault per 4 KB on first touch); it only grows."""
+    (a fresh array costs a page fault per 4 KB on first touch); it only grows. A buffer under
+    64 KiB is a fresh array (a one-token call asks for a dozen)."""
+    size = math.prod(shape)
+    if size * np.dtype(dtype).itemsize < SCRATCH_MIN_BYTES:
+        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
     buffers = _here().scratch
-    size = int(np.prod(shape))
     a = buffers.get(name)
     if a is None or a.dtype != dtype or a.size < size:
         a = buffers[name] = np.empty(size, dtype)
-    view = np.reshape(a[:size], shape)
+    view = a[:size].reshape(shape)
     if zero:
         view.fill(0)
     return view
@@ -206,7 +226,7 @@ def previous_states_view(hs, h0, *, reverse: bool):
         return None
     first = hs.ctypes.data + row if reverse else h0.ctypes.data  # where h_prev[0] lies
     start = (first - block.ctypes.data) // hs.itemsize
-    return np.reshape(block[start : start + T * B * H], (T, B, H))
+    return block[start : start + T * B * H].reshape(T, B, H)
 
 
 def _one_thread(plan: Plan) -> None:
@@ -238,12 +258,43 @@ class Executor:
     def forward(self, plan: Plan, calls: list[dict]) -> list:
         """Each direction's ``(out, h_T, DirectionTape or None)``, as the core's direction function returns them."""
         _one_thread(plan)
+        if not plan.compiled and not calls[0]["record"] and len(plan.pieces) == 1:
+            return [self._forward_direct(plan, call) for call in calls]
         jobs = [self._forward_job(plan, d, call) for d, call in enumerate(calls)]
         workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
         return [
             direction_result(*result, mask=call["mask"], record=call["record"], xp=call["xp"])
             for (_, result), call in zip(jobs, calls, strict=True)
         ]
+
+    def _forward_direct(self, plan: Plan, call: dict) -> tuple:
+        """One direction without a tape, one piece, in the calling thread: the loop of
+        :meth:`_forward_rows` with no task, no tape and no gate copies. The same products and the same
+        kernel, so the same bits; a one-token call pays for little more than its two products."""
+        x, h0, params, reverse = call["x"], call["h0"], call["p"], call["reverse"]
+        T, B, I = x.shape
+        w_ih, w_hh = params["weight_ih"], params["weight_hh"]
+        H = w_hh.shape[1]
+        dtype = x.dtype
+        b_in, b_hn = folded_bias(params.get("bias_ih"), params.get("bias_hh"), reset_after=True, xp=call["xp"])
+        b_in = np.zeros((3 * H,), dtype) if b_in is None else b_in
+        b_hn = np.zeros((H,), dtype) if b_hn is None else b_hn
+        w = transposed(w_hh) if plan.copy_weights else w_hh.T
+        matmul = self._matmul(plan)
+        gi = _scratch("gi", (T, B, 3 * H), dtype)
+        matmul(x.reshape(T * B, I), w_ih.T, out=gi.reshape(T * B, 3 * H))
+        hs, gh, ghn = np.empty((T, B, H), dtype), _scratch("gh", (B, 3 * H), dtype), _scratch("g", (B, H), dtype)
+        # the gates nothing will read: none for NumPy's kernel, one scratch for numba's (it writes them)
+        r, z, n = (None, None, None) if self.fuser.name == "numpy" else _scratch("rzn", (3, B, H), dtype)
+        active = active_steps(call["mask"], T, B)
+        step = self.fuser.forward_step
+        h = np.ascontiguousarray(h0)
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            matmul(h, w, out=gh)
+            step(gi[t], b_in, gh, b_hn, h, active[t], hs[t], r, z, n, ghn)
+            h = hs[t]
+        return direction_result(x, h0, h, (hs,), mask=call["mask"], record=False, xp=call["xp"])
 
     def _forward_job(self, plan: Plan, d: int, call: dict) -> tuple[list, tuple]:
         """One direction's forward: its buffers, and a task per piece of the batch."""
@@ -256,20 +307,20 @@ class Executor:
             # The tape in one block from this thread's pool: h0 and the states (h0 first, or last
             # when reverse: the states each step started from are then a view), r, z, n, gh_n.
             block = _here().tapes.take((5 * T + 1) * B * H, dtype)
-            states = np.reshape(block[: (T + 1) * B * H], (T + 1, B, H))
+            states = block[: (T + 1) * B * H].reshape(T + 1, B, H)
             hs, h0_kept = (states[:T], states[T]) if call["reverse"] else (states[1:], states[0])
             np.copyto(h0_kept, h0)
             h0 = h0_kept
-            r, z, n, ghn = np.reshape(block[(T + 1) * B * H :], (4, T, B, H))
+            r, z, n, ghn = block[(T + 1) * B * H :].reshape(4, T, B, H)
         else:
             hs, (r, z, n, ghn) = np.empty((T, B, H), dtype), [_scratch((k, d), (1, B, H), dtype) for k in "rzng"]
         b_in, b_hn = folded_bias(params.get("bias_ih"), params.get("bias_hh"), reset_after=True, xp=call["xp"])
         b_in = np.zeros((3 * H,), dtype) if b_in is None else np.ascontiguousarray(b_in)  # added in the kernel: a pass less
         b_hn = np.zeros((H,), dtype) if b_hn is None else np.ascontiguousarray(b_hn)
-        # (rows, H) @ Wᵀ: on gruxp's BLAS by a C-contiguous copy of Wᵀ (faster for few rows than the
-        # transposed view; the compiled loop needs it); on NumPy's by the view, as the generic code
-        # multiplies (the copy would change the bits at some shapes). W hᵀ takes W itself.
-        w = np.ascontiguousarray(w_hh) if plan.transposed else transposed(w_hh) if plan.blas == "gruxp" else w_hh.T
+        # (rows, H) @ Wᵀ: by a C-contiguous copy of Wᵀ where the plan says it pays (or the compiled
+        # loop needs it), else by the view (on NumPy's BLAS always, as the generic code multiplies);
+        # W hᵀ takes W itself. A copy is made for this call: no call can read another's stale copy.
+        w = np.ascontiguousarray(w_hh) if plan.transposed else transposed(w_hh) if plan.copy_weights else w_hh.T
         active = active_steps(call["mask"], T, B)
         h = np.ascontiguousarray(h0)
         tape = (hs, r, z, n, ghn)
@@ -303,7 +354,7 @@ class Executor:
                 x_chunk = x_buffer[:k]
                 np.copyto(x_chunk, x[t0:t1])
             # by the transposed view, as the generic code does: as fast for many rows as a copy of W_ihᵀ
-            matmul(np.reshape(x_chunk, (k * rows, I)), w_ih.T, out=np.reshape(gi[:k], (k * rows, 3 * H)))
+            matmul(x_chunk.reshape(k * rows, I), w_ih.T, out=gi[:k].reshape(k * rows, 3 * H))
             rec = (r[t0:t1], z[t0:t1], n[t0:t1], ghn[t0:t1]) if record else (r, z, n, ghn)
             loop(gi[:k], b_in, w, b_hn, h, active[t0:t1], hs[t0:t1], *rec, gh, reverse, record, b0, b1, plan.panel)
             h = hs[t0 if reverse else t1 - 1, b0:b1]
@@ -408,6 +459,14 @@ def _product_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     blas.matmul(a, b, out=out)
 
 
+_plans: dict = {}  # plan_for's answers without forced choices, by their question
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(shape: Shape, dtype, machine, reset_after: bool, fuser: str, force: tuple, max_workers) -> Plan:
+    return make_plan(shape, dtype, machine, reset_after=reset_after, fuser=fuser, force=dict(force), max_workers=max_workers)
+
+
 _executors: dict = {}
 
 
@@ -437,17 +496,30 @@ class CpuRoute(Route):
 
     @staticmethod
     def plan_for(steps: int, batch: int, inputs: int, hidden: int, directions: int, dtype, *, reset_after: bool) -> Plan:
-        """The plan for one layer under the settings in effect here (see :func:`gruxp.config_context`)."""
+        """The plan for one layer under the settings in effect here (see :func:`gruxp.config_context`),
+        made once per distinct question: :func:`~gruxp._native.plan.plan` is pure."""
         config = get_config()
-        return make_plan(
+        force = config["cpu_plan"]
+        machine = this_machine()
+        key = (steps, batch, inputs, hidden, directions, dtype, reset_after, machine, config["fuser"], config["max_workers"])
+        if not force:  # the common case, looked up without building the plan's arguments
+            found = _plans.get(key)
+            if found is not None:
+                return found
+        made = _plan(
             Shape(steps, batch, inputs, hidden, directions),
             dtype,
-            this_machine(),
-            reset_after=reset_after,
-            fuser=config["fuser"],
-            force=config["cpu_plan"],
-            max_workers=config["max_workers"],
+            machine,
+            reset_after,
+            config["fuser"],
+            tuple(sorted(force.items())) if force else (),
+            config["max_workers"],
         )
+        if not force:
+            if len(_plans) >= 256:
+                _plans.clear()
+            _plans[key] = made
+        return made
 
     def matmul(self, a, b):
         """``a @ b`` on gruxp's BLAS, the result cut into blocks by :func:`gruxp._native.plan.product_plan`
@@ -457,6 +529,8 @@ class CpuRoute(Route):
             return a @ b
         lib.one_thread()
         (M, K), N = a.shape, b.shape[1]
+        if M * N * K < RULES.product_min_work:  # one block: the plan's answer, without asking it
+            return blas.matmul(a, b)
         axis, blocks, threads = product_plan(M, N, K, this_machine(), max_workers=get_config()["max_workers"])
         out = np.empty((M, N), a.dtype)
         if blocks == 1:

@@ -88,8 +88,14 @@ def _usable(cpus: int) -> int:
 
 def this_machine() -> Machine:
     """This machine now: the fixed facts read once per process, the affinity on every call."""
+    cpus = _fixed()[0]
+    return _machine(_usable(cpus))
+
+
+@functools.lru_cache(maxsize=64)
+def _machine(usable: int) -> Machine:
     cpus, l2, blas, numba_present = _fixed()
-    return Machine(cpus=cpus, usable=_usable(cpus), l2_bytes=l2, blas=blas, numba=numba_present)
+    return Machine(cpus=cpus, usable=usable, l2_bytes=l2, blas=blas, numba=numba_present)
 
 
 def _l2_bytes() -> int:

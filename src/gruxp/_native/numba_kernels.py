@@ -18,13 +18,17 @@ are this fuser's own, and only these:
   a·b + c may become one fused multiply-add (one rounding instead of two, and faster). NaN, inf,
   signed zeros and the order of every other operation are kept.
 
-Everything is compiled on first use per dtype (a few seconds), not cached on disk: numba's cache
-would not notice a change to the shared functions, which live in another file.
+The step kernels are compiled on first use per dtype and kept on disk (:mod:`gruxp._native.numba_cache`,
+keyed by a hash of this file and of the shared functions' file, so an edit of either compiles
+afresh): a one-token call in a new process loads them in milliseconds. The compiled time loops call
+gruxp's BLAS through addresses fixed in their code, valid in one process only: they are compiled
+on first use per dtype and process (a few seconds), and the plan chooses them only where that pays.
 """
 
 from __future__ import annotations
 
 import functools
+import types
 from typing import Any
 
 import numba
@@ -32,6 +36,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ..functional import _cell
+from .numba_cache import cached
 
 __all__ = ["fuser"]
 
@@ -132,43 +137,63 @@ def sigmoid64(x):
     return 0.5 * tanh64(0.5 * x) + 0.5
 
 
-def _kernels(sigmoid, tanh, dsigmoid, dtanh, zero):
-    # Row views per sequence: LLVM vectorises the inner loop over j only when it can tell the
-    # rows apart, which it cannot through 2-D offsets like [b, 2H + j] into a dozen arrays.
-    @numba.njit(**_JIT)
-    def forward_step(gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_out, ghn_out):
-        B, H = h.shape
-        b_r, b_z, b_n = b_in[:H], b_in[H : 2 * H], b_in[2 * H :]
-        for b in range(B):
-            gi_r, gi_z, gi_n = gi[b, :H], gi[b, H : 2 * H], gi[b, 2 * H :]
-            gh_r, gh_z, gh_nb = gh[b, :H], gh[b, H : 2 * H], gh[b, 2 * H :]
-            hb, ho, ro, zo, no, go = h[b], h_out[b], r_out[b], z_out[b], n_out[b], ghn_out[b]
-            live = active[b]
-            for j in range(H):
-                gh_n = gh_nb[j] + b_hn[j]
-                h_new, r, z, n = _gates_forward(
-                    gi_r[j] + b_r[j], gi_z[j] + b_z[j], gi_n[j] + b_n[j], gh_r[j], gh_z[j], gh_n, hb[j], sigmoid, tanh
-                )
-                ho[j] = _masked_state(live, h_new, hb[j], select)
-                ro[j], zo[j], no[j], go[j] = r, z, n, gh_n
+# -- the step kernels: written once, compiled per dtype with that dtype's activations ------------
+# Each is a module-level function; :func:`_for_dtype` makes, for float32 and for float64, a copy of
+# it whose globals ``_sigmoid``, ``_tanh``, ``_dsigmoid``, ``_dtanh`` and ``_zero`` name that dtype's
+# functions. A copy is no closure, so numba can keep its machine code on disk
+# (:mod:`gruxp._native.numba_cache`). Row views per sequence: LLVM vectorises the inner loop over j
+# only when it can tell the rows apart, which it cannot through 2-D offsets like [b, 2H + j].
+_sigmoid = _tanh = _dsigmoid = _dtanh = _zero = None  # each dtype's copy names its own (_ACTIVATIONS)
 
-    @numba.njit(**_JIT)
-    def backward_step(gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h):
-        B, H = carry.shape
-        for b in range(B):
-            gzb, pb, cb, db, hb, rb, zb, nb, ghb = gz[b], prod[b], carry[b], d_out[b], h_prev[b], r[b], z[b], n[b], gh_n[b]
-            di_r, di_z, di_n = d_i[b, :H], d_i[b, H : 2 * H], d_i[b, 2 * H :]
-            dh_r, dh_z, dh_n = d_h[b, :H], d_h[b, H : 2 * H], d_h[b, 2 * H :]
-            finish, live = active_prev[b], active[b]
-            for j in range(H):
-                dh = _masked_state(finish, gzb[j] + pb[j], cb[j], select)
-                cb[j] = dh
-                g = _masked_state(live, dh + db[j], zero, select)
-                d_r, d_z, d_an, d_gn, gz_new = _gates_backward(g, hb[j], rb[j], zb[j], nb[j], ghb[j], dsigmoid, dtanh)
-                di_r[j], di_z[j], di_n[j] = d_r, d_z, d_an
-                dh_r[j], dh_z[j], dh_n[j], gzb[j] = d_r, d_z, d_gn, gz_new
 
-    return forward_step, backward_step
+def _forward_step(gi, b_in, gh, b_hn, h, active, h_out, r_out, z_out, n_out, ghn_out):
+    B, H = h.shape
+    b_r, b_z, b_n = b_in[:H], b_in[H : 2 * H], b_in[2 * H :]
+    for b in range(B):
+        gi_r, gi_z, gi_n = gi[b, :H], gi[b, H : 2 * H], gi[b, 2 * H :]
+        gh_r, gh_z, gh_nb = gh[b, :H], gh[b, H : 2 * H], gh[b, 2 * H :]
+        hb, ho, ro, zo, no, go = h[b], h_out[b], r_out[b], z_out[b], n_out[b], ghn_out[b]
+        live = active[b]
+        for j in range(H):
+            gh_n = gh_nb[j] + b_hn[j]
+            h_new, r, z, n = _gates_forward(
+                gi_r[j] + b_r[j], gi_z[j] + b_z[j], gi_n[j] + b_n[j], gh_r[j], gh_z[j], gh_n, hb[j], _sigmoid, _tanh
+            )
+            ho[j] = _masked_state(live, h_new, hb[j], select)
+            ro[j], zo[j], no[j], go[j] = r, z, n, gh_n
+
+
+def _backward_step(gz, prod, active_prev, carry, d_out, active, h_prev, r, z, n, gh_n, d_i, d_h):
+    B, H = carry.shape
+    for b in range(B):
+        gzb, pb, cb, db, hb, rb, zb, nb, ghb = gz[b], prod[b], carry[b], d_out[b], h_prev[b], r[b], z[b], n[b], gh_n[b]
+        di_r, di_z, di_n = d_i[b, :H], d_i[b, H : 2 * H], d_i[b, 2 * H :]
+        dh_r, dh_z, dh_n = d_h[b, :H], d_h[b, H : 2 * H], d_h[b, 2 * H :]
+        finish, live = active_prev[b], active[b]
+        for j in range(H):
+            dh = _masked_state(finish, gzb[j] + pb[j], cb[j], select)
+            cb[j] = dh
+            g = _masked_state(live, dh + db[j], _zero, select)
+            d_r, d_z, d_an, d_gn, gz_new = _gates_backward(g, hb[j], rb[j], zb[j], nb[j], ghb[j], _dsigmoid, _dtanh)
+            di_r[j], di_z[j], di_n[j] = d_r, d_z, d_an
+            dh_r[j], dh_z[j], dh_n[j], gzb[j] = d_r, d_z, d_gn, gz_new
+
+
+_ACTIVATIONS: dict[np.dtype, dict[str, Any]] = {
+    np.dtype(np.float32): dict(_sigmoid=sigmoid32, _tanh=tanh32, _dsigmoid=sigmoid_grad32, _dtanh=tanh_grad32, _zero=_ZERO32),
+    np.dtype(np.float64): dict(_sigmoid=sigmoid64, _tanh=tanh64, _dsigmoid=_cell.sigmoid_grad, _dtanh=_cell.tanh_grad, _zero=0.0),
+}
+
+
+def _for_dtype(function: Any, dtype: np.dtype) -> Any:
+    """``function`` compiled with ``dtype``'s activations (see above), kept on disk."""
+    names = {**globals(), **_ACTIVATIONS[dtype], "_DTYPE": dtype.name}
+    copy = types.FunctionType(function.__code__, names, f"{function.__name__[1:]}_{dtype.name}")
+    copy.__qualname__, copy.__module__ = copy.__name__, __name__
+    return cached(numba.njit(**_JIT)(copy))
+
+
+_STEPS = {dtype: (_for_dtype(_forward_step, dtype), _for_dtype(_backward_step, dtype)) for dtype in _ACTIVATIONS}
 
 
 def gemm_kernel(cblas_gemm, cblas_gemv):
@@ -239,12 +264,6 @@ def _compiled_loops(forward_step, backward_step, cblas_gemm, cblas_gemv):
     return (*loops, product)
 
 
-_BY_DTYPE = {
-    np.dtype(np.float32): _kernels(sigmoid32, tanh32, sigmoid_grad32, tanh_grad32, _ZERO32),
-    np.dtype(np.float64): _kernels(sigmoid64, tanh64, _cell.sigmoid_grad, _cell.tanh_grad, 0.0),
-}
-
-
 def fuser(dtype, *, compiled_loops: bool = True):
     """The numba :class:`~gruxp._native.loops.Fuser` for float32 or float64 arrays: its step kernels,
     and its compiled time loops where gruxp's BLAS can be called from them (one per dtype and
@@ -257,7 +276,7 @@ def _fuser(dtype: np.dtype, compiled_loops: bool):
     from .blas import library
     from .loops import Fuser
 
-    forward_step, backward_step = _BY_DTYPE[dtype]
+    forward_step, backward_step = _STEPS[dtype]
     lib = library() if compiled_loops else None
     if lib is None:
         return Fuser("numba", forward_step, backward_step)

@@ -49,6 +49,10 @@ class Rules:
     # T·B·H² below which fuser="auto" takes NumPy: numba compiles its loops once per process and
     # dtype (seconds), more than such a call would save.
     numba_min_work: int = 2**22
+    # ... except a call of at most this many rows T·B (a token, or a few): it takes numba's step kernel,
+    # which is kept on disk (compiled once per machine, loaded in milliseconds), in the Python loop:
+    # one call into it replaces NumPy's dozen passes, the largest cost of a token after its products.
+    stream_max_rows: int = 16
     # A piece of the batch has at least this many rows: fewer, and its per-step GEMM runs far
     # below the BLAS's speed.
     piece_min_rows: int = 4
@@ -71,6 +75,11 @@ class Rules:
     transposed_dtypes: tuple = ("float32",)
     transposed_min_hidden: int = 1024
     transposed_rows: tuple = (8, 16)
+    # Outside the compiled loop (which needs it), a step's product h Wᵀ reads a C-contiguous copy of
+    # Wᵀ from T·B ≥ this many rows: the copy costs as much as some 30 one-row products, and saves
+    # 4 µs (one row) to 40 µs (a few rows) a step at H = 256 (benchmarks/README.md); below, the
+    # product reads Wᵀ as a view, and a one-token call copies nothing of size H².
+    weight_copy_min_rows: int = 32
     # A block of the weight-gradient GEMMs takes at least this many of the 3H gate columns.
     grad_min_columns: int = 64
     # A layer's product (Linear, Embedding's gradient) of at least this many multiply-adds is cut
@@ -92,8 +101,9 @@ class Plan:
     a call; ``"numpy"``: NumPy's matmul), ``pieces`` (the batch's row ranges, each a recurrence of
     its own), ``chunk`` (steps per input GEMM), ``panel`` and ``back_panel`` (column width of a
     forward and a backward step's GEMM, 0 for one call), ``transposed`` (each step's product formed
-    as W hᵀ), ``grad_blocks`` (column blocks of the weight-gradient GEMMs, and row blocks of dx).
-    Scheduling: ``workers``.
+    as W hᵀ), ``grad_blocks`` (column blocks of the weight-gradient GEMMs, and row blocks of dx),
+    ``copy_weights`` (the forward's h Wᵀ reads a C-contiguous copy of Wᵀ made for the call, else
+    the view). Scheduling: ``workers``.
     """
 
     route: str
@@ -108,6 +118,7 @@ class Plan:
     grad_blocks: int = 1
     workers: int = 1
     reasons: tuple = field(default=(), compare=False)
+    copy_weights: bool = False
 
     @property
     def arithmetic(self) -> tuple:
@@ -123,6 +134,7 @@ class Plan:
             self.back_panel,
             self.transposed,
             self.grad_blocks,
+            self.copy_weights,
         )
 
 
@@ -165,12 +177,16 @@ def plan(
         return Plan("generic", reasons=(f"route: generic code — the fused loop takes float32 and float64, not {name}",))
     why = []
     work = shape.work
+    stream = False  # a token: numba's step kernel in the Python loop, not the compiled loop
     if fuser == "auto":
-        fuser = "numba" if machine.numba and work >= rules.numba_min_work else "numpy"
+        stream = machine.numba and work < rules.numba_min_work and T * B <= rules.stream_max_rows
+        fuser = "numba" if machine.numba and (work >= rules.numba_min_work or stream) else "numpy"
         why.append(
             f"fuser: {fuser} — "
             + (
-                f"numba installed, T·B·H² ≥ {rules.numba_min_work:,}"
+                f"numba installed, T·B ≤ {rules.stream_max_rows} rows: its step kernel, kept on disk, in the Python loop"
+                if stream
+                else f"numba installed, T·B·H² ≥ {rules.numba_min_work:,}"
                 if fuser == "numba"
                 else "numba not installed"
                 if not machine.numba
@@ -192,7 +208,7 @@ def plan(
             else "gruxp's OpenBLAS (scipy-openblas64) is not available: NumPy's matmul and its threads"
         )
     )
-    compiled = fuser == "numba" and blas == "gruxp"
+    compiled = fuser == "numba" and blas == "gruxp" and not stream
     why.append(
         "loop: "
         + (
@@ -247,6 +263,11 @@ def plan(
         int(forced.pop("back_panel", back_panel)),
     )
     transposed, grad_blocks = bool(forced.pop("transposed", transposed)), int(forced.pop("grad_blocks", grad_blocks))
+    # the compiled loop multiplies by Wᵀ stored row-major; NumPy's matmul reads the view, as the generic code does
+    copy_weights = blas == "gruxp" and (compiled or T * B >= rules.weight_copy_min_rows)
+    copy_weights = bool(forced.pop("copy_weights", copy_weights))
+    if compiled and not transposed and not copy_weights:
+        raise ValueError("copy_weights=False is the Python loop's: the compiled loop multiplies by a C-contiguous Wᵀ")
     if not compiled and (transposed or panel or back_panel):
         raise ValueError("transposed products and column panels are the compiled loop's (fuser numba with gruxp's BLAS)")
     if not 1 <= chunk <= T or panel < 0 or back_panel < 0 or not 1 <= grad_blocks <= 3 * H:
@@ -266,6 +287,18 @@ def plan(
         + (f"; backward in panels of {back_panel}" if back_panel else "")
     )
     why.append(f"grad blocks: {grad_blocks} column block(s) of the weight gradients, row block(s) of dx")
+    why.append(
+        "weights: "
+        + (
+            "W_hh as stored (the transposed product)"
+            if transposed
+            else "a C-contiguous copy of W_hhᵀ for the call"
+            + (" (the compiled loop's GEMM)" if compiled else f" (T·B ≥ {rules.weight_copy_min_rows} rows: it pays)")
+            if copy_weights
+            else "W_hhᵀ as a view: no copy"
+            + (f" (T·B = {T * B} < {rules.weight_copy_min_rows} rows: a copy would not pay)" if blas == "gruxp" else "")
+        )
+    )
     tasks = max(D * pieces, 2 * D * grad_blocks)
     workers = 1  # NumPy's BLAS runs its own threads; small work is not worth handing to another thread
     if blas == "gruxp" and work >= rules.piece_min_work:
@@ -277,7 +310,8 @@ def plan(
     )
     if forced:
         raise ValueError(f"unknown plan field {sorted(forced)[0]!r}")
-    return Plan("fused", fuser, compiled, blas, ranges, chunk, panel, back_panel, transposed, grad_blocks, workers, tuple(why))
+    choices = (fuser, compiled, blas, ranges, chunk, panel, back_panel, transposed, grad_blocks, workers)
+    return Plan("fused", *choices, tuple(why), copy_weights)
 
 
 def product_plan(

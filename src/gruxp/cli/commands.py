@@ -583,8 +583,12 @@ def sample_cmd(
     if checkpoint_path == DEFAULT_CHECKPOINT and not Path(checkpoint_path).exists():
         raise click.UsageError(f"no checkpoint named, and none at {DEFAULT_CHECKPOINT}: run `gruxp train` first, or name one")
     model, extra = _load_lm(checkpoint_path, backend, device)
+    start = time.perf_counter()
     text = lm.sample(model, extra["vocab"], length=length, temperature=temperature, prime=prime, rng=np.random.default_rng(seed))
+    seconds = time.perf_counter() - start
     click.echo(prime + text)
+    # on stderr: stdout stays the text alone, to pipe
+    click.echo(f"sampled {length:,} characters in {seconds:.2f} s: {length / max(seconds, 1e-9):,.0f} chars/s", err=True)
 
 
 @cli.command("eval")

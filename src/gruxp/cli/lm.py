@@ -99,8 +99,8 @@ def sample(
             p /= p.sum()
             nxt = int(rng.choice(len(vocab), p=p))
             out.append(vocab[nxt])
-            logits, state = model(xp.asarray(np.array([[nxt]], dtype=np.int64), device=device), state)
-            last = to_numpy(logits)[0, -1]
+            logits, state = model.step(xp.asarray(np.array([nxt], dtype=np.int64), device=device), state)
+            last = to_numpy(logits)[0]
     finally:
         model.train(was_training)
     return "".join(out)

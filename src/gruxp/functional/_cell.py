@@ -170,8 +170,7 @@ def folded_bias(b_ih: Array, b_hh: Array, *, reset_after: bool, xp: ModuleType) 
     if not reset_after:
         return b_ih + b_hh, None
     H = b_hh.shape[0] // 3
-    zeros = xp.zeros((H,), dtype=b_hh.dtype, device=device_of(b_hh))
-    return b_ih + xp.concat([b_hh[: 2 * H], zeros]), b_hh[2 * H :]
+    return xp.concat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]]), b_hh[2 * H :]
 
 
 def step_forward(gi: Array, h: Array, w_hh: Array, b_hn: Array, *, reset_after: bool, xp: ModuleType) -> tuple[Any, StepCache]:

@@ -17,6 +17,7 @@ Nothing is mutated: per-step results are collected in lists and stacked.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from types import ModuleType
@@ -245,7 +246,7 @@ def finish_backward(d_i, d_h, x, h_prev, r, p, *, reset_after, bias, need_dx, xp
 
 def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
     """Validate everything and bring x to (T, B, I), h0 to (L·D, B, H); build the lengths mask on the device."""
-    p_xp, device, dtype = check_params(params, config.param_shapes())
+    p_xp, device, dtype = check_params(params, _param_shapes(type(config).__qualname__, config))
     if xp is not None and resolve_xp(xp) is not p_xp:
         raise TypeError("xp does not match the namespace of params")
     xp = p_xp
@@ -293,8 +294,20 @@ def _prepare(params, x, h0, lengths, config: GRUConfig, xp):
 
 def _direction_params(params: Mapping[str, Any], layer: int, direction: int) -> dict[str, Any]:
     """One layer-direction's parameters by short name: ``weight_ih_l1_reverse`` -> ``weight_ih``."""
+    return {short: params[full] for full, short in _direction_names(tuple(params), layer, direction)}
+
+
+@functools.lru_cache(maxsize=256)
+def _direction_names(names: tuple[str, ...], layer: int, direction: int) -> tuple[tuple[str, str], ...]:
     s = _suffix(layer, direction)
-    return {full[: -len(s)]: value for full, value in params.items() if full.endswith(s)}
+    return tuple((full, full[: -len(s)]) for full in names if full.endswith(s))
+
+
+@functools.lru_cache(maxsize=256)
+def _param_shapes(kind: Any, config: Any) -> dict[str, tuple[int, ...]]:
+    """``config.param_shapes()``, made once per structure (a one-token call would rebuild it every time).
+    Keyed by the type's name too: structures of two cells may hold equal fields."""
+    return config.param_shapes()
 
 
 def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, rng=None, options=None):
@@ -309,7 +322,9 @@ def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, 
     L, D, H = config.num_layers, config.num_directions, config.hidden_size
     T, B = x.shape[0], x.shape[1]
     rng = rng if isinstance(rng, Randomness) else Randomness(rng, xp=xp, device=device_of(x), traced=traced)
-    drop = dropout_mask(dropout, (L - 1, T, B, D * H), rng, xp=xp, dtype=x.dtype, device=device_of(x))
+    drop = None
+    if not (dropout == 0.0 and type(dropout) in (float, int)):  # a plain zero: nothing to check or draw
+        drop = dropout_mask(dropout, (L - 1, T, B, D * H), rng, xp=xp, dtype=x.dtype, device=device_of(x))
     prepared = None if cell.prepare is None else cell.prepare(config, (T, B, H), options or {}, rng, xp, x.dtype, device_of(x))
     if record:
         # The tape keeps its own x and h0: an edit of the caller's arrays between forward and
