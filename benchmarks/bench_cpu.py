@@ -114,11 +114,13 @@ def contenders(config, backends):
 
     ours = {}
     for name in backends:
-        if name == "torch-module":  # gruxp.torch.GRU: an nn.Module, loss.backward() through gruxp's backward
+        if name in ("torch-module", "torch-module-compiled"):  # gruxp.torch.GRU: loss.backward() through gruxp's backward
             import gruxp.torch as gt
 
             module = gt.GRU(I, H, L, batch_first=True, bidirectional=bi)
             module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+            if name == "torch-module-compiled":  # torch.compile(fullgraph=True): gruxp's operators in one graph
+                module = torch.compile(module, fullgraph=True)
             x_module = torch.from_numpy(x_np.copy()).requires_grad_(True)
 
             def module_forward(module=module):
@@ -241,7 +243,7 @@ def main() -> None:
     parser.add_argument(
         "--backends",
         default="numpy,torch",
-        help="gruxp namespaces to time (numpy, torch, jax), or torch-module (gruxp.torch.GRU)",
+        help="gruxp namespaces to time (numpy, torch, jax), or torch-module (gruxp.torch.GRU), torch-module-compiled",
     )
     parser.add_argument("--out", default=None, help="folder for the Markdown table and JSON")
     parser.add_argument("--kernel", default=None, help="OPENBLAS_CORETYPE for this run, as --kernel=Haswell (default: unset)")

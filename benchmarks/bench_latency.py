@@ -263,6 +263,7 @@ def main() -> None:
         for name, src in trees.items():
             command = [sys.executable, __file__, "--child", "--rounds", str(args.rounds), "--calls", str(args.calls)]
             command += ["--quick"] if args.quick else []
+            command += [f"--kernel={args.kernel}"] if args.kernel else []  # else the child would unset it again
             proc = subprocess.run(command, env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True, check=True)
             runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     title = f"Per-token latency, float32, I = {INPUT}; OPENBLAS_CORETYPE {args.kernel or 'unset'}"

@@ -113,6 +113,8 @@ def test_numpy_fuser_with_numpys_blas_is_bit_identical_to_the_generic_code(case,
 
 PLANS = {
     "numpy fuser, gruxp's BLAS": dict(fuser="numpy"),
+    "numpy fuser, a copy of Wᵀ": dict(fuser="numpy", cpu_plan={"copy_weights": True}),
+    "numpy fuser, Wᵀ as a view": dict(fuser="numpy", cpu_plan={"copy_weights": False}),
     "numba, steps in Python, NumPy's BLAS": dict(fuser="numba", cpu_plan={"blas": "numpy"}),
     "numba, compiled": dict(fuser="numba"),
     "compiled, in chunks of 2 steps": dict(fuser="numba", cpu_plan={"chunk": 2}),

@@ -1,15 +1,20 @@
-"""gruxp in PyTorch's idiom: ``GRU`` and ``GRUCell`` as ``torch.nn.Module``s with gruxp's analytic backward.
+"""gruxp in PyTorch's idiom: its cells as ``torch.nn.Module`` subclasses with gruxp's analytic backward.
 
-Constructed like ``nn.GRU`` / ``nn.GRUCell`` (plus ``reset_after``), with ``nn.Parameter``s under
-PyTorch's names, so that ``state_dict()`` loads into ``nn.GRU`` and back unchanged, and
-``nn.Sequential``, ``torch.optim``, ``.to(device, dtype)``, ``train()``/``eval()`` and dropout
-behave as in PyTorch. ``forward`` runs a ``torch.autograd.Function``: its forward is gruxp's forward
-(with the tape), its backward gruxp's analytic backward over that tape, not autograd of the array
-operations. Double backward is not defined, and says so when asked (``create_graph=True``).
+``GRU``, ``LayerNormGRU``, ``MinGRU`` and ``GRUCell`` are constructed like ``nn.GRU`` / ``nn.GRUCell``
+(plus each cell's own options), with ``nn.Parameter`` objects under PyTorch's names, so that
+``state_dict()`` loads into ``nn.GRU`` and back unchanged, and ``nn.Sequential``, ``torch.optim``,
+``.to(device, dtype)``, ``train()``/``eval()``, dropout, packed sequences and parametrizations
+(``prune``, ``weight_norm``: the weights are read through the module's attributes) behave as in
+PyTorch. The recurrent modules' forward and backward are two custom operators,
+``gruxp::stack_forward`` (gruxp's forward, keeping the tape) and ``gruxp::stack_backward`` (gruxp's
+analytic backward over it), registered with fake implementations and a backward formula:
+``torch.compile(fullgraph=True)`` and ``torch.export`` take a model that holds them whole. Double
+backward is not defined, and says so when asked (``create_graph=True``).
 
 Contiguous or not, float32 and float64 tensors on the CPU are viewed as NumPy arrays, without a
 copy, and run on gruxp's CPU route (the plan, the bits of the NumPy model); the results are handed
-back as tensors over the same memory. Tensors on other devices run gruxp's generic code on torch
+back as tensors over the same memory (a batch-first output is first made contiguous: the layout the
+operators declare to torch.compile). Tensors on other devices run gruxp's generic code on torch
 (a CUDA route waits for a GPU to test it on). The parameters are saved for backward as PyTorch
 saves its own, so changing one in place between forward and backward raises PyTorch's error.
 
@@ -18,18 +23,21 @@ Importing this module imports torch; ``import gruxp`` does not.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
+import weakref
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as F
-from ._checks import check_bool, check_dropout, check_positive_int
+from ._checks import check_bool, check_dropout, check_lengths, check_positive_int
 
-__all__ = ["GRU", "GRUCell", "LastStep", "Sequential"]
+__all__ = ["GRU", "LayerNormGRU", "MinGRU", "GRUCell", "LastStep", "Sequential"]
 
 _FAST = (torch.float32, torch.float64)
 
@@ -47,13 +55,6 @@ def _tensor(a: Any) -> Any:
     if a is None or isinstance(a, torch.Tensor):
         return a
     return torch.from_numpy(a)
-
-
-def _random_generator(module: nn.Module) -> np.random.Generator | None:
-    """A host Generator for gruxp's dropout masks, seeded from torch's generator (``torch.manual_seed`` decides them)."""
-    if not module.training:
-        return None
-    return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
 def _register(module: nn.Module, shapes: Mapping[str, tuple[int, ...]], device: Any, dtype: Any) -> None:
@@ -85,49 +86,272 @@ def _no_double_backward() -> None:
         )
 
 
-class _Options(NamedTuple):
-    names: tuple[str, ...]
+# -- the stack as a pair of custom operators -------------------------------------------------------------
+# ``gruxp::stack_forward`` runs gruxp's forward and keeps the tape; ``gruxp::stack_backward`` runs gruxp's
+# backward over it. Both are opaque to torch.compile and torch.export (each has a fake implementation that
+# gives only shapes), so a model holding these modules compiles with a full graph and exports whole.
+# The tape stays in this process, in :data:`_tapes`, under the integer the forward returns as a tensor;
+# it goes when that tensor does (the autograd graph that saved it, or the output nobody kept).
+_tapes: dict[int, Any] = {}
+_handles = itertools.count(1)
+
+
+def _keep(tape: Any) -> torch.Tensor:
+    key = next(_handles)
+    _tapes[key] = tape
+    handle = torch.tensor(key, dtype=torch.int64)
+    weakref.finalize(handle, _tapes.pop, key, None)
+    return handle
+
+
+def _structure(spec: str) -> tuple[Any, dict, tuple[str, ...]]:
+    """(the cell's structure, its call options, the parameter names in order) from the op's JSON spec."""
+    from .models import CELLS
+
+    data = json.loads(spec)
+    structure = CELLS[data["cell"]].structure_type(**data["structure"])
+    return structure, data["options"], tuple(structure.param_shapes())
+
+
+def _out_shapes(x: torch.Tensor, structure: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(out's shape, h_n's shape) of a call on x: what the fake implementation gives."""
+    D, H = structure.num_directions, structure.hidden_size
+    LD = structure.num_layers * D
+    if x.dim() == 2:  # unbatched (T, I)
+        return (x.shape[0], D * H), (LD, H)
+    T, B = (x.shape[1], x.shape[0]) if structure.batch_first else (x.shape[0], x.shape[1])
+    return ((B, T, D * H) if structure.batch_first else (T, B, D * H)), (LD, B, H)
+
+
+@torch.library.custom_op("gruxp::stack_forward", mutates_args=())
+def _stack_forward(
+    x: torch.Tensor,
+    h0: torch.Tensor | None,
+    weights: list[torch.Tensor],
+    lengths: torch.Tensor | None,
+    seed: torch.Tensor,
+    spec: str,
+    dropout: float,
+    record: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, h_n, the tape's handle) of any cell's stack (``spec``: its structure, options and names)."""
+    structure, options, names = _structure(spec)
+    params = {name: _array(w) for name, w in zip(names, weights, strict=True)}
+    rng = int(seed.item()) if dropout or options.get("training") else None
+    n_lengths = None if lengths is None else lengths.detach().cpu().numpy()  # checked by the stack driver
+    if not record:
+        out, h_n = F.infer_stack(
+            params, _array(x), _array(h0), n_lengths, structure, xp=None, dropout=dropout, rng=rng, options=options
+        )
+        return _dense(out), _dense(h_n), torch.zeros((), dtype=torch.int64)
+    out, h_n, tape = F.run_stack(
+        params, _array(x), _array(h0), n_lengths, structure, record=True, xp=None, dropout=dropout, rng=rng, options=options
+    )
+    return _dense(out), _dense(h_n), _keep(tape)
+
+
+def _dense(a: Any) -> torch.Tensor:
+    """A result as a C-contiguous tensor: the layout the fake implementation promises (a batch-first
+    output is a transposed view until then)."""
+    return _tensor(a).contiguous()
+
+
+@_stack_forward.register_fake
+def _stack_forward_fake(x, h0, weights, lengths, seed, spec, dropout, record):
+    out_shape, hn_shape = _out_shapes(x, _structure(spec)[0])
+    return x.new_empty(out_shape), x.new_empty(hn_shape), torch.empty((), dtype=torch.int64)
+
+
+@torch.library.custom_op("gruxp::stack_backward", mutates_args=())
+def _stack_backward(
+    handle: torch.Tensor,
+    d_out: torch.Tensor,
+    d_hn: torch.Tensor,
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    need_x: bool,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(dx, dh0, every weight's gradient) over the tape ``handle`` names (dx zeros unless ``need_x``)."""
+    tape = _tapes.get(int(handle.item()))
+    if tape is None:
+        raise RuntimeError("gruxp.torch: this backward's tape is gone (was the forward run without grad?)")
+    grads, dx, dh0 = F.backward_stack(tape, _array(d_out), _array(d_hn), input_grad=need_x)
+    dx = torch.zeros_like(x) if dx is None else _dense(dx)
+    return dx, _dense(dh0), [_dense(grads[name]) for name in tape.params]
+
+
+@_stack_backward.register_fake
+def _stack_backward_fake(handle, d_out, d_hn, x, weights, need_x):
+    return torch.empty_like(x), torch.empty_like(d_hn), [torch.empty_like(w) for w in weights]
+
+
+def _stack_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, h0, weights, *_ = inputs
+    ctx.has_h0 = h0 is not None
+    ctx.shapes = (output[0].shape, output[1].shape)
+    ctx.save_for_backward(output[2], x, *weights)  # PyTorch's version check: an in-place edit before backward raises
+
+
+def _stack_backward_formula(ctx: Any, d_out: Any, d_hn: Any, d_handle: Any) -> tuple:
+    _no_double_backward()
+    handle, x, *weights = ctx.saved_tensors
+    out_shape, hn_shape = ctx.shapes
+    d_out = torch.zeros(out_shape, dtype=x.dtype, device=x.device) if d_out is None else d_out  # an unused output
+    d_hn = torch.zeros(hn_shape, dtype=x.dtype, device=x.device) if d_hn is None else d_hn
+    need_x = ctx.needs_input_grad[0]
+    dx, dh0, grads = torch.ops.gruxp.stack_backward(handle, d_out.contiguous(), d_hn.contiguous(), x, weights, need_x)
+    return (dx if need_x else None), (dh0 if ctx.has_h0 else None), list(grads), None, None, None, None, None
+
+
+_stack_forward.register_autograd(_stack_backward_formula, setup_context=_stack_setup)
+
+
+def _check_input(name: str, t: Any, like: torch.Tensor, *, allow_packed: bool = False) -> None:
+    """x or hx in torch's terms: a tensor of the parameters' floating dtype and device."""
+    if not isinstance(t, torch.Tensor):
+        kinds = "a tensor or a PackedSequence" if allow_packed else "a tensor"
+        raise TypeError(f"{name} must be {kinds}; got {type(t).__name__}")
+    if not t.is_floating_point():
+        hint = " (token ids? embed them first, e.g. with nn.Embedding)" if not t.is_complex() else ""
+        raise TypeError(f"{name} must be a floating-point tensor of dtype {like.dtype}, as the parameters; got {t.dtype}{hint}")
+    if t.dtype != like.dtype:
+        raise TypeError(
+            f"{name} has dtype {t.dtype} but the parameters are {like.dtype}: cast it with .to({like.dtype}) or the module"
+        )
+    if t.device.type == "meta" and like.device.type != "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values: gruxp.torch computes on real tensors (cpu, cuda)")
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but the parameters are on {like.device}: move one with .to(device)")
+
+
+class _Recurrent(nn.Module):
+    """What gruxp.torch's recurrent modules share: ``nn.GRU``'s constructor and call, packed sequences,
+    gruxp's forward and analytic backward as the custom operators ``gruxp::stack_forward``/``backward``."""
+
+    cell: str
+    input_size: int
+    hidden_size: int
     num_layers: int
     bias: bool
     batch_first: bool
     bidirectional: bool
-    reset_after: bool
     dropout: float
-    rng: Any
-    lengths: Any
 
-    def call(self) -> dict[str, Any]:
-        """The keyword arguments of gruxp's functional call."""
-        return {name: getattr(self, name) for name in self._fields if name != "names"}
+    def _setup(self, structure: Any, dropout: float, device: Any, dtype: Any) -> None:
+        self.dropout = check_dropout("dropout", dropout)
+        self._structure = structure
+        for name, value in structure._asdict().items():  # input_size, ..., reset_after: nn.GRU's attributes
+            setattr(self, name, value)
+        self._names = tuple(structure.param_shapes())
+        _register(self, structure.param_shapes(), device, dtype)
+        self._specs: dict[tuple, str] = {}
+        for mode in (True, False):  # both modes' descriptions, before anything is compiled
+            self.training = mode
+            self._spec()
+        self.training = True
+
+    def reset_parameters(self) -> None:
+        """U(−1/√H, 1/√H) for every parameter, from torch's generator (``nn.GRU``'s own rule); the norm's gains ones."""
+        _uniform(self, self.hidden_size)
+        with torch.no_grad():
+            for name in self._names:
+                if name.startswith("ln_"):
+                    getattr(self, name).fill_(1.0)
+
+    def flatten_parameters(self) -> None:
+        """Nothing to do (``nn.GRU``'s cuDNN layout call, kept so that code calling it runs)."""
+
+    def _options(self) -> dict[str, Any]:
+        """The cell's own call options (zoneout, ...)."""
+        return {}
+
+    def _spec(self) -> str:
+        """The operators' description of this call: structure and options as JSON, made once per set of
+        options (a JSON encoder is nothing torch.compile can trace)."""
+        options = self._options()
+        key = tuple(sorted(options.items()))
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = json.dumps(
+                {"cell": self.cell, "structure": self._structure._asdict(), "options": options}, sort_keys=True
+            )
+        return spec
+
+    def forward(self, x: Any, hx: torch.Tensor | None = None, *, lengths: Any = None, h0: torch.Tensor | None = None) -> tuple:
+        """``(out, h_n)`` as ``nn.GRU``: x (T, B, I), (B, T, I) with ``batch_first``, unbatched (T, I), or a
+        ``PackedSequence`` (then out is one, with the same ``batch_sizes`` and indices, and h_n is in the
+        caller's order); ``hx`` (``h0`` is its alias) (L·D, B, H). ``lengths`` (B integers in [1, T])
+        gives packed semantics to a padded x."""
+        if h0 is not None:
+            if hx is not None:
+                raise TypeError("pass the initial state once: hx (nn.GRU's name) or h0, not both")
+            hx = h0
+        weights = [getattr(self, name) for name in self._names]  # through the attributes: parametrizations apply
+        packed = isinstance(x, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError("lengths must be None for a PackedSequence input: the packing holds them")
+            sequence, lengths = pad_packed_sequence(x, batch_first=self.batch_first)
+        else:
+            sequence = x
+        _check_input("x", sequence, weights[0], allow_packed=True)
+        if hx is not None:
+            _check_input("hx", hx, weights[0])
+        if lengths is not None:
+            if sequence.dim() != 3:
+                raise ValueError("lengths is not accepted with unbatched x of shape (T, I); add a batch axis")
+            T, B = (sequence.shape[1], sequence.shape[0]) if self.batch_first else (sequence.shape[0], sequence.shape[1])
+            lengths = _lengths_tensor(lengths, B, T)
+        random = self.training and (self.dropout or self._options().get("training"))
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64) if random else torch.zeros((), dtype=torch.int64)
+        dropout = self.dropout if self.training else 0.0
+        record = _needs_graph(sequence, hx, *weights)
+        out, h_n, _ = torch.ops.gruxp.stack_forward(sequence, hx, weights, lengths, seed, self._spec(), dropout, record)
+        if packed:
+            out = _packed_like(out, x, lengths, self.batch_first)
+        return out, h_n
+
+    def extra_repr(self) -> str:
+        """The constructor's arguments that differ from their defaults, as ``nn.GRU``'s repr shows them."""
+        extras = [f"{self.input_size}, {self.hidden_size}"] + ([f"num_layers={self.num_layers}"] if self.num_layers != 1 else [])
+        defaults = type(self._structure)(self.input_size, self.hidden_size)
+        for name, value in self._structure._asdict().items():
+            if name not in ("input_size", "hidden_size", "num_layers") and value != getattr(defaults, name):
+                extras.append(f"{name}={value}")
+        return ", ".join(extras + ([f"dropout={self.dropout}"] if self.dropout else []) + self._extra_options())
+
+    def _extra_options(self) -> list[str]:
+        return []
 
 
-class _GRUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, options: _Options, x: torch.Tensor, h0: torch.Tensor | None, *weights: torch.Tensor) -> tuple:
-        params = {name: _array(w) for name, w in zip(options.names, weights, strict=True)}
-        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: zeros to gruxp
-        out, h_n, tape = F.gru_forward(params, _array(x), _array(h0), **options.call())
-        ctx.tape, ctx.names = tape, options.names
-        ctx.save_for_backward(*weights)  # PyTorch's version check: an in-place edit before backward raises
-        return _tensor(out), _tensor(h_n)
-
-    @staticmethod
-    def backward(ctx: Any, d_out: torch.Tensor | None, d_hn: torch.Tensor | None) -> tuple:
-        _no_double_backward()
-        ctx.saved_tensors  # noqa: B018  (raises if a weight was changed in place since forward)
-        need_x, need_h0, need_w = ctx.needs_input_grad[1], ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
-        grads, dx, dh0 = F.gru_backward(ctx.tape, _array(d_out), _array(d_hn), input_grad=need_x)
-        weights = [_tensor(grads[name]) if need else None for name, need in zip(ctx.names, need_w, strict=True)]
-        return (None, _tensor(dx) if need_x else None, _tensor(dh0) if need_h0 else None, *weights)
+def _lengths_tensor(lengths: Any, batch: int, steps: int) -> torch.Tensor:
+    """``lengths`` as a CPU int64 tensor of shape (B,): a list checked whole here; a tensor's shape and
+    dtype here (what a compiled graph knows), its values inside the operator, which reads them."""
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(check_lengths(lengths, batch=batch, steps=steps))
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must be integers; got {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"lengths must have shape ({batch},) (one length per sequence, B={batch}); got {tuple(lengths.shape)}")
+    return lengths.to(device="cpu", dtype=torch.int64)
 
 
-class GRU(nn.Module):
-    """``torch.nn.GRU``'s interface on gruxp: its forward and analytic backward, ``lengths`` without packing.
+def _packed_like(out: torch.Tensor, packed: PackedSequence, lengths: torch.Tensor, batch_first: bool) -> PackedSequence:
+    """out (padded, the caller's order) packed exactly as ``packed`` is: its batch_sizes and indices."""
+    if packed.sorted_indices is not None:
+        out = out.index_select(0 if batch_first else 1, packed.sorted_indices)
+        lengths = lengths.index_select(0, packed.sorted_indices.cpu())
+    data = pack_padded_sequence(out, lengths, batch_first=batch_first, enforce_sorted=True).data
+    return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+
+
+class GRU(_Recurrent):
+    """``torch.nn.GRU``'s interface on gruxp: its forward and analytic backward, packed sequences or ``lengths``.
 
     Parameters
     ----------
     input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype
-        As ``torch.nn.GRU``'s; the parameters are ``nn.Parameter``s with its names
+        As ``torch.nn.GRU``'s; the parameters are ``nn.Parameter`` objects with its names
         (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse``),
         initialised as it does, U(−1/√H, 1/√H) from torch's generator.
     reset_after
@@ -136,10 +360,13 @@ class GRU(nn.Module):
 
     Notes
     -----
-    ``forward(x, h0=None, *, lengths=None) -> (out, h_n)``: x (T, B, I), (B, T, I) with
-    ``batch_first``, or unbatched (T, I); h0 and h_n (L·D, B, H). ``lengths`` (B host integers in
-    [1, T]) has packed-sequence semantics: outputs past a length are zero, h_n the last valid state.
-    float32 and float64.
+    ``forward(x, hx=None, *, lengths=None) -> (out, h_n)``: x (T, B, I), (B, T, I) with
+    ``batch_first``, unbatched (T, I), or a ``PackedSequence`` (out is then one too, packed alike);
+    hx and h_n (L·D, B, H). ``lengths`` (B integers in [1, T]) gives a padded x packed-sequence
+    semantics: outputs past a length are zero, h_n the last valid state. float32 and float64.
+    The forward and backward are the custom operators ``gruxp::stack_forward`` and
+    ``gruxp::stack_backward``: ``torch.compile(fullgraph=True)`` and ``torch.export`` take a model
+    holding this module whole.
 
     Examples
     --------
@@ -150,14 +377,8 @@ class GRU(nn.Module):
     (torch.Size([4, 7, 5]), torch.Size([2, 4, 5]))
     """
 
-    input_size: int
-    hidden_size: int
-    num_layers: int
-    bias: bool
-    batch_first: bool
-    bidirectional: bool
+    cell = "gru"
     reset_after: bool
-    dropout: float
 
     def __init__(
         self,
@@ -174,40 +395,68 @@ class GRU(nn.Module):
         reset_after: bool = True,
     ) -> None:
         super().__init__()
-        self.dropout = check_dropout("dropout", dropout)
         structure = F.GRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after)
-        for field, value in structure._asdict().items():  # input_size, ..., reset_after: nn.GRU's attributes
-            setattr(self, field, value)
-        _register(self, structure.param_shapes(), device, dtype)
+        self._setup(structure, dropout, device, dtype)
 
-    def reset_parameters(self) -> None:
-        """U(−1/√H, 1/√H) for every parameter, from torch's generator (``nn.GRU``'s own rule)."""
-        _uniform(self, self.hidden_size)
 
-    def flatten_parameters(self) -> None:
-        """Nothing to do (``nn.GRU``'s cuDNN layout call, kept so that code calling it runs)."""
+class LayerNormGRU(_Recurrent):
+    """:class:`gruxp.LayerNormGRU` as an ``nn.Module``: ``nn.GRU``'s constructor and call, plus ``zoneout``.
 
-    def forward(
-        self, x: torch.Tensor, h0: torch.Tensor | None = None, *, lengths: Any = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        names = tuple(name for name, _ in self.named_parameters(recurse=False))
-        dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
-        options = _Options(
-            names, self.num_layers, self.bias, self.batch_first, self.bidirectional, self.reset_after, dropout,
-            _random_generator(self) if dropout else None, lengths,
-        )  # fmt: skip
-        weights = [getattr(self, name) for name in names]
-        if not _needs_graph(x, h0, *weights):  # inference (no_grad, or nothing requires grad): no tape
-            out, h_n = F.gru({n: _array(w) for n, w in zip(names, weights, strict=True)}, _array(x), _array(h0), **options.call())
-            return _tensor(out), _tensor(h_n)
-        return _GRUFunction.apply(options, x, h0, *weights)
+    Parameters are the GRU's plus the norm's gains ``ln_weight_ih_l{k}`` and ``ln_weight_hh_l{k}`` (3H,,
+    ones); zoneout draws from torch's generator in training mode, the expectation in ``eval()``."""
 
-    def extra_repr(self) -> str:
-        extras = [f"{self.input_size}, {self.hidden_size}"] + ([f"num_layers={self.num_layers}"] if self.num_layers != 1 else [])
-        for name, default in (("bias", True), ("batch_first", False), ("bidirectional", False), ("reset_after", True)):
-            if getattr(self, name) != default:
-                extras.append(f"{name}={getattr(self, name)}")
-        return ", ".join(extras + ([f"dropout={self.dropout}"] if self.dropout else []))
+    cell = "lngru"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        zoneout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.zoneout = check_dropout("zoneout", zoneout)
+        structure = F.LayerNormGRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional)
+        self._setup(structure, dropout, device, dtype)
+
+    def _options(self) -> dict[str, Any]:
+        return {"zoneout": self.zoneout, "training": bool(self.training)}
+
+    def _extra_options(self) -> list[str]:
+        return [f"zoneout={self.zoneout}"] if self.zoneout else []
+
+
+class MinGRU(_Recurrent):
+    """:class:`gruxp.MinGRU` as an ``nn.Module``: ``nn.GRU``'s constructor and call, plus ``log_space``.
+
+    Parameters ``weight_ih_l{k}`` (2H, I_k), rows z then h, and ``bias_ih_l{k}`` (2H,)."""
+
+    cell = "mingru"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        log_space: bool = False,
+    ) -> None:
+        super().__init__()
+        structure = F.MinGRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, log_space)
+        self._setup(structure, dropout, device, dtype)
 
 
 class _GRUCellFunction(torch.autograd.Function):
@@ -269,6 +518,7 @@ class GRUCell(nn.Module):
         return _GRUCellFunction.apply(names, self.reset_after, x, h, *weights)
 
     def extra_repr(self) -> str:
+        """The constructor's arguments that differ from their defaults, as ``nn.GRUCell``'s repr shows them."""
         extras = [f"{self.input_size}, {self.hidden_size}"] + ([] if self.bias else ["bias=False"])
         return ", ".join(extras + ([] if self.reset_after else ["reset_after=False"]))
 
@@ -284,7 +534,7 @@ class LastStep(nn.Module):
         y = x if self.batch_first else x.transpose(0, 1)  # (B, T, F)
         if lengths is None:
             return y[:, -1]
-        last = torch.as_tensor(np.asarray(lengths) - 1, device=y.device)
+        last = torch.as_tensor(check_lengths(lengths, batch=y.shape[0], steps=y.shape[1]) - 1, device=y.device)
         return y[torch.arange(y.shape[0], device=y.device), last]
 
 
@@ -308,7 +558,7 @@ class Sequential(nn.Module):
         new: dict[str, Any] = {}
         y = x
         for name, layer in self.named_children():
-            if isinstance(layer, GRU):
+            if isinstance(layer, _Recurrent):
                 y, new[name] = layer(y, state.get(name), lengths=lengths)
             elif isinstance(layer, nn.GRU):
                 if lengths is not None:

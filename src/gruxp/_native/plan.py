@@ -49,9 +49,10 @@ class Rules:
     # T·B·H² below which fuser="auto" takes NumPy: numba compiles its loops once per process and
     # dtype (seconds), more than such a call would save.
     numba_min_work: int = 2**22
-    # ... except a call of at most this many rows T·B (a token, or a few): it takes numba's step kernel,
-    # which is kept on disk (compiled once per machine, loaded in milliseconds), in the Python loop:
-    # one call into it replaces NumPy's dozen passes, the largest cost of a token after its products.
+    # A call of at most this many rows T·B (a token, or a few) takes numba's step kernel, which is kept
+    # on disk (compiled once per machine, loaded in milliseconds), in the Python loop, whatever its
+    # work: one call into it replaces NumPy's dozen passes, and the compiled loop (compiled per process,
+    # and needing a copy of Wᵀ) gains nothing over so few steps.
     stream_max_rows: int = 16
     # A piece of the batch has at least this many rows: fewer, and its per-step GEMM runs far
     # below the BLAS's speed.
@@ -179,7 +180,7 @@ def plan(
     work = shape.work
     stream = False  # a token: numba's step kernel in the Python loop, not the compiled loop
     if fuser == "auto":
-        stream = machine.numba and work < rules.numba_min_work and T * B <= rules.stream_max_rows
+        stream = machine.numba and T * B <= rules.stream_max_rows
         fuser = "numba" if machine.numba and (work >= rules.numba_min_work or stream) else "numpy"
         why.append(
             f"fuser: {fuser} — "

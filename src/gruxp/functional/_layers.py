@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from .._checks import check_dropout
 from .._namespace import concrete_bool, device_of, dtype_name, index_dtype, namespace_of
 from .._random import randomness
@@ -63,6 +65,10 @@ def as_index(ids: Array, *, xp: ModuleType) -> Any:
 
 
 def check_ids(ids: Array, num_embeddings: int, *, name: str = "ids") -> None:
+    if type(ids) is np.ndarray and ids.dtype.kind in "iu":  # NumPy's ids, checked without the namespace's look-ups
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_embeddings):
+            raise ValueError(f"{name} must lie in [0, {num_embeddings}); got values outside it")
+        return
     xp = namespace_of(ids, what=name)
     if not xp.isdtype(ids.dtype, "integral"):
         raise TypeError(f"{name} must be an integer array; got dtype {dtype_name(ids.dtype)}")
