@@ -76,3 +76,31 @@ def mingru(params, x, h0, *, num_layers=1, bidirectional=False, lengths=None, lo
         return (1 - z[t]) * h + z[t] * h_tilde[t]
 
     return _run(step, params, x, h0, num_layers=num_layers, bidirectional=bidirectional, lengths=lengths, gates=gates)
+
+
+def ligru(params, x, h0, *, num_layers=1, bidirectional=False, lengths=None, layer_norm=False, recurrent_norm=False, keep=None):
+    """SpeechBrain's LiGRU/SLiGRU: a = W_a x + U_a h, k = W_z x + U_z h (rows a then z), z = σ(k),
+    h̃ = ReLU(a) ⊙ m, h = z h + (1 − z) h̃; layer_norm: F.layer_norm(W x) with gain, + b_ih;
+    recurrent_norm: F.layer_norm(U h) with gain, + b_hh. ``keep`` (L·D, B, H): recurrent dropout's masks."""
+    torch = _torch()
+    F = torch.nn.functional
+    H = h0.shape[-1]
+    index = {}
+
+    def gates(p, s, layer_in):
+        index[s] = len(index)
+        v = layer_in @ p["weight_ih" + s].T
+        if layer_norm:
+            v = F.layer_norm(v, (2 * H,), weight=p["ln_weight_ih" + s], eps=1e-5)
+        return v + p.get("bias_ih" + s, 0.0)
+
+    def step(p, s, gi, h, t):
+        u = h @ p["weight_hh" + s].T
+        if recurrent_norm:
+            u = F.layer_norm(u, (2 * H,), weight=p["ln_weight_hh" + s], eps=1e-5) + p.get("bias_hh" + s, 0.0)
+        a, k = gi[t, :, :H] + u[:, :H], gi[t, :, H:] + u[:, H:]
+        z = torch.sigmoid(k)
+        candidate = torch.relu(a) * (1.0 if keep is None else keep[index[s]])
+        return z * h + (1 - z) * candidate
+
+    return _run(step, params, x, h0, num_layers=num_layers, bidirectional=bidirectional, lengths=lengths, gates=gates)

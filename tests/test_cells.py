@@ -333,7 +333,7 @@ def test_bad_structures_and_inputs_name_what_is_wrong():
         gruxp.MinGRU(2, 3, log_space="yes")
     with pytest.raises(ValueError, match="h0 must be non-negative"):
         gruxp.MinGRU(2, 3, log_space=True, seed=0)(np.zeros((4, 1, 2), np.float32), -np.ones((1, 1, 3), np.float32))
-    with pytest.raises(ValueError, match="zoneout is an option of the lngru cell only"):
+    with pytest.raises(ValueError, match="zoneout is not an option of the 'mingru' cell"):
         gruxp.models.recurrent("mingru", 2, 3, zoneout=0.1)
     with pytest.raises(ValueError, match=r"params\['weight_ih_l0'\] must have shape \(2H, I\)"):
         F.mingru({"weight_ih_l0": np.zeros((3, 2))}, np.zeros((2, 1, 2)))

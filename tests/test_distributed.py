@@ -61,8 +61,10 @@ def test_predict_equals_the_single_process_forward(batch_first):
     out, h_n = gd.predict(gru, dx, lengths=da.from_array(lengths, chunks=4))
     assert out.chunks[0 if batch_first else 1] == (5, 5, 2)
     got_out, got_hn = out.compute(scheduler="threads"), h_n.compute(scheduler="threads")
-    np.testing.assert_array_equal(got_out, want_out)
-    np.testing.assert_array_equal(got_hn, want_hn)
+    # each block is its own call, planned from its own shape (a 2-row block takes numba's step kernel):
+    # equal to the whole call at the float64 bound, not bit for bit (docs/user-guide/dask.md)
+    np.testing.assert_allclose(got_out, want_out, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got_hn, want_hn, rtol=1e-12, atol=1e-15)
 
 
 def test_predict_on_a_cluster(client):

@@ -6,6 +6,7 @@ array-api-strict. ``import gruxp`` imports none of the optional array libraries.
 
 from . import (
     _native,  # registers the backends' routes with the core  # noqa: F401
+    cells,
     checkpoint,
     distributed,
     functional,
@@ -21,6 +22,7 @@ from ._typing import Array
 from .checkpoint import CheckpointError
 from .functional import CellTape, GRUConfig, GRUTape
 from .layers import Dropout, Embedding, LastStep, Linear, Sequential
+from .ligru import LiGRU  # the light GRU: one file, which declares its cell
 from .models import GRU, GRUCell, LayerNormGRU, MinGRU, Recurrent
 from .training import Batch, NonFiniteLossError, Trainer
 
@@ -30,6 +32,7 @@ __all__ = [
     "GRU",
     "LayerNormGRU",
     "MinGRU",
+    "LiGRU",
     "Recurrent",
     "GRUCell",
     "GRUConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "CheckpointError",
     "DeviceError",
     "functional",
+    "cells",
     "losses",
     "optim",
     "checkpoint",

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import cells
 from . import functional as F
 from ._checks import (
     check_array,
@@ -34,7 +35,7 @@ from ._namespace import device_of, namespace_of, same_device, to_numpy
 from ._random import is_jax_key, randomness
 from ._typing import Array
 from .functional._layers import check_ids, dropout_mask, embedding, embedding_backward, last_step_mask, linear, linear_backward
-from .models import GRU, LayerNormGRU, MinGRU, Modal, Module, Recurrent
+from .models import Modal, Module, Recurrent
 
 __all__ = ["Linear", "Embedding", "Dropout", "LastStep", "Sequential", "SequentialTape"]
 
@@ -278,7 +279,25 @@ class SequentialTape(NamedTuple):
     owner: Any = None
 
 
-LAYER_TYPES: dict[str, Any] = {cls.__name__: cls for cls in (GRU, LayerNormGRU, MinGRU, Linear, Embedding, Dropout, LastStep)}
+class _LayerTypes(Mapping):
+    """The layer classes a Sequential's config (and a checkpoint) may name, by class name: these
+    layers and every declared cell's model (:mod:`gruxp.cells`), read live."""
+
+    def _all(self) -> dict[str, Any]:
+        models = {spec.model.__name__: spec.model for spec in cells.specs()}
+        return {**models, **{cls.__name__: cls for cls in (Linear, Embedding, Dropout, LastStep)}}
+
+    def __getitem__(self, name: str) -> Any:
+        return self._all()[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+LAYER_TYPES: Mapping[str, Any] = _LayerTypes()
 
 
 def _layout(batch_first: bool) -> str:

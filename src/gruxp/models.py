@@ -16,10 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from . import cells
 from . import functional as F
 from ._checks import check_bool, check_dropout, check_positive_int
 from ._namespace import device_of, dtype_name, from_numpy, namespace_name, resolve_dtype, resolve_xp, to_numpy
 from ._typing import Array
+from .functional._lngru import LNGRU_CELL
+from .functional._mingru import MINGRU_CELL
+from .functional._sequence import GRU_CELL
 
 __all__ = ["Modal", "Module", "Recurrent", "GRU", "LayerNormGRU", "MinGRU", "GRUCell", "CELLS", "recurrent"]
 
@@ -158,9 +162,13 @@ class Recurrent(Module):
 
     structure_type: Any = F.GRUConfig
     structure: Any
-    # The options that draw random masks in training mode (a declaration the Trainer reads, see
-    # :attr:`draws_randomness`): dropout between layers here; a cell adds its own (zoneout).
-    random_options: tuple[str, ...] = ("dropout",)
+
+    @property
+    def random_options(self) -> tuple[str, ...]:
+        """The options that draw random masks in training mode (what the Trainer asks, through
+        :attr:`draws_randomness`): dropout between layers, and the cell's options declared of kind
+        ``"random"`` in :mod:`gruxp.cells` (zoneout, ...)."""
+        return ("dropout", *cells.random_options(self))
 
     def _build(self, structure: Any, dropout: Any, xp: Any, device: Any, dtype: Any, seed: Any) -> None:
         self.dropout = check_dropout("dropout", dropout)
@@ -370,7 +378,6 @@ class LayerNormGRU(Recurrent):
     """
 
     structure_type = F.LayerNormGRUConfig
-    random_options = ("dropout", "zoneout")
 
     def __init__(
         self,
@@ -458,21 +465,27 @@ class MinGRU(Recurrent):
         return {"parallel": not step}
 
 
-CELLS: dict[str, Any] = {"gru": GRU, "lngru": LayerNormGRU, "mingru": MinGRU}
+# The built-in cells' declarations (see gruxp.cells; a cell of another file registers itself the same way)
+cells.register(cells.CellSpec("gru", GRU, GRU_CELL, {"reset_after": "structure"}))
+cells.register(
+    cells.CellSpec("lngru", LayerNormGRU, LNGRU_CELL, {"zoneout": "random"}, "gruxp._native.lngru_cpu:LayerNormGruCpu")
+)
+cells.register(cells.CellSpec("mingru", MinGRU, MINGRU_CELL, {"log_space": "structure"}, "gruxp._native.mingru_cpu:MinGruCpu"))
+CELLS = cells.ModelsByName()  # the declared cells' model classes by name, read live
 
 
 def recurrent(
     cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, zoneout: float = 0.0, **options: Any
 ) -> Recurrent:
-    """The stacked layer of cell ``"gru"``, ``"lngru"`` or ``"mingru"`` (:data:`CELLS`); ``zoneout`` only
-    for lngru; ``options`` as the layer's constructor takes them."""
-    if cell not in CELLS:
-        raise ValueError(f"cell must be one of {sorted(CELLS)}; got {cell!r}")
-    if zoneout and cell != "lngru":
-        raise ValueError(f"zoneout is an option of the lngru cell only; got zoneout={zoneout!r} with cell {cell!r}")
-    if cell == "lngru":
+    """The stacked layer of the cell declared as ``cell`` (:mod:`gruxp.cells`: ``"gru"``, ``"lngru"``,
+    ``"mingru"``, ...); ``zoneout`` only for a cell that has it; ``options`` as the layer's constructor
+    takes them."""
+    spec = cells.get(cell)
+    if zoneout:
+        if "zoneout" not in spec.options:
+            raise ValueError(f"zoneout is not an option of the {cell!r} cell; got zoneout={zoneout!r}")
         options["zoneout"] = zoneout
-    return CELLS[cell](input_size, hidden_size, num_layers, **options)
+    return spec.model(input_size, hidden_size, num_layers, **options)
 
 
 class GRUCell(Module):

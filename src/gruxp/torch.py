@@ -37,7 +37,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import functional as F
 from ._checks import check_bool, check_dropout, check_lengths, check_positive_int
 
-__all__ = ["GRU", "LayerNormGRU", "MinGRU", "GRUCell", "LastStep", "Sequential"]
+__all__ = ["GRU", "LayerNormGRU", "MinGRU", "GRUCell", "LastStep", "Sequential", "module_for"]
 
 _FAST = (torch.float32, torch.float64)
 
@@ -569,3 +569,56 @@ class Sequential(nn.Module):
             else:
                 y = layer(y)
         return y, new
+
+
+def module_for(cell: str) -> type:
+    """The ``nn.Module`` of any cell declared in :mod:`gruxp.cells` (``gruxp.torch.<Model>`` gives the
+    same, e.g. ``gruxp.torch.LiGRU``): ``nn.GRU``'s constructor and call, plus the cell's own options
+    as keywords; its parameters under gruxp's names, U(−1/√H, 1/√H) with the norms' gains at one."""
+    from . import cells
+
+    spec = cells.get(cell)
+    for kind in (GRU, LayerNormGRU, MinGRU):
+        if kind.cell == cell:
+            return kind
+    made = _made.get(cell)
+    if made is None:
+        structure_options = [n for n, k in spec.options.items() if k == "structure"]
+        call_options = [n for n, k in spec.options.items() if k != "structure"]
+
+        def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                     bidirectional=False, device=None, dtype=None, **options):  # fmt: skip
+            _Recurrent.__init__(self)
+            unknown = sorted(set(options) - set(spec.options))
+            if unknown:
+                raise TypeError(f"{spec.model.__name__} takes no option {unknown[0]!r}; its options: {sorted(spec.options)}")
+            self._call_options = {n: options.get(n, 0.0) for n in call_options}
+            given = {n: options[n] for n in structure_options if n in options}
+            structure = spec.model.structure_type.checked(
+                input_size, hidden_size, num_layers, bias, batch_first, bidirectional, **given
+            )
+            self._setup(structure, dropout, device, dtype)
+
+        def _options(self):
+            random = any(k == "random" for k in spec.options.values())
+            return {**self._call_options, **({"training": bool(self.training)} if random else {})}
+
+        def _extra_options(self):
+            return [f"{n}={v}" for n, v in self._call_options.items() if v]
+
+        doc = f"{spec.model.__name__} as an ``nn.Module`` (made from its declaration in :mod:`gruxp.cells`)."
+        namespace = {"cell": cell, "__init__": __init__, "_options": _options, "_extra_options": _extra_options, "__doc__": doc}
+        made = _made[cell] = type(spec.model.__name__, (_Recurrent,), {**namespace, "__module__": __name__})
+    return made
+
+
+_made: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> Any:
+    from . import cells
+
+    for spec in cells.specs():
+        if spec.model.__name__ == name:
+            return module_for(spec.name)
+    raise AttributeError(f"module 'gruxp.torch' has no attribute {name!r}")

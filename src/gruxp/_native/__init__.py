@@ -25,22 +25,13 @@ A route may mutate buffers it allocated itself, never anything the caller can se
 
 from __future__ import annotations
 
-from ..functional._lngru import lngru_direction_backward, lngru_direction_forward
-from ..functional._mingru import mingru_direction_backward, mingru_direction_forward
 from ..functional._routes import register
 from .cpu import CpuRoute, clear_buffers
 from .jax_scan import JaxRoute
-from .lngru_cpu import LayerNormGruCpu
-from .mingru_cpu import MinGruCpu
 
 __all__ = ["clear_buffers", "cpu_plan"]
 
-_cpu = CpuRoute()
-_cpu.other_cells = {
-    **dict.fromkeys((mingru_direction_forward, mingru_direction_backward), MinGruCpu(_cpu)),
-    **dict.fromkeys((lngru_direction_forward, lngru_direction_backward), LayerNormGruCpu(_cpu)),
-}
-register(_cpu)
+register(CpuRoute())  # other cells' CPU loops: named by their declarations (gruxp.cells)
 register(JaxRoute())
 
 
@@ -59,17 +50,19 @@ def cpu_plan(
     machine=None,
 ) -> list:
     """The CPU route's plan for each layer of a call (a :class:`~gruxp._native.plan.Plan` for the GRU,
-    a :class:`~gruxp._native.plan.CellPlan` for ``cell="lngru"`` or ``"mingru"``), under the settings
-    in effect here, on this machine or on ``machine`` (a :class:`gruxp._native.machine.Machine`)."""
+    a :class:`~gruxp._native.plan.CellPlan` for another declared cell, :mod:`gruxp.cells`), under the
+    settings in effect here, on this machine or on ``machine`` (a :class:`gruxp._native.machine.Machine`)."""
+    from .. import cells
     from .._config import get_config
     from .machine import this_machine
-    from .plan import Shape, cell_plan, plan
+    from .plan import CellPlan, Shape, cell_plan, plan
 
     config = get_config()
     D = 2 if bidirectional else 1
     machine = machine or this_machine()
-    if cell not in ("gru", "lngru", "mingru"):
-        raise ValueError(f"cell must be 'gru', 'lngru' or 'mingru'; got {cell!r}")
+    spec = cells.get(cell)
+    if cell != "gru" and spec.cpu is None:  # a cell without a CPU loop of its own: the generic code
+        return [CellPlan(cell, "generic", ((0, batch),), 1, ("route: generic code: the cell declares no CPU loop",))] * num_layers
     plans: list = []
     for layer in range(num_layers):
         shape = Shape(steps, batch, inputs if layer == 0 else D * hidden, hidden, D if cell != "mingru" else 1)

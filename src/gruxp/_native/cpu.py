@@ -40,7 +40,7 @@ import numpy as np
 from .._config import get_config
 from .._namespace import is_numpy_namespace
 from ..functional._cell import activations, folded_bias, gates_backward, gates_forward, input_grad, masked_state, param_grads
-from ..functional._routes import Route
+from ..functional._routes import GENERIC, Route
 from ..functional._sequence import direction_backward_loop, direction_forward_loop, direction_result, previous_states
 from . import blas, workers
 from .loops import Fuser, time_loops, transposed
@@ -488,8 +488,21 @@ class CpuRoute(Route):
 
     name = "numpy-cpu"
     shares_states = False  # the tape keeps the states in its own block (beside h0: h_prev is a view)
-    # the routes of other cells on NumPy, by their direction functions (the generic loop otherwise)
-    other_cells: dict = {}
+
+    def __init__(self) -> None:
+        self._cell_loops: dict[str, Any] = {}  # other cells' CPU loops (gruxp.cells), made on first use
+
+    def _other(self, function: Any) -> Route:
+        """The route for another cell's direction function: its CPU loop where its declaration names
+        one (:mod:`gruxp.cells`), else the generic route."""
+        from .. import cells
+
+        spec = cells.for_function(function)
+        if spec is None or spec.cpu is None:
+            return GENERIC
+        if spec.name not in self._cell_loops:
+            self._cell_loops[spec.name] = spec.cpu_route(self)
+        return self._cell_loops[spec.name]
 
     def claims(self, xp) -> bool:
         return is_numpy_namespace(xp)
@@ -544,7 +557,7 @@ class CpuRoute(Route):
 
     def layer_forward(self, forward, calls):
         if forward is not direction_forward_loop:  # another cell: its own fused loop, or the generic one
-            return self.other_cells.get(forward, super()).layer_forward(forward, calls)
+            return self._other(forward).layer_forward(forward, calls)
         x, w_hh = calls[0]["x"], calls[0]["p"]["weight_hh"]
         T, B, I = x.shape
         plan = self.plan_for(T, B, I, w_hh.shape[1], len(calls), x.dtype, reset_after=calls[0]["reset_after"])
@@ -554,7 +567,7 @@ class CpuRoute(Route):
 
     def layer_backward(self, backward, calls):
         if backward is not direction_backward_loop:
-            return self.other_cells.get(backward, super()).layer_backward(backward, calls)
+            return self._other(backward).layer_backward(backward, calls)
         tape = calls[0]["tape"]
         T, B, H = tape.hs.shape
         plan = self.plan_for(T, B, tape.x.shape[-1], H, len(calls), tape.hs.dtype, reset_after=calls[0]["reset_after"])

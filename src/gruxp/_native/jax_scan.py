@@ -23,7 +23,7 @@ from ..functional._routes import Route
 
 __all__ = ["JaxRoute", "gru_with_analytic_vjp", "scan_loop"]
 
-_STATIC = ("reverse", "reset_after", "record", "bias", "need_dx", "xp", "loop", "zoneout", "log_space", "parallel")
+_STATIC = ("reverse", "record", "bias", "need_dx", "xp", "loop")  # the stack driver's; each cell adds its own
 
 
 def scan_loop(body: Callable, carry: Any, xs: tuple, *, length: int, reverse: bool, xp: ModuleType) -> tuple[Any, tuple]:
@@ -36,12 +36,17 @@ def scan_loop(body: Callable, carry: Any, xs: tuple, *, length: int, reverse: bo
 
 @cache
 def _compiled(function: Callable) -> Callable:
-    """``function`` under ``jax.jit``, its structural keywords static (once per function)."""
+    """``function`` under ``jax.jit``, its structural keywords static: the driver's, and those its cell
+    declares (``Cell.static``, found through :mod:`gruxp.cells`); once per function."""
     import inspect
 
     import jax
 
-    names = [name for name in _STATIC if name in inspect.signature(function).parameters]
+    from .. import cells
+
+    spec = cells.for_function(function)
+    static = _STATIC + (() if spec is None else tuple(spec.cell.static))
+    names = [name for name in static if name in inspect.signature(function).parameters]
     return jax.jit(function, static_argnames=names)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,8 @@ def cache_folder() -> Path | None:
 def _stamp() -> str:
     import numba
 
-    from .. import __version__
-
+    # gruxp's version from the loaded package (importing it here would close an import cycle)
+    __version__ = getattr(sys.modules.get("gruxp"), "__version__", "")
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256(f"{numba.__version__} {__version__}".encode())
     for name in _SOURCES:

@@ -41,6 +41,24 @@ class FiniteFloat(click.FloatRange):
 POSITIVE_FLOAT = FiniteFloat(min=0.0, min_open=True)
 
 
+class CellChoice(click.Choice):
+    """``--cell``: the cells declared in :mod:`gruxp.cells` when the command runs (a cell registered
+    by another module is a choice too)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from gruxp import cells
+
+        return tuple(cells.names())
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click's constructor assigns it; the registry decides
+        pass
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(gruxp.__version__, prog_name="gruxp")
 def cli() -> None:
@@ -163,10 +181,10 @@ MAX_BYTES_OPTION = click.option(
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option(
     "--cell",
-    type=click.Choice(["gru", "lngru", "mingru"]),
+    type=CellChoice(),
     default="gru",
     show_default=True,
-    help="The recurrent cell: GRU, LayerNormGRU (with --zoneout) or MinGRU.",
+    help="The recurrent cell (gruxp.cells): gru, lngru (with --zoneout), mingru, ligru, or any registered.",
 )
 @click.option("--hidden", type=POSITIVE_INT, default=256, show_default=True)
 @click.option("--layers", type=POSITIVE_INT, default=2, show_default=True)
@@ -232,8 +250,9 @@ def _refuse_what_would_not_apply(ctx: click.Context, opts: dict) -> None:
         raise click.UsageError("--seed is not an option of --resume: a resumed run continues the checkpoint's random state")
     if opts["resume"]:
         return  # the structure options are the checkpoint's: _resume_setup refuses any that differ
-    if opts["zoneout"] and opts["cell"] != "lngru":
-        raise click.UsageError(f"--zoneout is an option of --cell lngru; got --cell {opts['cell']}")
+    if opts["zoneout"] and "zoneout" not in gruxp.cells.get(opts["cell"]).options:
+        having = [spec.name for spec in gruxp.cells.specs() if "zoneout" in spec.options]
+        raise click.UsageError(f"--zoneout is an option of --cell {' or '.join(having)}; got --cell {opts['cell']}")
     if opts["dropout"] and opts["layers"] < 2:
         raise click.UsageError(
             "--dropout acts between recurrent layers (as nn.GRU's does): "
@@ -639,9 +658,7 @@ def _load_lm(path: str, backend: str, device: str | None):
 )
 @click.option("--layers", type=POSITIVE_INT, default=1, show_default=True, help="With --plan: the number of layers.")
 @click.option("--bidirectional", is_flag=True, help="With --plan: a bidirectional GRU.")
-@click.option(
-    "--cell", type=click.Choice(["gru", "lngru", "mingru"]), default="gru", show_default=True, help="With --plan: the cell."
-)
+@click.option("--cell", type=CellChoice(), default="gru", show_default=True, help="With --plan: the cell.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True, help="With --plan.")
 @click.option(
     "--cpus",
@@ -703,7 +720,7 @@ def _print_plan(
     machine = this_machine() if cpus is None else replace(this_machine(), cpus=cpus, usable=cpus)
     where = f"this machine ({machine.cpus} CPUs, {machine.usable} usable now)" if cpus is None else f"a machine of {cpus} CPUs"
     direction = "bidirectional" if bidirectional else "unidirectional"
-    name = {"gru": "GRU", "lngru": "LayerNormGRU", "mingru": "MinGRU"}[cell]
+    name = gruxp.cells.get(cell).model.__name__
     click.echo(f"CPU plan for a {name}, B={B}, T={T}, I={I}, H={H}, {layers} layer(s), {direction}, {dtype}, on {where}:")
     for layer, plan in enumerate(
         cpu_plan(T, B, I, H, num_layers=layers, bidirectional=bidirectional, cell=cell, dtype=dtype, machine=machine)

@@ -299,7 +299,9 @@ def _backward_options(config: LayerNormGRUConfig) -> dict[str, Any]:
     return {}
 
 
-LNGRU_CELL = Cell("lngru", lngru_direction_forward, lngru_direction_backward, _forward_options, _backward_options, _prepare)
+LNGRU_CELL = Cell(
+    "lngru", lngru_direction_forward, lngru_direction_backward, _forward_options, _backward_options, _prepare, static=("zoneout",)
+)
 
 
 def _lngru_config(params, *, num_layers, bias, batch_first, bidirectional) -> LayerNormGRUConfig:

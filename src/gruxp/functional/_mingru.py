@@ -372,7 +372,14 @@ def _check(config: MinGRUConfig, h0: Any, xp: Any) -> Any:
 
 
 MINGRU_CELL = Cell(
-    "mingru", mingru_direction_forward, mingru_direction_backward, _forward_options, _backward_options, _prepare, _check
+    "mingru",
+    mingru_direction_forward,
+    mingru_direction_backward,
+    _forward_options,
+    _backward_options,
+    _prepare,
+    _check,
+    static=("log_space", "parallel"),
 )
 
 

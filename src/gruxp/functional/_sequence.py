@@ -61,7 +61,9 @@ class Cell(NamedTuple):
     call's :class:`gruxp._random.Randomness` (on the device); what it returns reaches
     ``forward_options`` as ``prepared``.
 
-    ``check(config, h0, xp)`` (optional) checks the call's initial state against the cell's own rules
+    ``static`` names the direction functions' own keywords that steer Python (kept static by a
+    compiler: the JAX route's ``jax.jit``). ``check(config, h0, xp)`` (optional) checks the call's
+    initial state against the cell's own rules
     before any route runs, and returns it (poisoned with NaN where a traced value breaks them).
 
     A cell whose direction functions take ``parallel`` (minGRU's scan over time) lets a route run its
@@ -76,6 +78,7 @@ class Cell(NamedTuple):
     backward_options: Any
     prepare: Any = None
     check: Any = None
+    static: tuple = ()  # its direction functions' keywords that are Python values (static under jax.jit)
 
 
 class GRUConfig(NamedTuple):
@@ -378,7 +381,9 @@ def _gru_backward_options(config: GRUConfig) -> dict[str, Any]:
     return {"reset_after": config.reset_after}
 
 
-GRU_CELL = Cell("gru", direction_forward_loop, direction_backward_loop, _gru_forward_options, _gru_backward_options)
+GRU_CELL = Cell(
+    "gru", direction_forward_loop, direction_backward_loop, _gru_forward_options, _gru_backward_options, static=("reset_after",)
+)
 
 
 def config_from_params(params, cls=GRUConfig, *, gates=3, recurrent=True, **structure) -> Any:
