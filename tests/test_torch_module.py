@@ -132,6 +132,24 @@ def test_functional_call_with_torch_autograd():
         torch.testing.assert_close(g, p.grad, msg=name)
 
 
+def test_torch_func_grad_equals_nn_grus_and_refuses_grad_of_grad_and_vmap():
+    ours, theirs = _pair(num_layers=2, bidirectional=True)
+    x = torch.randn(6, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def loss(module):
+        return lambda params, xx: torch.func.functional_call(module, params, (xx,))[0].square().sum()
+
+    got = torch.func.grad(loss(ours), argnums=(0, 1))(dict(ours.named_parameters()), x)
+    want = torch.func.grad(loss(theirs), argnums=(0, 1))(dict(theirs.named_parameters()), x)
+    for name in want[0]:
+        _close(got[0][name], want[0][name], name)
+    _close(got[1], want[1], "dx")
+    with pytest.raises(RuntimeError, match="double backward through gruxp.torch is not supported"):
+        torch.func.grad(lambda xx: torch.func.grad(lambda y: ours(y)[0].square().sum())(xx).sum())(x)
+    with pytest.raises(RuntimeError, match="torch.func.vmap over a gruxp.torch module is not supported"):
+        torch.func.vmap(lambda xx: ours(xx)[0])(x.unsqueeze(0).repeat(2, 1, 1, 1))
+
+
 @pytest.mark.parametrize("cell", ["lngru", "mingru"])
 def test_every_cell_as_a_module_against_the_numpy_model_and_gradcheck(cell):
     module_type = {"lngru": gt.LayerNormGRU, "mingru": gt.MinGRU}[cell]

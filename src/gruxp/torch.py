@@ -76,10 +76,10 @@ def _needs_graph(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _no_double_backward() -> None:
+def _no_double_backward(*, always: bool = False) -> None:
     """gruxp's backward has no derivative of its own: ``create_graph=True`` (double backward, as in a
     gradient penalty) is refused with that reason rather than silently giving a constant gradient."""
-    if torch.is_grad_enabled():
+    if always or torch.is_grad_enabled():
         raise RuntimeError(
             "double backward through gruxp.torch is not supported: its backward is gruxp's analytic backward, which has "
             "no derivative of its own (create_graph=True, e.g. a gradient penalty); use torch.nn.GRU for that"
@@ -172,6 +172,12 @@ def _stack_backward(
     need_x: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """(dx, dh0, every weight's gradient) over the tape ``handle`` names (dx zeros unless ``need_x``)."""
+    return _backward(handle, d_out, d_hn, x, weights, need_x)
+
+
+def _backward(
+    handle: torch.Tensor, d_out: torch.Tensor, d_hn: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor], need_x: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     tape = _tapes.get(int(handle.item()))
     if tape is None:
         raise RuntimeError("gruxp.torch: this backward's tape is gone (was the forward run without grad?)")
@@ -204,6 +210,44 @@ def _stack_backward_formula(ctx: Any, d_out: Any, d_hn: Any, d_handle: Any) -> t
 
 
 _stack_forward.register_autograd(_stack_backward_formula, setup_context=_stack_setup)
+
+
+class _FuncStack(torch.autograd.Function):
+    """The same two operators for ``torch.func``'s transforms (``grad``, ``vjp``, ``jacrev``): the autograd
+    wrapper ``register_autograd`` generates has no ``setup_context``, which they require (pytorch#168393),
+    so a call under one of them goes through this Function instead, with the same backward."""
+
+    @staticmethod
+    def forward(x, h0, lengths, seed, spec, dropout, *weights):
+        return torch.ops.gruxp.stack_forward(x, h0, list(weights), lengths, seed, spec, dropout, True)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x, h0, *_ = inputs
+        ctx.has_h0 = h0 is not None
+        ctx.mark_non_differentiable(output[2])
+        ctx.save_for_backward(output[2], x, *inputs[6:])
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Any, d_hn: Any, d_handle: Any) -> tuple:
+        # the transform's own level unwrapped; a tensor still wrapped belongs to an outer transform,
+        # which would differentiate this backward (grad of grad) or batch it (vmap of grad): refused
+        handle, x, d_out, d_hn, *weights = (
+            _unwrap_level(t) for t in (*ctx.saved_tensors[:2], d_out, d_hn, *ctx.saved_tensors[2:])
+        )
+        need_x = ctx.needs_input_grad[0]
+        with torch._C._DisableFuncTorch():  # plain tensors in, plain tensors out
+            dx, dh0, grads = _backward(handle, d_out.contiguous(), d_hn.contiguous(), x, weights, need_x)
+        return (dx if need_x else None), (dh0 if ctx.has_h0 else None), None, None, None, None, *grads
+
+
+def _unwrap_level(t: torch.Tensor) -> torch.Tensor:
+    functorch = torch._C._functorch
+    if functorch.is_functorch_wrapped_tensor(t):
+        t = functorch.get_unwrapped(t)
+        if functorch.is_functorch_wrapped_tensor(t):
+            _no_double_backward(always=True)
+    return t
 
 
 def _check_input(name: str, t: Any, like: torch.Tensor, *, allow_packed: bool = False) -> None:
@@ -306,7 +350,17 @@ class _Recurrent(nn.Module):
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if random else torch.zeros((), dtype=torch.int64)
         dropout = self.dropout if self.training else 0.0
         record = _needs_graph(sequence, hx, *weights)
-        out, h_n, _ = torch.ops.gruxp.stack_forward(sequence, hx, weights, lengths, seed, self._spec(), dropout, record)
+        # a torch.func transform around an eager call (under torch.compile the operators' own autograd)
+        transform = None if torch.compiler.is_compiling() else torch._C._functorch.peek_interpreter_stack()
+        if transform is not None:  # under torch.func.grad, vjp, jacrev ...
+            if transform.key() == torch._C._functorch.TransformType.Vmap:
+                raise RuntimeError(
+                    "torch.func.vmap over a gruxp.torch module is not supported (its operators have no batching rule): "
+                    "the module batches already, so fold the mapped axis into B, or loop"
+                )
+            out, h_n, _ = _FuncStack.apply(sequence, hx, lengths, seed, self._spec(), dropout, *weights)
+        else:
+            out, h_n, _ = torch.ops.gruxp.stack_forward(sequence, hx, weights, lengths, seed, self._spec(), dropout, record)
         if packed:
             out = _packed_like(out, x, lengths, self.batch_first)
         return out, h_n
