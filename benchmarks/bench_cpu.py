@@ -120,6 +120,7 @@ def contenders(config, backends):
             module = gt.GRU(I, H, L, batch_first=True, bidirectional=bi)
             module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
             if name == "torch-module-compiled":  # torch.compile(fullgraph=True): gruxp's operators in one graph
+                torch._dynamo.reset()  # each config's module compiled afresh (Dynamo's recompile limit is per code object)
                 module = torch.compile(module, fullgraph=True)
             x_module = torch.from_numpy(x_np.copy()).requires_grad_(True)
 

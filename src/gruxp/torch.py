@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -55,6 +56,13 @@ def _tensor(a: Any) -> Any:
     if a is None or isinstance(a, torch.Tensor):
         return a
     return torch.from_numpy(a)
+
+
+def _dense_array(t: torch.Tensor) -> Any:
+    """:func:`_array` of ``t``, C-contiguous. A CPU copy is NumPy's, on this thread: torch's would wake
+    its OpenMP threads, which then spin on the cores gruxp's workers are about to use."""
+    a = _array(t)
+    return np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a.contiguous()
 
 
 def _register(module: nn.Module, shapes: Mapping[str, tuple[int, ...]], device: Any, dtype: Any) -> None:
@@ -153,7 +161,7 @@ def _stack_forward(
 def _dense(a: Any) -> torch.Tensor:
     """A result as a C-contiguous tensor: the layout the fake implementation promises (a batch-first
     output is a transposed view until then)."""
-    return _tensor(a).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a.contiguous()
 
 
 @_stack_forward.register_fake
@@ -181,9 +189,11 @@ def _backward(
     tape = _tapes.get(int(handle.item()))
     if tape is None:
         raise RuntimeError("gruxp.torch: this backward's tape is gone (was the forward run without grad?)")
-    grads, dx, dh0 = F.backward_stack(tape, _array(d_out), _array(d_hn), input_grad=need_x)
-    dx = torch.zeros_like(x) if dx is None else _dense(dx)
-    return dx, _dense(dh0), [_dense(grads[name]) for name in tape.params]
+    grads, dx, dh0 = F.backward_stack(tape, _dense_array(d_out), _dense_array(d_hn), input_grad=need_x)
+    if dx is None:  # not asked for: zeros (an operator returns a tensor)
+        like = _array(x)
+        dx = np.zeros(like.shape, like.dtype) if isinstance(like, np.ndarray) else torch.zeros_like(x)
+    return _dense(dx), _dense(dh0), [_dense(grads[name]) for name in tape.params]
 
 
 @_stack_backward.register_fake
@@ -205,7 +215,7 @@ def _stack_backward_formula(ctx: Any, d_out: Any, d_hn: Any, d_handle: Any) -> t
     d_out = torch.zeros(out_shape, dtype=x.dtype, device=x.device) if d_out is None else d_out  # an unused output
     d_hn = torch.zeros(hn_shape, dtype=x.dtype, device=x.device) if d_hn is None else d_hn
     need_x = ctx.needs_input_grad[0]
-    dx, dh0, grads = torch.ops.gruxp.stack_backward(handle, d_out.contiguous(), d_hn.contiguous(), x, weights, need_x)
+    dx, dh0, grads = torch.ops.gruxp.stack_backward(handle, d_out, d_hn, x, weights, need_x)
     return (dx if need_x else None), (dh0 if ctx.has_h0 else None), list(grads), None, None, None, None, None
 
 
@@ -237,7 +247,7 @@ class _FuncStack(torch.autograd.Function):
         )
         need_x = ctx.needs_input_grad[0]
         with torch._C._DisableFuncTorch():  # plain tensors in, plain tensors out
-            dx, dh0, grads = _backward(handle, d_out.contiguous(), d_hn.contiguous(), x, weights, need_x)
+            dx, dh0, grads = _backward(handle, d_out, d_hn, x, weights, need_x)
         return (dx if need_x else None), (dh0 if ctx.has_h0 else None), None, None, None, None, *grads
 
 
