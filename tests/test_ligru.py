@@ -32,7 +32,11 @@ def _host(model):
     return params
 
 
-@pytest.mark.parametrize("name", list(OPTIONS))
+# On JAX (each case a compile) "both" and "dropout" hold every option; the single options: the full run
+JAX_SLOW = pytest.mark.slow_on("jax")
+
+
+@pytest.mark.parametrize("name", [n if n in ("both", "dropout") else pytest.param(n, marks=JAX_SLOW) for n in OPTIONS])
 def test_against_pytorch_autograd(backend, name):
     """Outputs and every gradient of a 2-layer bidirectional ragged run, ≤ 1e-10 of autograd's."""
     torch = pytest.importorskip("torch")
@@ -63,7 +67,7 @@ def test_against_pytorch_autograd(backend, name):
     assert_close(dh0, ht.grad.numpy(), rtol=1e-10, atol=1e-10, name="dh0")
 
 
-@pytest.mark.parametrize("name", ["plain", "both"])
+@pytest.mark.parametrize("name", [pytest.param("plain", marks=JAX_SLOW), "both"])
 def test_finite_differences(backend, name):
     model = _model(backend, OPTIONS[name], L=1, H=2, I=2)
     params = _host(model)
