@@ -33,8 +33,9 @@ import json
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,8 +45,22 @@ from ._typing import Array
 from .layers import Sequential
 from .losses import cross_entropy
 from .models import GRU
+from .training import Batch, Trainer
 
-__all__ = ["predict", "DataParallel"]
+__all__ = ["predict", "DataParallel", "ClusterTrainer", "ClusterError"]
+
+
+class ClusterError(RuntimeError):
+    """The cluster kept failing a step (lost workers, a cut link, a scheduler gone) past the retries."""
+
+
+class Stream(NamedTuple):
+    """How a token stream is cut: rows, window, windows per pass, and each shard's [start, stop) rows."""
+
+    batch_size: int
+    window: int
+    n_windows: int
+    rows: tuple[tuple[int, int], ...]
 
 
 def _blas_limit(threads: int | None):
@@ -148,29 +163,49 @@ def _shard_grad(
     total: int,
     blas_threads: int | None,
     seed: tuple[int, ...],
-) -> tuple[float, dict]:
-    """(loss contribution, gradient contribution) of one shard to the full-batch mean.
+    window: tuple[int, int] | None = None,
+    carry: dict | None = None,
+) -> tuple[float, dict, list]:
+    """(loss contribution, gradient contribution, [carried state]) of one shard to the full-batch mean.
 
-    Every layer's host RNG (dropout masks) is seeded from (seed, step, shard, layer): a run is
-    reproducible for a fixed number of shards, whichever worker computes which shard.
+    ``window`` (k, T): the shard holds token rows and this step reads their columns [k·T, (k+1)·T)
+    (truncated BPTT), starting from ``carry``. Every random layer draws from a Generator seeded by
+    (seed, step, shard, layer position): a run is reproducible for a fixed number of shards, whichever
+    worker computes which shard.
     """
     with _blas_limit(blas_threads):
         model = _worker_model(config_json, dtype, blas_threads)
         model.load_state_dict(params)
-        for index, layer in enumerate(model.layers.values()):
-            if hasattr(layer, "rng"):
-                layer.rng = np.random.default_rng([*seed, index])
         model.train()
-        x, target = shard[0], shard[1]
-        lengths = shard[2] if len(shard) > 2 else None
-        y, _, tape = model.forward(x, lengths=lengths)
+        rng = {
+            name: np.random.default_rng([*seed, index])
+            for index, (name, layer) in enumerate(model.layers.items())
+            if getattr(layer, "draws_randomness", False)
+        }
+        lengths = None
+        if window is None:
+            x, target = shard[0], shard[1]
+            lengths = shard[2] if len(shard) > 2 else None
+        else:
+            k, width = window
+            columns = slice(k * width, (k + 1) * width)
+            x, target = (np.ascontiguousarray(rows[:, columns], dtype=np.int64) for rows in shard)
+        y, state, tape = model.forward(x, carry, lengths=lengths, rng=rng)
         loss_sum, dy_sum = loss(y, target, reduction="sum")
         grads, _, _ = model.backward(tape, dy_sum / total)
-        return float(loss_sum) / total, {k: to_numpy(v) for k, v in grads.items()}
+        states = [{k: to_numpy(v) for k, v in state.items()}] if window is not None else []
+        return float(loss_sum) / total, {k: to_numpy(v) for k, v in grads.items()}, states
 
 
-def _add(a: tuple[float, dict], b: tuple[float, dict]) -> tuple[float, dict]:
-    return a[0] + b[0], {k: a[1][k] + b[1][k] for k in a[1]}
+def _token_rows(inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A stream shard, as a task: its rows were embedded in the task, so the scheduler can run it
+    again on another worker when the one holding the result is lost."""
+    return inputs, targets
+
+
+def _add(a: tuple[float, dict, list], b: tuple[float, dict, list]) -> tuple[float, dict, list]:
+    """Two shards' contributions summed; their carried states kept in shard order."""
+    return a[0] + b[0], {k: a[1][k] + b[1][k] for k in a[1]}, a[2] + b[2]
 
 
 # What a lost or restarted worker looks like from the client; anything else (a bug in the loss,
@@ -207,7 +242,8 @@ class DataParallel:
         A step whose cluster fails (a worker lost while parameters are scattered or gradients
         computed, lost dependencies, a closed connection) is retried up to ``retries`` times, each
         attempt bounded by ``timeout`` seconds: parameters are scattered anew and lost shards are
-        reloaded through the loader. After that, a ``RuntimeError`` says what failed; never a hang.
+        reloaded. After that, a :class:`ClusterError` (a ``RuntimeError``) says what failed, naming the
+        scheduler's address; never a hang.
 
     Examples
     --------
@@ -240,7 +276,8 @@ class DataParallel:
         self.step_count = 0
         self.shards: list[Any] = []
         self.total = 0
-        self._loader: Callable[[int, int], tuple] | None = None
+        self.stream: Stream | None = None
+        self._sources: list[tuple[Callable, tuple]] = []
         self._config_json = json.dumps(model.config())
 
     def _workers(self) -> list[str]:
@@ -249,8 +286,17 @@ class DataParallel:
             raise TimeoutError("the cluster has no workers")
         return workers
 
-    def _load(self, i: int, n: int, workers: list[str]) -> Any:
-        return self.client.submit(self._loader, i, n, workers=[workers[i % len(workers)]], allow_other_workers=True, pure=False)
+    def _load(self, i: int, workers: list[str]) -> Any:
+        function, args = self._sources[i]
+        with warnings.catch_warnings():  # a stream shard's rows travel in its task, once, by design
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+            return self.client.submit(function, *args, workers=[workers[i % len(workers)]], allow_other_workers=True, pure=False)
+
+    def _count_targets(self) -> None:
+        counts = self.client.gather([self.client.submit(_count_shard, s, self.loss, pure=False) for s in self.shards])
+        self.total = int(sum(counts))
+        if self.total == 0:
+            raise ValueError("the shards hold no targets to train on")
 
     def load_shards(self, loader: Callable[[int, int], tuple], n: int | None = None) -> None:
         """Run ``loader(i, n)`` on the workers (shard i preferably on worker i mod W) and keep the results there.
@@ -261,21 +307,47 @@ class DataParallel:
         n = len(workers) if n is None else int(n)
         if n < 1:
             raise ValueError(f"n must be >= 1; got {n}")
-        self._loader = loader
-        self.shards = [self._load(i, n, workers) for i in range(n)]
-        counts = self.client.gather([self.client.submit(_count_shard, s, self.loss, pure=False) for s in self.shards])
-        self.total = int(sum(counts))
-        if self.total == 0:
-            raise ValueError("the shards hold no targets to train on")
+        self._sources = [(loader, (i, n)) for i in range(n)]
+        self.stream = None
+        self.shards = [self._load(i, workers) for i in range(n)]
+        self._count_targets()
+
+    def load_stream(self, tokens: np.ndarray, *, batch_size: int, window: int, n: int | None = None) -> None:
+        """Truncated BPTT over one token stream, its ``batch_size`` rows split into ``n`` shards.
+
+        The rows are cut exactly as :func:`gruxp.training.stream_windows` cuts them; shard i holds rows
+        ``np.array_split(range(batch_size), n)[i]`` of the whole stream. Each shard's tokens travel
+        once, inside the task that holds them (the scheduler keeps the task, so a lost worker's shard
+        is rebuilt on another one); a step then sends only the window's index and the carried state.
+        Every target counts (a token stream has no padding): the mean divides by batch_size · window.
+        """
+        batch_size, window = check_positive_int("batch_size", batch_size), check_positive_int("window", window)
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+            raise TypeError(f"tokens must be a 1-D integer array; got shape {tokens.shape}, dtype {tokens.dtype}")
+        workers = self._workers()
+        n = len(workers) if n is None else check_positive_int("n", n)
+        if n > batch_size:
+            raise ValueError(f"n must be at most batch_size={batch_size} (each shard holds whole rows); got {n}")
+        columns = (tokens.size - 1) // batch_size
+        if columns // window < 1:
+            raise ValueError(f"a stream of {tokens.size} tokens is too short for batch_size={batch_size}, window={window}")
+        small = np.min_scalar_type(int(tokens.max(initial=0)))  # uint8 for a character vocabulary
+        used = tokens[: batch_size * columns + 1].astype(small)
+        inputs, targets = used[:-1].reshape(batch_size, columns), used[1:].reshape(batch_size, columns)
+        rows = np.array_split(np.arange(batch_size), n)
+        self._sources = [(_token_rows, (inputs[r[0] : r[-1] + 1], targets[r[0] : r[-1] + 1])) for r in rows]
+        self.stream = Stream(batch_size, window, columns // window, tuple((int(r[0]), int(r[-1]) + 1) for r in rows))
+        self.shards = [self._load(i, workers) for i in range(n)]
+        self.total = batch_size * window
 
     def _reload_lost_shards(self) -> None:
         workers = self._workers()
-        n = len(self.shards)
         self.shards = [
-            shard if shard.status in ("pending", "finished") else self._load(i, n, workers) for i, shard in enumerate(self.shards)
+            shard if shard.status in ("pending", "finished") else self._load(i, workers) for i, shard in enumerate(self.shards)
         ]
 
-    def _attempt(self) -> tuple[float, dict[str, np.ndarray]]:
+    def _attempt(self, step: int, carries: list[dict | None]) -> tuple[float, dict[str, np.ndarray], list[dict]]:
         # One future for the whole dict (scattering a dict would scatter each entry under its name),
         # to one worker: the others fetch it. A broadcast would replicate it to every worker the
         # scheduler lists, and the scheduler retries a dead one for minutes; callback_timeout bounds
@@ -289,6 +361,7 @@ class DataParallel:
         )
         workers = self._workers()
         dtype = dtype_name(self.model.dtype)
+        window = None if self.stream is None else (step % self.stream.n_windows, self.stream.window)
         parts = [
             self.client.submit(
                 _shard_grad,
@@ -299,7 +372,9 @@ class DataParallel:
                 loss=self.loss,
                 total=self.total,
                 blas_threads=self.blas_threads,
-                seed=(self.seed, self.step_count, i),
+                seed=(self.seed, step, i),
+                window=window,
+                carry=carries[i],
                 workers=[workers[i % len(workers)]],
                 allow_other_workers=True,
                 pure=False,
@@ -315,12 +390,19 @@ class DataParallel:
 
     def gradients(self) -> tuple[float, dict[str, np.ndarray]]:
         """(full-batch mean loss, its gradient) at the current parameters, summed pairwise in shard order."""
+        if self.stream is not None:
+            raise RuntimeError("a stream is loaded: its steps carry state; train it with ClusterTrainer")
+        loss, grads, _ = self._gradients(self.step_count, [None] * len(self.shards))
+        return loss, grads
+
+    def _gradients(self, step: int, carries: list[dict | None]) -> tuple[float, dict[str, np.ndarray], list[dict]]:
+        """(loss, gradient, each shard's new state) of ``step``, retried on cluster failures."""
         if not self.shards:
-            raise RuntimeError("no shards: call load_shards first")
+            raise RuntimeError("no shards: call load_shards or load_stream first")
         failures = _cluster_failures()
         for attempt in range(self.retries + 1):
             try:
-                return self._attempt()
+                return self._attempt(step, carries)
             except failures as exc:
                 last = exc
                 time.sleep(min(0.25 * 2**attempt, 5.0))  # let the scheduler notice the loss (and a nanny restart)
@@ -328,10 +410,16 @@ class DataParallel:
                     self._reload_lost_shards()
                 except failures:
                     pass  # the next attempt reports it
-        raise RuntimeError(
-            f"DataParallel: step {self.step_count + 1} failed {self.retries + 1} times, each within "
-            f"{self.timeout:g} s; the cluster keeps losing work ({type(last).__name__}: {last})"
+        raise ClusterError(
+            f"step {step + 1} failed {self.retries + 1} times, each within {self.timeout:g} s, on the cluster at "
+            f"{self._address()}: {type(last).__name__}: {str(last).splitlines()[0] if str(last) else 'no message'}"
         ) from last
+
+    def _address(self) -> str:
+        try:
+            return str(self.client.scheduler.address)
+        except AttributeError:
+            return "(unknown address)"
 
     def step(self) -> dict[str, float]:
         """One optimizer step on the full batch; returns ``{"step", "loss", "grad_norm"}``."""
@@ -355,3 +443,90 @@ class DataParallel:
 
 def _count_shard(shard: tuple, loss: Callable) -> int:
     return _count(loss, to_numpy(shard[1]))
+
+
+class ClusterTrainer(Trainer):
+    """A :class:`~gruxp.Trainer` whose gradients are computed on a Dask cluster: truncated BPTT over a
+    token stream (:meth:`load_stream`), its rows split into shards that the workers hold.
+
+    Each step sends the parameters once, the window's index and each shard's carried state; every
+    shard's gradient is computed on a worker and the shards' sum is taken in a fixed pairwise order,
+    so for a given number of shards the parameters do not depend on how many workers there are or
+    which worker computed what (bit for bit). Everything else is the Trainer's own code: clipping,
+    the optimizer, the finiteness checks and checkpoints, which hold every row's carried state, so a
+    run continues from a checkpoint on another cluster bit for bit. With one shard and no random
+    layer the parameters equal :class:`~gruxp.Trainer`'s on :func:`gruxp.training.stream_windows`
+    batches (the same gradient: the summed loss's gradient divided by the count, as the mean does).
+
+    Parameters
+    ----------
+    client
+        A ``distributed.Client``.
+    model, loss, optimizer, clip_norm, checkpoint, seed, history_size
+        As :class:`~gruxp.Trainer` (``stateful`` is always on). ``loss`` takes ``reduction="sum"``
+        (:func:`gruxp.losses.cross_entropy`). ``seed`` (an int) also seeds the random layers' masks
+        per (step, shard, layer), whichever worker draws them.
+    blas_threads, timeout, retries
+        As :class:`DataParallel`: a step whose cluster keeps failing raises :class:`ClusterError`
+        after ``retries + 1`` attempts of at most ``timeout`` seconds each, and changes nothing.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        model: Sequential,
+        loss: Callable,
+        optimizer: Any,
+        *,
+        clip_norm: float | None = None,
+        checkpoint: Any = None,
+        seed: int = 0,
+        history_size: int = 10_000,
+        blas_threads: int | None = 1,
+        timeout: float = 60.0,
+        retries: int = 2,
+    ) -> None:
+        super().__init__(
+            model,
+            loss,
+            optimizer,
+            clip_norm=clip_norm,
+            stateful=True,
+            checkpoint=checkpoint,
+            seed=seed,
+            history_size=history_size,
+            compile=False,
+        )
+        self.parallel = DataParallel(
+            client, model, loss, optimizer, blas_threads=blas_threads, seed=seed, timeout=timeout, retries=retries
+        )
+
+    def load_stream(self, tokens: np.ndarray, *, batch_size: int, window: int, shards: int | None = None) -> None:
+        """Cut ``tokens`` as :func:`gruxp.training.stream_windows` does and give each worker its shards'
+        rows (``shards``: default one per worker now); see :meth:`DataParallel.load_stream`."""
+        self.parallel.load_stream(tokens, batch_size=batch_size, window=window, n=shards)
+
+    @property
+    def shards(self) -> int:
+        return len(self.parallel.shards)
+
+    def train_step(self, batch: Batch | None = None) -> dict[str, float]:
+        """One update on the stream's next window (the data is on the workers: ``batch`` must be None)."""
+        stream = self.parallel.stream
+        if stream is None:
+            raise RuntimeError("no stream: call load_stream first")
+        if batch is not None:
+            raise TypeError("ClusterTrainer.train_step reads its window on the workers: call it without a batch")
+        return super().train_step(Batch(None, None, None, self.step % stream.n_windows == 0))
+
+    def _gradients(self, batch: Batch) -> tuple[float, dict, dict]:
+        stream, m = self.parallel.stream, self.model
+        assert stream is not None
+        host = {name: to_numpy(h) for name, h in self.carry.items()}
+        carries = [{name: np.ascontiguousarray(h[:, a:b]) for name, h in host.items()} or None for a, b in stream.rows]
+        loss, grads, states = self.parallel._gradients(self.step, carries)
+        state = {
+            name: m.xp.asarray(np.concatenate([s[name] for s in states], axis=1), dtype=m.dtype, device=m.device)
+            for name in states[0]
+        }
+        return loss, {k: m.xp.asarray(v, dtype=m.dtype, device=m.device) for k, v in grads.items()}, state

@@ -318,6 +318,15 @@ class Trainer:
 
     # -- the eager step (every namespace) ---------------------------------------------------------
     def _eager_step(self, batch: Batch) -> tuple[dict, dict, dict, dict]:
+        value, grads, state = self._gradients(batch)
+        return self._update(value, grads, state)
+
+    def _gradients(self, batch: Batch) -> tuple[float, dict, dict]:
+        """(the batch's mean loss, its gradient, the state to carry) at the current parameters.
+
+        The one place a subclass computes gradients elsewhere (:class:`gruxp.distributed.ClusterTrainer`:
+        on a Dask cluster); clipping, the update and the checks stay in :meth:`_update`.
+        """
         model = self.model
         y, state, tape = model.forward(batch.x, self.carry if self.stateful else None, lengths=batch.lengths)
         loss, dy = self.loss(y, batch.target)
@@ -325,6 +334,13 @@ class Trainer:
         if not math.isfinite(value):
             raise self._stop(f"loss is {value}")
         grads, _, _ = model.backward(tape, dy)
+        return value, grads, state
+
+    def _update(self, value: float, grads: dict, state: dict) -> tuple[dict, dict, dict, dict]:
+        """Clip, step the optimizer and check that everything stayed finite (nothing is assigned here)."""
+        model = self.model
+        if not math.isfinite(value):
+            raise self._stop(f"loss is {value}")
         if self.clip_norm is not None:
             grads, norm = clip_grad_norm(grads, self.clip_norm)
         else:

@@ -17,6 +17,7 @@ import numpy as np
 
 import gruxp
 from gruxp import checkpoint, losses, optim
+from gruxp.distributed import ClusterError
 from gruxp.training import NonFiniteLossError, optimizer_from_checkpoint, stream_windows
 
 from . import corpus as corpus_mod
@@ -208,6 +209,27 @@ MAX_BYTES_OPTION = click.option(
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="gruxp-run", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.npz.")
+@click.option(
+    "--scheduler",
+    type=str,
+    default=None,
+    metavar="ADDRESS",
+    help="Train data-parallel on the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786; --task lm).",
+)
+@click.option(
+    "--shards",
+    type=POSITIVE_INT,
+    default=None,
+    help="With --scheduler: split each batch's rows into this many shards (default: one per worker at the start). "
+    "The result depends on the shards, never on the workers.",
+)
+@click.option(
+    "--timeout",
+    type=POSITIVE_FLOAT,
+    default=60.0,
+    show_default=True,
+    help="With --scheduler: seconds to wait for the cluster at a time; a step that fails three times stops the run.",
+)
 @click.pass_context
 def train(ctx: click.Context, **opts: Any) -> None:
     """Train a model, with a live progress bar, checkpoints, a metrics CSV and a loss curve."""
@@ -229,7 +251,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
         _train_task(ctx, opts, xp, device, out, ckpt_path)
 
 
-LM_ONLY = ("data", "encoding", "max_bytes", "sample_every")  # the language model's text and samples
+LM_ONLY = ("data", "encoding", "max_bytes", "sample_every", "scheduler")  # the language model's text, samples, cluster
+CLUSTER_ONLY = ("shards", "timeout")  # the options of --scheduler
 FIXED_ON_RESUME = (*STRUCTURE, "seq_len", "batch", "lr", "dtype", "clip")  # the checkpoint's model and optimizer
 
 
@@ -244,6 +267,14 @@ def _refuse_what_would_not_apply(ctx: click.Context, opts: dict) -> None:
         for name in LM_ONLY:
             if _explicit(ctx, name):
                 raise click.UsageError(f"{_flag(name)} is an option of --task lm (the language model), not of --task {task}")
+    if opts["scheduler"] is None:
+        for name in CLUSTER_ONLY:
+            if _explicit(ctx, name):
+                raise click.UsageError(f"{_flag(name)} is an option of --scheduler (training on a Dask cluster)")
+    elif opts["backend"] != "numpy":
+        raise click.UsageError(
+            f"--scheduler trains on the cluster's NumPy workers; --backend {opts['backend']} is not offered there (use numpy)"
+        )
     if task == "adding" and _explicit(ctx, "embed"):
         raise click.UsageError("--embed is not an option of --task adding: its two input channels feed the cell directly")
     if opts["resume"] and _explicit(ctx, "seed"):
@@ -320,12 +351,26 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
         )
     if text.valid.size < 2:
         raise corpus_mod.CorpusError("the corpus is too short to hold out a validation part")
-    trainer = gruxp.Trainer(
-        model, losses.cross_entropy, optimizer, clip_norm=opts["clip"], stateful=True, checkpoint=ckpt_path, seed=opts["seed"]
-    )
+    cluster = None
+    trainer: gruxp.Trainer
+    if opts["scheduler"] is not None:
+        from . import cluster as cluster_mod
+
+        saved = extra.get("cluster", {}) if opts["resume"] else {}
+        cluster = cluster_mod.connect(opts["scheduler"], timeout=opts["timeout"])
+        try:
+            trainer, cluster_record = cluster_mod.trainer(cluster, model, optimizer, text.train, opts, ckpt_path, saved, ctx)
+        except BaseException:
+            cluster_mod.close(cluster)
+            raise
+        batches = None
+    else:
+        trainer = gruxp.Trainer(
+            model, losses.cross_entropy, optimizer, clip_norm=opts["clip"], stateful=True, checkpoint=ckpt_path, seed=opts["seed"]
+        )
+        batches = stream_windows(text.train, batch_size=B, window=T, xp=xp, device=device)
     if opts["resume"]:
         trainer.resume(ckpt_path)
-    batches = stream_windows(text.train, batch_size=B, window=T, xp=xp, device=device)
     baseline = text.unigram_bits()
     options = {k: opts[k] for k in FIXED_ON_RESUME}
     reading = {"encoding": opts["encoding"], "max_bytes": opts["max_bytes"]}
@@ -338,6 +383,8 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
         "unigram_bits": baseline,
         "options": options,
     }
+    if cluster is not None:
+        extra["cluster"] = cluster_record
     n_params = sum(int(np.prod(v.shape)) for v in model.params.values())
     print(
         f"corpus: {text.source}: {text.train.size:,} training and {text.valid.size:,} validation characters, "
@@ -350,22 +397,28 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
     )
     print(f"unigram baseline: {baseline:.3f} bits/char on the validation text")
     metrics = out / "metrics.csv"
-    _loop(
-        trainer,
-        batches,
-        opts,
-        out,
-        metrics,
-        extra,
-        baseline=baseline,
-        unit=Unit("chars", "chars_s", "chars_per_s", B * T),
-        evaluate=lambda: lm.bits_per_char(lm.evaluate(model, text.valid, seq_len=T, batch=B, max_chars=100_000)),
-        to_metric=lm.bits_per_char,
-        metric_name="bits/char",
-        sampler=lambda: lm.sample(
-            model, text.vocab, length=240, temperature=0.8, prime="def ", rng=np.random.default_rng(trainer.step)
-        ),
-    )
+    if cluster is not None:
+        print(cluster_mod.describe(trainer, cluster_record))
+    try:
+        _loop(
+            trainer,
+            batches,
+            opts,
+            out,
+            metrics,
+            extra,
+            baseline=baseline,
+            unit=Unit("chars", "chars_s", "chars_per_s", B * T),
+            evaluate=lambda: lm.bits_per_char(lm.evaluate(model, text.valid, seq_len=T, batch=B, max_chars=100_000)),
+            to_metric=lm.bits_per_char,
+            metric_name="bits/char",
+            sampler=lambda: lm.sample(
+                model, text.vocab, length=240, temperature=0.8, prime="def ", rng=np.random.default_rng(trainer.step)
+            ),
+        )
+    finally:
+        if cluster is not None:
+            cluster_mod.close(cluster)
 
 
 RECENT = 20  # the training figure beside each validation score: the mean loss of the last 20 steps
@@ -472,7 +525,12 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evalua
                     break
                 if steps is None and time.perf_counter() - started >= budget:
                     break
-                result = trainer.train_step(gruxp.Batch(*batches(trainer.step, trainer.rng)))
+                # a cluster's trainer reads its windows on the workers (batches is None)
+                result = (
+                    trainer.train_step()
+                    if batches is None
+                    else trainer.train_step(gruxp.Batch(*batches(trainer.step, trainer.rng)))
+                )
                 window_losses.append(result["loss"])
                 window_items += unit.per_step
                 total_items += unit.per_step
@@ -494,6 +552,12 @@ def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evalua
                     progress.write(f"--- sample at step {trainer.step} ---\n{sampler()}\n---")
         except KeyboardInterrupt:  # outside the main thread no handler is installed
             stop.received = "SIGINT"
+        except ClusterError as exc:  # the cluster kept failing: keep what was trained, say how to go on
+            progress.close()
+            path = trainer.save(extra=extra)
+            raise click.ClickException(
+                f"{exc}. Checkpoint {path} saved at step {trainer.step}: continue with --resume --scheduler ADDRESS"
+            ) from exc
         except NonFiniteLossError:
             progress.close()
             if created and not any(out.iterdir()):
