@@ -1,6 +1,8 @@
-"""Dask scaling on this machine: batch inference and one data-parallel training step.
+"""Dask scaling on this machine: batch inference, one data-parallel training step, and `gruxp train`'s
+step on separate hosts.
 
-    python benchmarks/bench_dask.py
+    python benchmarks/bench_dask.py            # all three (the hosts part needs root; skipped otherwise)
+    python benchmarks/bench_dask.py --hosts    # only `gruxp train`'s step on separate hosts
 
 predict: B=2048, T=100, I=H=128, float32, data made on the workers and the output reduced there
 (its mean), a 1- and a 2-worker LocalCluster (processes, 1 thread each, BLAS pinned to 1 thread)
@@ -8,14 +10,23 @@ against a single NumPy process with 1 BLAS thread, and the threaded scheduler (2
 Training: one full-batch step (forward, backward, Adam) of
 GRU(64→128) → LastStep → Linear on B=640, T=50, float64, shards loaded on the workers.
 Medians of 5. 2 cores is not a cluster: the scheduler, nanny and client share the same cores.
+
+Hosts: `gruxp train`'s default language model (embedding 64 → GRU 2×256 → linear, float32, batch 32
+× window 64, AdamW, clip 1) on the standard library's sources, the step its Trainer takes locally
+(all cores, and one thread) against ClusterTrainer's step (the code `gruxp train --scheduler` runs)
+with a scheduler and 1 or 2 workers (one thread each) in network namespaces (tests/hosts.py), and
+with each worker's link delayed by 50 ms; bytes per step counted on the workers' links. Median of 12
+steps after 3.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 if any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
@@ -108,5 +119,76 @@ def main() -> None:
         print(f"| {work} | {how} | {t:.3f} | {speedup:.2f}× |")
 
 
+def train_on_hosts() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import hosts as hosts_mod
+
+    from gruxp.cli import corpus, lm
+    from gruxp.distributed import ClusterTrainer
+    from gruxp.training import Trainer, stream_windows
+
+    reason = hosts_mod.unavailable()
+    if reason is not None:
+        print(f"hosts: skipped ({reason})")
+        return
+    text = corpus.build(None)
+    B, T, warm, steps = 32, 64, 3, 12
+
+    def model():
+        return lm.build_model(len(text.vocab), hidden=256, layers=2, embed=64, dropout=0.0, xp=np, device=None, dtype="float32", seed=0)
+
+    def optimizer():
+        return optim.AdamW(lr=3e-3, weight_decay=0.01)
+
+    def timed(step) -> float:
+        for _ in range(warm):
+            step()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    rows = []
+    for label, limit in (("local, all cores", None), ("local, one thread", 1)):
+        trainer = Trainer(model(), losses.cross_entropy, optimizer(), clip_norm=1.0, stateful=True)
+        batches = stream_windows(text.train, batch_size=B, window=T)
+        with gruxp.config_context(max_workers=limit) if limit else contextlib.nullcontext():
+            rows.append((label, timed(lambda t=trainer, b=batches: t.train_step(b(t.step, t.rng))), None))
+    local_one = rows[1][1]
+    # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also fixes glibc's mmap
+    # threshold at 128 KiB: every large array of a step is a fresh mapping, page-faulted in again.
+    # MALLOC_MMAP_THRESHOLD_ in the worker's environment lets them be reused (docs/user-guide/dask.md).
+    mmap = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+    configs = [(1, 0.0, {}), (1, 0.0, mmap), (2, 0.0, mmap), (1, 50.0, mmap), (2, 50.0, mmap)]
+    for workers, delay, env in configs:
+        names = ["scheduler", *(f"w{i + 1}" for i in range(workers))]
+        with hosts_mod.Hosts(names) as hosts:
+            address = hosts.start_scheduler("scheduler")
+            how = [hosts.add_delay(name, delay) for name in names[1:]] if delay else []
+            for name in names[1:]:
+                hosts.start_worker(name, address, delay_ms=delay, env=env)
+            with distributed.Client(address, timeout=30, set_as_default=False) as client:
+                client.wait_for_workers(workers, timeout=60)
+                trainer = ClusterTrainer(client, model(), losses.cross_entropy, optimizer(), clip_norm=1.0, timeout=120)
+                trainer.load_stream(text.train, batch_size=B, window=T, shards=workers)
+                trainer.train_step()  # the shards reach the workers
+                before = sum(hosts.bytes_through(name) for name in names[1:])
+                seconds = timed(trainer.train_step)
+                sent = (sum(hosts.bytes_through(name) for name in names[1:]) - before) / (warm + steps)
+            link = "" if not delay else f", links +{delay:g} ms ({'tc netem' if how[0] == 'netem' else 'delay proxy'})"
+            setting = ", MALLOC_MMAP_THRESHOLD_=32 MiB" if env else ", as `dask worker` starts"
+            rows.append((f"--scheduler, {workers} worker(s){setting}{link}", seconds, sent))
+    params = sum(int(np.prod(v.shape)) for v in model().params.values())
+    print(f"\n`gruxp train`'s default model ({params:,} parameters, float32), batch {B} × window {T}; median of {steps} steps")
+    print("| how | step ms | chars/s | over local one thread | bytes on the workers' links a step |\n|---|---|---|---|---|")
+    for label, seconds, sent in rows:
+        per = "" if sent is None else f"{sent / 1e6:.2f} MB"
+        print(f"| {label} | {seconds * 1e3:.1f} | {B * T / seconds:,.0f} | {seconds / local_one - 1:+.1%} | {per} |")
+
+
 if __name__ == "__main__":
-    main()
+    if "--hosts" not in sys.argv:
+        main()
+    train_on_hosts()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from typing import Any
 
 import click
@@ -25,8 +26,12 @@ def connect(address: str, *, timeout: float) -> Any:
         import distributed
     except ImportError:
         raise click.UsageError('--scheduler needs Dask\'s distributed: pip install "gruxp[dask]"') from None
+    # Dask's own log lines (reconnection attempts, a lost worker) are not the user's business on this
+    # command: what happened is said in one line, and a lost worker costs nothing but a retry.
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name.split(".")[0] == "distributed":
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        # its reconnection warnings are not the user's business: this one line is
         with contextlib.redirect_stderr(io.StringIO()):
             client = distributed.Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
