@@ -135,7 +135,9 @@ def train_on_hosts() -> None:
     B, T, warm, steps = 32, 64, 3, 12
 
     def model():
-        return lm.build_model(len(text.vocab), hidden=256, layers=2, embed=64, dropout=0.0, xp=np, device=None, dtype="float32", seed=0)
+        return lm.build_model(
+            len(text.vocab), hidden=256, layers=2, embed=64, dropout=0.0, xp=np, device=None, dtype="float32", seed=0
+        )
 
     def optimizer():
         return optim.AdamW(lr=3e-3, weight_decay=0.01)
@@ -169,7 +171,7 @@ def train_on_hosts() -> None:
             how = [hosts.add_delay(name, delay) for name in names[1:]] if delay else []
             for name in names[1:]:
                 hosts.start_worker(name, address, delay_ms=delay, env=env)
-            with distributed.Client(address, timeout=30, set_as_default=False) as client:
+            with distributed.Client(address, timeout=30, set_as_default=False, direct_to_workers=True) as client:
                 client.wait_for_workers(workers, timeout=60)
                 trainer = ClusterTrainer(client, model(), losses.cross_entropy, optimizer(), clip_norm=1.0, timeout=120)
                 trainer.load_stream(text.train, batch_size=B, window=T, shards=workers)

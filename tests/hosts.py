@@ -222,7 +222,9 @@ class Hosts:
         self.wait_port(name, port)
         return f"tcp://{self.address(name)}:{port}"
 
-    def start_worker(self, name: str, scheduler: str, *, delay_ms: float = 0.0, port: int = 40000, env: dict | None = None) -> None:
+    def start_worker(
+        self, name: str, scheduler: str, *, delay_ms: float = 0.0, port: int = 40000, env: dict | None = None
+    ) -> None:
         """``dask worker`` on host ``name``, one thread, listening on ``port``.
 
         With ``delay_ms`` and no netem here, what the worker sends is delayed by a forwarding proxy

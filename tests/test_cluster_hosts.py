@@ -66,7 +66,9 @@ class Run:
         deadline = time.monotonic() + timeout
         while not any(re.search(pattern, line) for line in self.lines):
             if self.process.poll() is not None and not self._reader.is_alive():
-                raise AssertionError(f"gruxp train ended before {pattern!r}:\n{''.join(self.lines)}\n{self.process.stderr.read()}")
+                raise AssertionError(
+                    f"gruxp train ended before {pattern!r}:\n{''.join(self.lines)}\n{self.process.stderr.read()}"
+                )
             assert time.monotonic() < deadline, f"no {pattern!r} within {timeout} s:\n{''.join(self.lines)}"
             time.sleep(0.05)
 
@@ -164,7 +166,9 @@ def test_the_same_bits_on_one_two_and_three_worker_hosts(work, dtype):
 def test_a_worker_host_killed_mid_training(work):
     want = reference(work, steps=100, shards=2)
     with cluster(2) as (hosts, address):
-        run = Run(["--data", "code.py", *MODEL, *QUIET, "--steps", 100, "--shards", 2, "--scheduler", address, "--out", "run"], work)
+        run = Run(
+            ["--data", "code.py", *MODEL, *QUIET, "--steps", 100, "--shards", 2, "--scheduler", address, "--out", "run"], work
+        )
         run.wait_for(r"^step 20: ")
         hosts.kill("w2")  # SIGKILL to the nanny and the worker: the host is gone
         rc, out, err = run.finish()
@@ -176,7 +180,9 @@ def test_a_worker_host_killed_mid_training(work):
 def test_a_link_cut_for_seconds_and_restored(work):
     want = reference(work, steps=100, shards=2)
     with cluster(2) as (hosts, address):
-        run = Run(["--data", "code.py", *MODEL, *QUIET, "--steps", 100, "--shards", 2, "--scheduler", address, "--out", "run"], work)
+        run = Run(
+            ["--data", "code.py", *MODEL, *QUIET, "--steps", 100, "--shards", 2, "--scheduler", address, "--out", "run"], work
+        )
         run.wait_for(r"^step 20: ")
         hosts.link_down("w2")
         time.sleep(4)
@@ -192,7 +198,9 @@ def test_a_link_cut_for_seconds_and_restored(work):
 def test_the_scheduler_killed_stops_with_one_line_and_resumes_on_a_new_one(work):
     want = reference(work, steps=100, shards=2)
     with cluster(2) as (hosts, address):
-        run = Run(["--data", "code.py", *MODEL, *QUIET, "--steps", 100, "--shards", 2, "--scheduler", address, "--out", "run"], work)
+        run = Run(
+            ["--data", "code.py", *MODEL, *QUIET, "--steps", 100, "--shards", 2, "--scheduler", address, "--out", "run"], work
+        )
         run.wait_for(r"^step 20: ")
         hosts.kill("scheduler")
         killed = time.monotonic()

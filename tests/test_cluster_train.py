@@ -136,7 +136,7 @@ def test_refusals():
         trainer = ClusterTrainer(client, _model("float32"), losses.cross_entropy, _optimizer())
         with pytest.raises(RuntimeError, match="no stream: call load_stream first"):
             trainer.train_step()
-        with pytest.raises(ValueError, match=r"n must be at most batch_size=6 \(each shard holds whole rows\); got 7"):
+        with pytest.raises(ValueError, match=r"shards must be at most batch_size=6 \(each shard holds whole rows\); got 7"):
             trainer.load_stream(TOKENS, batch_size=B, window=T, shards=7)
         with pytest.raises(TypeError, match="tokens must be a 1-D integer array"):
             trainer.load_stream(TOKENS.astype(float), batch_size=B, window=T)

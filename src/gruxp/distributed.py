@@ -33,7 +33,6 @@ import json
 import math
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -197,12 +196,6 @@ def _shard_grad(
         return float(loss_sum) / total, {k: to_numpy(v) for k, v in grads.items()}, states
 
 
-def _token_rows(inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A stream shard, as a task: its rows were embedded in the task, so the scheduler can run it
-    again on another worker when the one holding the result is lost."""
-    return inputs, targets
-
-
 def _add(a: tuple[float, dict, list], b: tuple[float, dict, list]) -> tuple[float, dict, list]:
     """Two shards' contributions summed; their carried states kept in shard order."""
     return a[0] + b[0], {k: a[1][k] + b[1][k] for k in a[1]}, a[2] + b[2]
@@ -216,6 +209,56 @@ def _cluster_failures() -> tuple[type[BaseException], ...]:
     from distributed.scheduler import KilledWorker
 
     return (OSError, KeyError, TimeoutError, CancelledError, KilledWorker)
+
+
+def _address(client: Any) -> str:
+    return str(getattr(getattr(client, "scheduler", None), "address", None) or "(unknown address)")
+
+
+def _gone(client: Any) -> bool:
+    """Whether the client gave up on its scheduler (it then raises RuntimeError on every call)."""
+    return client.status not in ("running", "connecting")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _retried(owner: Any, attempt: Callable[[], Any], recover: Callable[[], None], step: int) -> Any:
+    """``attempt()``, retried ``owner.retries`` times on cluster failures (``recover()`` between tries).
+
+    Anything else (a bug in the loss, a bad shard) is the user's error and is raised at once. A client
+    that gave up on its scheduler ("ConnectionPool is closed" from then on) is a cluster failure that
+    no retry can help: it ends the retries at once.
+    """
+    failures = _cluster_failures()
+    client = owner.client
+    last: BaseException | None = None
+    for tries in range(owner.retries + 1):
+        if _gone(client):
+            break
+        try:
+            return attempt()
+        except Exception as exc:
+            if not (isinstance(exc, failures) or _gone(client)):
+                raise
+            last = exc
+        if _gone(client):
+            break
+        time.sleep(min(0.25 * 2**tries, 5.0))  # let the scheduler notice the loss (and a nanny restart)
+        try:
+            recover()
+        except failures:
+            pass  # the next attempt reports it
+    if _gone(client):
+        why = "" if last is None else f" ({_one_line(last)})"
+        raise ClusterError(f"step {step + 1} failed: the scheduler at {owner.address} is gone{why}") from last
+    assert last is not None
+    raise ClusterError(
+        f"step {step + 1} failed {owner.retries + 1} times, each within {owner.timeout:g} s, "
+        f"on the cluster at {owner.address}: {_one_line(last)}"
+    ) from last
 
 
 class DataParallel:
@@ -269,6 +312,7 @@ class DataParallel:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a finite number of seconds > 0; got {timeout!r}")
         self.client, self.model, self.loss, self.optimizer = client, model, loss, optimizer
+        self.address = _address(client)  # for messages: a closed client no longer knows it
         self.clip_norm, self.blas_threads = clip_norm, blas_threads
         self.seed = check_positive_int("seed", seed, minimum=0)
         self.timeout, self.retries = float(timeout), check_positive_int("retries", retries, minimum=0)
@@ -276,21 +320,25 @@ class DataParallel:
         self.step_count = 0
         self.shards: list[Any] = []
         self.total = 0
-        self.stream: Stream | None = None
+        self._placement: list[str] = []
         self._sources: list[tuple[Callable, tuple]] = []
         self._config_json = json.dumps(model.config())
 
     def _workers(self) -> list[str]:
+        """The workers now (an RPC to the scheduler), remembered as the shards' preferred places.
+
+        Asked when shards are loaded or reloaded, not every step: the places are preferences
+        (``allow_other_workers``), so a stale list costs nothing but a hint the scheduler overrides.
+        """
         workers = sorted(self.client.scheduler_info()["workers"])
         if not workers:
             raise TimeoutError("the cluster has no workers")
+        self._placement = workers
         return workers
 
     def _load(self, i: int, workers: list[str]) -> Any:
         function, args = self._sources[i]
-        with warnings.catch_warnings():  # a stream shard's rows travel in its task, once, by design
-            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-            return self.client.submit(function, *args, workers=[workers[i % len(workers)]], allow_other_workers=True, pure=False)
+        return self.client.submit(function, *args, workers=[workers[i % len(workers)]], allow_other_workers=True, pure=False)
 
     def _count_targets(self) -> None:
         counts = self.client.gather([self.client.submit(_count_shard, s, self.loss, pure=False) for s in self.shards])
@@ -308,38 +356,8 @@ class DataParallel:
         if n < 1:
             raise ValueError(f"n must be >= 1; got {n}")
         self._sources = [(loader, (i, n)) for i in range(n)]
-        self.stream = None
         self.shards = [self._load(i, workers) for i in range(n)]
         self._count_targets()
-
-    def load_stream(self, tokens: np.ndarray, *, batch_size: int, window: int, n: int | None = None) -> None:
-        """Truncated BPTT over one token stream, its ``batch_size`` rows split into ``n`` shards.
-
-        The rows are cut exactly as :func:`gruxp.training.stream_windows` cuts them; shard i holds rows
-        ``np.array_split(range(batch_size), n)[i]`` of the whole stream. Each shard's tokens travel
-        once, inside the task that holds them (the scheduler keeps the task, so a lost worker's shard
-        is rebuilt on another one); a step then sends only the window's index and the carried state.
-        Every target counts (a token stream has no padding): the mean divides by batch_size · window.
-        """
-        batch_size, window = check_positive_int("batch_size", batch_size), check_positive_int("window", window)
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
-            raise TypeError(f"tokens must be a 1-D integer array; got shape {tokens.shape}, dtype {tokens.dtype}")
-        workers = self._workers()
-        n = len(workers) if n is None else check_positive_int("n", n)
-        if n > batch_size:
-            raise ValueError(f"n must be at most batch_size={batch_size} (each shard holds whole rows); got {n}")
-        columns = (tokens.size - 1) // batch_size
-        if columns // window < 1:
-            raise ValueError(f"a stream of {tokens.size} tokens is too short for batch_size={batch_size}, window={window}")
-        small = np.min_scalar_type(int(tokens.max(initial=0)))  # uint8 for a character vocabulary
-        used = tokens[: batch_size * columns + 1].astype(small)
-        inputs, targets = used[:-1].reshape(batch_size, columns), used[1:].reshape(batch_size, columns)
-        rows = np.array_split(np.arange(batch_size), n)
-        self._sources = [(_token_rows, (inputs[r[0] : r[-1] + 1], targets[r[0] : r[-1] + 1])) for r in rows]
-        self.stream = Stream(batch_size, window, columns // window, tuple((int(r[0]), int(r[-1]) + 1) for r in rows))
-        self.shards = [self._load(i, workers) for i in range(n)]
-        self.total = batch_size * window
 
     def _reload_lost_shards(self) -> None:
         workers = self._workers()
@@ -347,7 +365,7 @@ class DataParallel:
             shard if shard.status in ("pending", "finished") else self._load(i, workers) for i, shard in enumerate(self.shards)
         ]
 
-    def _attempt(self, step: int, carries: list[dict | None]) -> tuple[float, dict[str, np.ndarray], list[dict]]:
+    def _attempt(self, step: int) -> tuple[float, dict[str, np.ndarray], list[dict]]:
         # One future for the whole dict (scattering a dict would scatter each entry under its name),
         # to one worker: the others fetch it. A broadcast would replicate it to every worker the
         # scheduler lists, and the scheduler retries a dead one for minutes; callback_timeout bounds
@@ -362,9 +380,8 @@ class DataParallel:
             timeout=self.timeout,
             callback_timeout=self.timeout,
         )
-        workers = self._workers()
+        workers = self._placement
         dtype = dtype_name(self.model.dtype)
-        window = None if self.stream is None else (step % self.stream.n_windows, self.stream.window)
         parts = [
             self.client.submit(
                 _shard_grad,
@@ -376,8 +393,6 @@ class DataParallel:
                 total=self.total,
                 blas_threads=self.blas_threads,
                 seed=(self.seed, step, i),
-                window=window,
-                carry=carries[i],
                 workers=[workers[i % len(workers)]],
                 allow_other_workers=True,
                 pure=False,
@@ -394,43 +409,10 @@ class DataParallel:
 
     def gradients(self) -> tuple[float, dict[str, np.ndarray]]:
         """(full-batch mean loss, its gradient) at the current parameters, summed pairwise in shard order."""
-        if self.stream is not None:
-            raise RuntimeError("a stream is loaded: its steps carry state; train it with ClusterTrainer")
-        loss, grads, _ = self._gradients(self.step_count, [None] * len(self.shards))
-        return loss, grads
-
-    def _gradients(self, step: int, carries: list[dict | None]) -> tuple[float, dict[str, np.ndarray], list[dict]]:
-        """(loss, gradient, each shard's new state) of ``step``, retried on cluster failures."""
         if not self.shards:
-            raise RuntimeError("no shards: call load_shards or load_stream first")
-        failures = _cluster_failures()
-        for attempt in range(self.retries + 1):
-            try:
-                return self._attempt(step, carries)
-            except Exception as exc:
-                # a client that gave up on its scheduler raises RuntimeError ("ConnectionPool is
-                # closed") from then on: a cluster failure, and no retry can help
-                closed = self.client.status not in ("running", "connecting")
-                if not (isinstance(exc, failures) or closed):
-                    raise
-                last = exc
-                if closed:
-                    break
-                time.sleep(min(0.25 * 2**attempt, 5.0))  # let the scheduler notice the loss (and a nanny restart)
-                try:
-                    self._reload_lost_shards()
-                except failures:
-                    pass  # the next attempt reports it
-        what = f"{type(last).__name__}: {str(last).splitlines()[0]}" if str(last) else type(last).__name__
-        if self.client.status not in ("running", "connecting"):
-            raise ClusterError(f"step {step + 1} failed: the scheduler at {self._address()} is gone ({what})") from last
-        raise ClusterError(
-            f"step {step + 1} failed {self.retries + 1} times, each within {self.timeout:g} s, on the cluster at "
-            f"{self._address()}: {what}"
-        ) from last
-
-    def _address(self) -> str:
-        return str(getattr(getattr(self.client, "scheduler", None), "address", None) or "(unknown address)")
+            raise RuntimeError("no shards: call load_shards first")
+        loss, grads, _ = _retried(self, lambda: self._attempt(self.step_count), self._reload_lost_shards, self.step_count)
+        return loss, grads
 
     def step(self) -> dict[str, float]:
         """One optimizer step on the full batch; returns ``{"step", "loss", "grad_norm"}``."""
@@ -456,18 +438,89 @@ def _count_shard(shard: tuple, loss: Callable) -> int:
     return _count(loss, to_numpy(shard[1]))
 
 
+class HolderLost(OSError):
+    """An actor holding shards is gone (its worker left, or its client cancelled it): retried."""
+
+
+def _usable(actor: Any) -> bool:
+    """Whether an actor can still be called: one whose future was lost or cancelled refuses every
+    attribute with RuntimeError ("Worker holding Actor was lost")."""
+    try:
+        actor.gradients  # noqa: B018
+    except RuntimeError:
+        return False
+    return True
+
+
+class Holder(NamedTuple):
+    """Which worker's actor holds which shards (an actor's rows are fixed when it is made)."""
+
+    worker: str
+    shards: tuple[int, ...]
+    actor: Any
+
+
+class _ShardHolder:
+    """A Dask actor on one worker: some shards' token rows, and their gradients on request.
+
+    An actor's method is called directly from the client, not through the scheduler: a step costs one
+    round trip to each worker (the parameters out, each shard's gradient back). It holds no state the
+    run depends on (the carried state and the parameters come with each call), so a lost one is
+    replaced on another worker with its rows sent again, and nothing else changes.
+    """
+
+    def __init__(self, rows: dict[int, tuple[np.ndarray, np.ndarray]], config_json: str, dtype: str, total: int) -> None:
+        self.rows, self.config_json, self.dtype, self.total = rows, config_json, dtype, total
+
+    def gradients(
+        self,
+        params: dict,
+        *,
+        loss: Callable,
+        blas_threads: int | None,
+        seed: int,
+        step: int,
+        window: tuple[int, int],
+        carries: dict[int, dict | None],
+    ) -> dict[int, tuple[float, dict, list]]:
+        """Each held shard's (loss contribution, gradient contribution, [carried state]) at ``params``."""
+        return {
+            i: _shard_grad(
+                params,
+                self.rows[i],
+                config_json=self.config_json,
+                dtype=self.dtype,
+                loss=loss,
+                total=self.total,
+                blas_threads=blas_threads,
+                seed=(seed, step, i),
+                window=window,
+                carry=carries[i],
+            )
+            for i in sorted(self.rows)
+        }
+
+
 class ClusterTrainer(Trainer):
     """A :class:`~gruxp.Trainer` whose gradients are computed on a Dask cluster: truncated BPTT over a
     token stream (:meth:`load_stream`), its rows split into shards that the workers hold.
 
-    Each step sends the parameters once, the window's index and each shard's carried state; every
-    shard's gradient is computed on a worker and the shards' sum is taken in a fixed pairwise order,
-    so for a given number of shards the parameters do not depend on how many workers there are or
-    which worker computed what (bit for bit). Everything else is the Trainer's own code: clipping,
-    the optimizer, the finiteness checks and checkpoints, which hold every row's carried state, so a
-    run continues from a checkpoint on another cluster bit for bit. With one shard and no random
-    layer the parameters equal :class:`~gruxp.Trainer`'s on :func:`gruxp.training.stream_windows`
-    batches (the same gradient: the summed loss's gradient divided by the count, as the mean does).
+    Each worker holds its shards' token rows in a Dask actor (sent once). A step calls every holder
+    (one round trip each; straight to the worker with a ``Client(direct_to_workers=True)``, as
+    ``gruxp train`` makes it, through the scheduler otherwise) with the parameters, the window's index
+    and its shards' carried state, and sums the shards' gradients on the client in a fixed pairwise
+    order (0+1)+(2+3)…, so for a given number of shards the parameters do not depend on how many
+    workers there are or which worker computed what (bit for bit). Everything else is the Trainer's own
+    code: clipping, the optimizer, the finiteness checks and checkpoints, which hold every row's carried
+    state, so a run continues from a checkpoint on another cluster bit for bit. With one shard and no
+    random layer the parameters equal :class:`~gruxp.Trainer`'s on
+    :func:`gruxp.training.stream_windows` batches (the same gradient: the summed loss's gradient
+    divided by the count, as the mean does).
+
+    A worker lost mid-step costs a retry: its shards' holder is made again on a worker still there
+    (its rows sent again from the client, which keeps them) and the step is computed again, with the
+    same result. A client that lost its scheduler stops the run (:class:`ClusterError`): the workers
+    may still answer, but no lost worker could be replaced.
 
     Parameters
     ----------
@@ -477,9 +530,11 @@ class ClusterTrainer(Trainer):
         As :class:`~gruxp.Trainer` (``stateful`` is always on). ``loss`` takes ``reduction="sum"``
         (:func:`gruxp.losses.cross_entropy`). ``seed`` (an int) also seeds the random layers' masks
         per (step, shard, layer), whichever worker draws them.
-    blas_threads, timeout, retries
-        As :class:`DataParallel`: a step whose cluster keeps failing raises :class:`ClusterError`
-        after ``retries + 1`` attempts of at most ``timeout`` seconds each, and changes nothing.
+    blas_threads
+        As :class:`DataParallel` (1: workers that share a machine do not oversubscribe it).
+    timeout, retries
+        A step whose cluster fails is tried again up to ``retries`` times, each attempt bounded by
+        ``timeout`` seconds; then :class:`ClusterError` says what failed, and nothing has changed.
     """
 
     def __init__(
@@ -497,6 +552,10 @@ class ClusterTrainer(Trainer):
         timeout: float = 60.0,
         retries: int = 2,
     ) -> None:
+        if not isinstance(model, Sequential):
+            raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a finite number of seconds > 0; got {timeout!r}")
         super().__init__(
             model,
             loss,
@@ -508,36 +567,142 @@ class ClusterTrainer(Trainer):
             history_size=history_size,
             compile=False,
         )
-        self.parallel = DataParallel(
-            client, model, loss, optimizer, blas_threads=blas_threads, seed=seed, timeout=timeout, retries=retries
-        )
+        self.client, self.blas_threads = client, blas_threads
+        self.address = _address(client)  # for messages: a closed client no longer knows it
+        self.seed = check_positive_int("seed", seed, minimum=0)
+        self.timeout, self.retries = float(timeout), check_positive_int("retries", retries, minimum=0)
+        self.stream: Stream | None = None
+        self._rows: list[tuple[np.ndarray, np.ndarray]] = []  # each shard's token rows, kept to replace a holder
+        self._holders: list[Holder] = []
 
+    # -- the data --------------------------------------------------------------------------------
     def load_stream(self, tokens: np.ndarray, *, batch_size: int, window: int, shards: int | None = None) -> None:
-        """Cut ``tokens`` as :func:`gruxp.training.stream_windows` does and give each worker its shards'
-        rows (``shards``: default one per worker now); see :meth:`DataParallel.load_stream`."""
-        self.parallel.load_stream(tokens, batch_size=batch_size, window=window, n=shards)
+        """Cut ``tokens`` as :func:`gruxp.training.stream_windows` does: ``batch_size`` contiguous rows,
+        windows of ``window`` columns; split the rows into ``shards`` shards of whole rows
+        (``np.array_split`` of the row indices; default one shard per worker now) and give each worker
+        its shards' rows (once, one byte a token where the vocabulary fits). Every target counts (a
+        token stream has no padding): the mean divides by batch_size · window.
+        """
+        batch_size, window = check_positive_int("batch_size", batch_size), check_positive_int("window", window)
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+            raise TypeError(f"tokens must be a 1-D integer array; got shape {tokens.shape}, dtype {tokens.dtype}")
+        workers = self._live_workers()
+        n = len(workers) if shards is None else check_positive_int("shards", shards)
+        if n > batch_size:
+            raise ValueError(f"shards must be at most batch_size={batch_size} (each shard holds whole rows); got {n}")
+        columns = (tokens.size - 1) // batch_size
+        if columns // window < 1:
+            raise ValueError(f"a stream of {tokens.size} tokens is too short for batch_size={batch_size}, window={window}")
+        small = np.min_scalar_type(int(tokens.max(initial=0)))  # uint8 for a character vocabulary
+        used = tokens[: batch_size * columns + 1].astype(small)
+        inputs, targets = used[:-1].reshape(batch_size, columns), used[1:].reshape(batch_size, columns)
+        rows = np.array_split(np.arange(batch_size), n)
+        self._rows = [(inputs[r[0] : r[-1] + 1], targets[r[0] : r[-1] + 1]) for r in rows]
+        self.stream = Stream(batch_size, window, columns // window, tuple((int(r[0]), int(r[-1]) + 1) for r in rows))
+        self._holders = []
+        self._place({i: workers[i % len(workers)] for i in range(n)})
 
     @property
     def shards(self) -> int:
-        return len(self.parallel.shards)
+        return len(self._rows)
 
+    def _live_workers(self) -> list[str]:
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if not workers:
+            raise TimeoutError("the cluster has no workers")
+        return workers
+
+    def _place(self, where: dict[int, str]) -> None:
+        """A holder on each named worker for the shards given to it, made within ``timeout``."""
+        assert self.stream is not None
+        by_worker: dict[str, list[int]] = {}
+        for i, worker in where.items():
+            by_worker.setdefault(worker, []).append(i)
+        config, dtype = json.dumps(self.model.config()), dtype_name(self.model.dtype)
+        total = self.stream.batch_size * self.stream.window
+        made = [
+            (
+                worker,
+                tuple(held),
+                self.client.submit(
+                    _ShardHolder,
+                    {i: self._rows[i] for i in held},
+                    config,
+                    dtype,
+                    total,
+                    workers=[worker],
+                    allow_other_workers=False,
+                    actor=True,
+                    pure=False,
+                ),
+            )  # fmt: skip
+            for worker, held in by_worker.items()
+        ]
+        deadline = time.monotonic() + self.timeout
+        with self.client.as_current():  # an actor binds to the current client when it arrives
+            for worker, held, future in made:
+                self._holders.append(Holder(worker, held, future.result(timeout=max(deadline - time.monotonic(), 0.001))))
+
+    def _replace_lost_holders(self) -> None:
+        """The shards of holders that were lost (their worker left, or the client dropped them) go
+        to the workers still there (round robin)."""
+        workers = self._live_workers()
+        kept = [holder for holder in self._holders if holder.worker in workers and _usable(holder.actor)]
+        lost = sorted(i for holder in self._holders if holder not in kept for i in holder.shards)
+        self._holders = kept
+        if lost:
+            self._place({i: workers[k % len(workers)] for k, i in enumerate(lost)})
+
+    # -- one step -------------------------------------------------------------------------------
     def train_step(self, batch: Batch | None = None) -> dict[str, float]:
         """One update on the stream's next window (the data is on the workers: ``batch`` must be None)."""
-        stream = self.parallel.stream
-        if stream is None:
+        if self.stream is None:
             raise RuntimeError("no stream: call load_stream first")
         if batch is not None:
             raise TypeError("ClusterTrainer.train_step reads its window on the workers: call it without a batch")
-        return super().train_step(Batch(None, None, None, self.step % stream.n_windows == 0))
+        return super().train_step(Batch(None, None, None, self.step % self.stream.n_windows == 0))
 
     def _gradients(self, batch: Batch) -> tuple[float, dict, dict]:
-        stream, m = self.parallel.stream, self.model
+        stream, m = self.stream, self.model
         assert stream is not None
         host = {name: to_numpy(h) for name, h in self.carry.items()}
         carries = [{name: np.ascontiguousarray(h[:, a:b]) for name, h in host.items()} or None for a, b in stream.rows]
-        loss, grads, states = self.parallel._gradients(self.step, carries)
+        window = (self.step % stream.n_windows, stream.window)
+        loss, grads, states = _retried(self, lambda: self._attempt(window, carries), self._replace_lost_holders, self.step)
         state = {
             name: m.xp.asarray(np.concatenate([s[name] for s in states], axis=1), dtype=m.dtype, device=m.device)
             for name in states[0]
         }
         return loss, {k: m.xp.asarray(v, dtype=m.dtype, device=m.device) for k, v in grads.items()}, state
+
+    def _attempt(self, window: tuple[int, int], carries: list[dict | None]) -> tuple[float, dict, list]:
+        params = self.model.state_dict(numpy=True)
+        with self.client.as_current():
+            return self._call_holders(params, window, carries)
+
+    def _call_holders(self, params: dict, window: tuple[int, int], carries: list[dict | None]) -> tuple[float, dict, list]:
+        if not all(_usable(holder.actor) for holder in self._holders):
+            raise HolderLost("a worker holding shards was lost")
+        calls = [
+            holder.actor.gradients(
+                params,
+                loss=self.loss,
+                blas_threads=self.blas_threads,
+                seed=self.seed,
+                step=self.step,
+                window=window,
+                carries={i: carries[i] for i in holder.shards},
+            )
+            for holder in self._holders
+        ]
+        deadline = time.monotonic() + self.timeout
+        parts: dict[int, tuple[float, dict, list]] = {}
+        for call in calls:
+            parts.update(call.result(timeout=max(deadline - time.monotonic(), 0.001)))
+        ordered = [parts[i] for i in range(len(self._rows))]
+        while len(ordered) > 1:  # a fixed pairwise tree: (0+1) + (2+3) ..., whatever worker ran what
+            ordered = [
+                _add(ordered[i], ordered[i + 1]) if i + 1 < len(ordered) else ordered[i] for i in range(0, len(ordered), 2)
+            ]
+        return ordered[0]

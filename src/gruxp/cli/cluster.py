@@ -33,7 +33,8 @@ def connect(address: str, *, timeout: float) -> Any:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            client = distributed.Client(address, timeout=timeout, set_as_default=False)
+            # direct: each step's call goes straight to the workers (their shards' holders), not through the scheduler
+            client = distributed.Client(address, timeout=timeout, set_as_default=False, direct_to_workers=True)
     except (OSError, TimeoutError, ValueError) as exc:
         raise click.ClickException(
             f"cannot reach a Dask scheduler at {address} within {timeout:g} s: {_first_line(exc)}"
@@ -84,8 +85,8 @@ def trainer(
 
 def describe(run: Any, record: dict) -> str:
     """The line `gruxp train` prints about the cluster: its scheduler, workers and shards."""
-    workers = len(run.parallel.client.scheduler_info()["workers"])
-    stream = run.parallel.stream
+    workers = len(run.client.scheduler_info()["workers"])
+    stream = run.stream
     assert stream is not None
     rows = ", ".join(f"{b - a}" for a, b in stream.rows)
     return (
