@@ -11,21 +11,19 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
-import tomllib
-
-BACKEND_DIR = Path(__file__).resolve().parents[1] / "backends"
-ORDER = ["numpy", "array_api_strict", "torch", "jax", "cupy"]
 
 
 def load_table() -> list[dict[str, Any]]:
-    specs = [tomllib.loads(p.read_text()) for p in BACKEND_DIR.glob("*.toml")]
-    specs.sort(key=lambda s: ORDER.index(s["name"]) if s["name"] in ORDER else len(ORDER))
+    """The rows of gruxp's backend table (backends/*.toml, read by gruxp._backend_table, as the
+    command line and ci/ read it), restricted by GRUXP_BACKENDS (row names)."""
+    from gruxp._backend_table import rows
+
+    specs = [{**asdict(row), "library": row.backend} for row in rows()]
     wanted = os.environ.get("GRUXP_BACKENDS")
     if wanted:
         names = {w.strip() for w in wanted.split(",") if w.strip()}
@@ -44,7 +42,8 @@ def _params() -> list[Any]:
 
 @dataclass
 class Backend:
-    """One (library, device) of the matrix: its array-api-compat namespace and device."""
+    """One (library, device) of the matrix: its array-api-compat namespace and device. ``name`` is the
+    library (what per-library logic asks), ``label`` the row and device (the test id)."""
 
     name: str
     label: str
@@ -66,45 +65,35 @@ _SETUP_DONE: set[str] = set()
 
 
 def _import(spec: dict) -> Any:
-    name = spec["name"]
+    """The row's module, imported and set up for the tests (float64 on JAX, the pinned standard)."""
+    library = spec["library"]
     try:
         mod = importlib.import_module(spec["module"])
     except ImportError as exc:
-        pytest.skip(f"{name} not installed ({exc.__class__.__name__}: {exc})")
-    if name in _SETUP_DONE:
+        pytest.skip(f"{spec['name']} not installed ({exc.__class__.__name__}: {exc})")
+    if library in _SETUP_DONE:
         return mod
-    if name == "jax":
+    if library == "jax":
         import jax
 
         jax.config.update("jax_enable_x64", True)
         # Ampere+ GPUs default float32 matmuls to TF32 (SciPy PR 24724); keep IEEE float32.
         jax.config.update("jax_default_matmul_precision", "float32")
-    elif name == "array_api_strict":
+    elif library == "array_api_strict":
         mod.set_array_api_strict_flags(api_version=spec["api_version"])
-    _SETUP_DONE.add(name)
+    _SETUP_DONE.add(library)
     return mod
 
 
 def _device(spec: dict, mod: Any, dev: str) -> Any:
-    name = spec["name"]
-    if spec.get("needs_gpu") and name == "cupy":
-        try:
-            count = mod.cuda.runtime.getDeviceCount()
-        except Exception:  # CUDA driver missing or broken
-            count = 0
-        if count == 0:
-            pytest.skip("no CUDA device")
-    if dev == "default":
-        return None
-    if name == "array_api_strict":
-        return mod.Device(dev)
-    if name == "torch":
-        return mod.device(dev)
-    if name == "jax":
-        import jax
+    """The row's device; a row that needs a GPU is skipped with the reason where there is none (any library)."""
+    from gruxp._backend_table import Row, make_device, missing_gpu
 
-        return jax.devices(dev)[0]
-    return dev
+    row = Row(**{k: v for k, v in spec.items() if k != "library"})
+    reason = missing_gpu(row, mod, dev)
+    if reason is not None:
+        pytest.skip(reason)
+    return make_device(spec["library"], mod, dev)
 
 
 @pytest.fixture(params=_params())
@@ -113,14 +102,14 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
     spec, dev = request.param
     marker = request.node.get_closest_marker("skip_on")  # @pytest.mark.skip_on(jax="why"): a known per-backend skip
-    if marker is not None and spec["name"] in marker.kwargs:
-        pytest.skip(f"{spec['name']}: {marker.kwargs[spec['name']]}")
+    if marker is not None and spec["library"] in marker.kwargs:
+        pytest.skip(f"{spec['name']}: {marker.kwargs[spec['library']]}")
     mod = _import(spec)
     device = _device(spec, mod, dev)
     probe = mod.asarray([0.0], device=device) if device is not None else mod.asarray([0.0])
     xp = array_api_compat.array_namespace(probe)
     label = spec["name"] if len(spec["devices"]) == 1 else f"{spec['name']}:{dev}"
-    return Backend(spec["name"], label, xp, device, spec)
+    return Backend(spec["library"], label, xp, device, spec)
 
 
 @pytest.fixture(params=["float64", "float32"])
@@ -188,5 +177,5 @@ def pytest_collection_modifyitems(config, items):
         if marker is None or callspec is None or "backend" not in callspec.params:
             continue
         spec, _ = callspec.params["backend"]
-        if spec["name"] in marker.args:
+        if spec["library"] in marker.args:
             item.add_marker(pytest.mark.slow)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BACKENDS = {  # name -> (module, how to install it, from a clone of gruxp)
-    "numpy": ("numpy", "pip install numpy"),
-    "array_api_strict": ("array_api_strict", "pip install array-api-strict"),
-    # a plain `pip install torch` fetches a CUDA build of several GB: name the CPU build
-    "torch": ("torch", "for the CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu"),
-    "jax": ("jax.numpy", 'pip install ".[jax]" in the clone of gruxp'),
-    "cupy": ("cupy", 'pip install ".[cuda12]" or ".[cuda13]" in the clone of gruxp, for your CUDA version'),
-}
+from gruxp._backend_table import libraries
+
+# name -> (module, how to install it): the libraries of gruxp's backend table (backends/*.toml), as the
+# tests' matrix reads it; a new backend is a new row there
+BACKENDS = {name: (row.module, row.install) for name, row in libraries().items()}
 
 
 class BackendError(RuntimeError):
