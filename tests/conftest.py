@@ -89,7 +89,7 @@ def _device(spec: dict, mod: Any, dev: str) -> Any:
     """The row's device; a row that needs a GPU is skipped with the reason where there is none (any library)."""
     from gruxp._backend_table import Row, make_device, missing_gpu
 
-    row = Row(**{k: v for k, v in spec.items() if k != "library"})
+    row = Row(**spec)
     reason = missing_gpu(row, mod, dev)
     if reason is not None:
         pytest.skip(reason)

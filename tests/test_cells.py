@@ -156,9 +156,9 @@ def _compare_routes(backend, name, dtype):
     params = _host_params(name, I, H, L, D)
     x, h0, d_out, d_hn = _inputs(name, T, B, I, H, L, D)
     _, forward, _ = CELLS[name]
-    results = []
+    results, routes = [], []
     for fast in (True, False):
-        with gruxp.config_context(fast_routes=fast, fuser="numba" if fast else "auto"):
+        with gruxp.config_context(fast_routes=fast, fuser="numba" if fast else "auto"), gruxp.routes_taken() as taken:
             p = {k: backend.asarray(v, dtype) for k, v in params.items()}
             out, h_n, tape = forward(
                 p,
@@ -171,6 +171,15 @@ def _compare_routes(backend, name, dtype):
             )
             grads, dx, dh0 = F.gru_backward(tape, backend.asarray(d_out, dtype), backend.asarray(d_hn, dtype))
             results.append([to_numpy(a).astype(np.float64) for a in (out, h_n, dx, dh0, *grads.values())])
+        routes.append({(t.route, t.step) for t in taken if t.route != "workers"})
+    # the comparison means something only if the fast run took the route (the public question says which)
+    assert routes[1] == {("generic", "forward"), ("generic", "backward")}, routes[1]
+    if backend.name == "numpy" and name == "mingru-log":
+        # minGRU's CPU loop runs the linear form; the plan leaves the log form to the generic code
+        assert routes[0] == routes[1], routes[0]
+        pytest.skip("minGRU's log form has no CPU loop: the fast run is the generic code, nothing to compare")
+    route = "jax" if backend.name == "jax" else f"{name.split('-')[0]}-cpu"
+    assert routes[0] == {(route, "forward"), (route, "backward")}, routes[0]
     rtol = 1e-12 if dtype == "float64" else 1e-5
     for fast, generic in zip(*results, strict=True):
         assert_close(fast, generic, rtol=rtol, atol=rtol * max(1.0, float(np.abs(generic).max())))

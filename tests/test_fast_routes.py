@@ -72,33 +72,6 @@ def _assert_within_bound(fast, generic, dtype):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
 
 
-class Recorder:
-    """Counts the executor's task batches and the threads that ran them (through the public worker
-    API). Where a batch may run on two threads or more, its first two tasks meet at a barrier: they
-    can only pass it running at once, on two threads."""
-
-    def __init__(self, monkeypatch):
-        self.calls, self.threads = [], set()
-        run = workers.run
-
-        def recording(tasks, n):
-            self.calls.append((len(tasks), n))
-            meet = threading.Barrier(2, timeout=60) if n >= 2 and len(tasks) >= 2 else None
-
-            def wrap(i, task):
-                def wrapped():
-                    self.threads.add(threading.current_thread().name.split("-")[0])
-                    if meet is not None and i < 2:
-                        meet.wait()
-                    task()
-
-                return wrapped
-
-            return run([wrap(i, t) for i, t in enumerate(tasks)], n)
-
-        monkeypatch.setattr(workers, "run", recording)
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_numpy_fuser_with_numpys_blas_is_bit_identical_to_the_generic_code(case, dtype):
@@ -130,7 +103,7 @@ NEEDS_BLAS = {name for name, settings in PLANS.items() if settings.get("cpu_plan
 @pytest.mark.parametrize("name", list(PLANS))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_every_plan_choice_equals_the_generic_code_at_the_stated_bound(case, dtype, name, monkeypatch):
+def test_every_plan_choice_equals_the_generic_code_at_the_stated_bound(case, dtype, name):
     """numba compiles the same gate functions with its own tanh (a few ulp from NumPy's), and gruxp's
     BLAS may round a product otherwise than NumPy's: float64 within 1e-12 of each array's largest
     value, float32 within the cross-backend tolerances. Each choice of the plan is forced on every
@@ -144,19 +117,22 @@ def test_every_plan_choice_equals_the_generic_code_at_the_stated_bound(case, dty
     B = 1 if case.unbatched else case.B
     if forced.get("pieces", 1) > B:
         settings = {**settings, "cpu_plan": {**forced, "pieces": B}}
-    seen = Recorder(monkeypatch)
-    with gruxp.config_context(**settings):
+    with gruxp.config_context(**settings), gruxp.routes_taken() as taken:
         plans = cpu_plan(case.T, B, case.I, case.H, num_layers=case.num_layers, bidirectional=case.bidirectional, dtype=dtype)
         fused = _run(case, dtype, seed=3)
     for key, value in settings.get("cpu_plan", {}).items():
         got = len(plans[0].pieces) if key == "pieces" else getattr(plans[0], key)
         assert got == value, (key, got)
     assert plans[0].compiled == (settings.get("fuser") == "numba" and "blas" not in forced)
-    assert seen.calls, "the executor ran"
+    ran = {(t.route, t.step) for t in taken}
+    assert {("numpy-cpu", "forward"), ("numpy-cpu", "backward")} <= ran and ("generic", "forward") not in ran, ran
+    fuser = settings.get("fuser")
+    assert all(t.how.startswith(f"fused by {fuser}") for t in taken if t.route == "numpy-cpu")
+    pieces = [t for t in taken if t.route == "workers"]
     if min(B, forced.get("pieces", 1)) > 1:
-        assert max(tasks for tasks, _ in seen.calls) >= 2
+        assert max(t.pieces for t in pieces) >= 2
         if forced.get("workers", 1) > 1:
-            assert "gruxp" in seen.threads  # pieces ran on gruxp's threads too, at once (the barrier)
+            assert max(t.helpers for t in pieces) >= 1  # the pieces were handed to gruxp's threads too
     _assert_within_bound(fused, _generic(case, dtype), dtype)
 
 
@@ -616,3 +592,25 @@ def test_a_failing_piece_raises_in_the_caller_after_the_others_ran():
     with pytest.raises(RuntimeError, match="piece 1"):
         workers.run([lambda: ran.append(0), fail, lambda: ran.append(2), lambda: ran.append(3)], 3)
     assert sorted(ran) == [0, 2, 3]
+
+
+def test_routes_taken_records_this_threads_calls_inside_the_block_only():
+    """The public question the route tests ask: what ran, here and now, and nothing else."""
+    import threading
+
+    gru = gruxp.GRU(4, 8, seed=0, dtype="float64")
+    x = np.ones((6, 3, 4))
+    gru(x)  # outside any block: not recorded anywhere
+    with gruxp.routes_taken() as taken:
+        other = threading.Thread(target=gru, args=(x,))
+        other.start()
+        other.join()  # another thread's call: not this block's
+        assert taken == []
+        gru(x)
+    gru(x)
+    assert [(t.route, t.step) for t in taken] == [("numpy-cpu", "forward")]
+    assert taken[0].how.startswith("fused by ")
+    with gruxp.routes_taken() as generic, gruxp.config_context(fast_routes=False):
+        out, _, tape = gru.forward(x)
+        gru.backward(tape, np.ones_like(out))
+    assert [(t.route, t.step) for t in generic] == [("generic", "forward"), ("generic", "backward")]

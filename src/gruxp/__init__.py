@@ -18,6 +18,7 @@ from . import (
 )
 from ._config import config_context, get_config, set_config
 from ._namespace import DeviceError
+from ._trace import Taken, routes_taken
 from ._typing import Array
 from .checkpoint import CheckpointError
 from .functional import CellTape, GRUConfig, GRUTape
@@ -29,6 +30,8 @@ from .training import Batch, NonFiniteLossError, Trainer
 __version__ = "0.2.0"
 
 __all__ = [
+    "routes_taken",
+    "Taken",
     "GRU",
     "LayerNormGRU",
     "MinGRU",

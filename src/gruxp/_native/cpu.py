@@ -39,6 +39,7 @@ import numpy as np
 
 from .._config import get_config
 from .._namespace import is_numpy_namespace
+from .._trace import record
 from ..functional._cell import activations, folded_bias, gates_backward, gates_forward, input_grad, masked_state, param_grads
 from ..functional._routes import GENERIC, Route
 from ..functional._sequence import direction_backward_loop, direction_forward_loop, direction_result, previous_states
@@ -563,6 +564,7 @@ class CpuRoute(Route):
         plan = self.plan_for(T, B, I, w_hh.shape[1], len(calls), x.dtype, reset_after=calls[0]["reset_after"])
         if plan.route == "generic":
             return super().layer_forward(forward, calls)
+        record(self.name, "forward", _how(plan))
         return _executor(plan.fuser, x.dtype).forward(plan, calls)
 
     def layer_backward(self, backward, calls):
@@ -573,4 +575,11 @@ class CpuRoute(Route):
         plan = self.plan_for(T, B, tape.x.shape[-1], H, len(calls), tape.hs.dtype, reset_after=calls[0]["reset_after"])
         if plan.route == "generic":
             return super().layer_backward(backward, calls)
+        record(self.name, "backward", _how(plan))
         return _executor(plan.fuser, tape.hs.dtype).backward(plan, calls)
+
+
+def _how(plan: Plan) -> str:
+    """What the fused executor runs, in the words of :func:`gruxp.routes_taken`."""
+    loop = "the whole loop compiled" if plan.compiled else "a Python loop over fused steps"
+    return f"fused by {plan.fuser}, {loop}"

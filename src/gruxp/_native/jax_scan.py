@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from .._namespace import is_jax_namespace
+from .._trace import record
 from ..functional._routes import Route
 
 __all__ = ["JaxRoute", "gru_with_analytic_vjp", "scan_loop"]
@@ -63,9 +64,11 @@ class JaxRoute(Route):
         return scan_loop(body, carry, xs, length=length, reverse=reverse, xp=xp)
 
     def layer_forward(self, forward: Callable, calls: Any) -> list:
+        record("jax", "forward", "the direction functions under jax.jit, their loop lax.scan")
         return [_compiled(forward)(**_time_order(call), loop=scan_loop) for call in calls]
 
     def layer_backward(self, backward: Callable, calls: Any) -> list:
+        record("jax", "backward", "the direction functions under jax.jit, their loop lax.scan")
         return [_compiled(backward)(**_time_order(call), loop=scan_loop) for call in calls]
 
     def differentiable(self, xp: ModuleType) -> Callable:
@@ -124,6 +127,7 @@ def gru_with_analytic_vjp(params, x, h0, *, run: Callable, backward: Callable, r
         return (out, h_n), tuple(v for v, a in zip(leaves, is_array, strict=True) if a)
 
     def backward_pass(arrays, cotangents):
+        record("jax", "derivative", "gruxp's backward over the tape, as jax.grad's derivative (custom_vjp)")
         it = iter(arrays)
         leaves = [next(it) if a else v for v, a in zip(static["others"], static["is_array"], strict=True)]
         tape = jax.tree_util.tree_unflatten(static["treedef"], leaves)

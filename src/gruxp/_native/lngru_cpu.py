@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .._config import get_config
+from .._trace import record
 from ..functional import _cell, _lngru
 from ..functional._routes import GENERIC
 from ..functional._sequence import previous_states
@@ -303,6 +304,7 @@ class LayerNormGruCpu:
         plan = _plan((*x.shape[:2], h0.shape[-1]), x.dtype, len(calls))
         if plan.route == "generic":
             return GENERIC.layer_forward(forward, calls)
+        record("lngru-cpu", "forward", "the layer-norm GRU's numba loop")
         _one_thread()
         jobs = [self._forward_job(call, plan) for call in calls]
         workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
@@ -313,6 +315,7 @@ class LayerNormGruCpu:
         plan = _plan(hs.shape, hs.dtype, len(calls))
         if plan.route == "generic":
             return GENERIC.layer_backward(backward, calls)
+        record("lngru-cpu", "backward", "the layer-norm GRU's numba loop")
         _one_thread()
         jobs = [self._backward_job(call, plan) for call in calls]
         workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)

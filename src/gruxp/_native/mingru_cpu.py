@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._config import get_config
+from .._trace import record
 from ..functional import _mingru
 from ..functional._routes import GENERIC
 from . import workers
@@ -118,6 +119,7 @@ class MinGruCpu:
         plan = _plan(calls[0], (*x.shape[:2], h0.shape[-1]), x.dtype)
         if plan.route == "generic":
             return GENERIC.layer_forward(forward, calls)
+        record("mingru-cpu", "forward", "minGRU's numba loop")
         return [self._forward(call, plan) for call in calls]
 
     def layer_backward(self, backward, calls):
@@ -125,6 +127,7 @@ class MinGruCpu:
         plan = _plan(calls[0], hs.shape, hs.dtype)
         if plan.route == "generic":
             return GENERIC.layer_backward(backward, calls)
+        record("mingru-cpu", "backward", "minGRU's numba loop")
         return [self._backward(call, plan) for call in calls]
 
     def _forward(self, call: dict, plan: CellPlan):

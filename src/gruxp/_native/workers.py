@@ -24,6 +24,8 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 
+from .._trace import record, recording
+
 __all__ = ["run", "in_worker"]
 
 _jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -113,6 +115,15 @@ def run(tasks: Sequence[Callable[[], None]], workers: int) -> None:
     """Run every task, on up to ``workers`` threads at once (the caller's included); raise the
     first task's exception, after all have run. From a worker thread, tasks run in that thread."""
     helpers = min(workers, len(tasks)) - 1
+    if recording():
+        asked = 0 if helpers <= 0 or in_worker() else helpers
+        record(
+            "workers",
+            "pieces",
+            f"{len(tasks)} pieces, {asked} of gruxp's threads asked to help",
+            pieces=len(tasks),
+            helpers=asked,
+        )
     if helpers <= 0 or in_worker():
         for task in tasks:
             task()

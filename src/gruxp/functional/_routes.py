@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from .._config import get_config
+from .._trace import record
 
 __all__ = ["Route", "GENERIC", "python_loop", "register", "route_for"]
 
@@ -58,9 +59,11 @@ class Route:
         return python_loop(body, carry, xs, length=length, reverse=reverse, xp=xp)
 
     def layer_forward(self, forward: Callable, calls: Sequence[dict]) -> list:
+        record("generic", "forward", "the direction functions, one step at a time in a Python loop")
         return [forward(**call, loop=self.loop) for call in calls]
 
     def layer_backward(self, backward: Callable, calls: Sequence[dict]) -> list:
+        record("generic", "backward", "the direction functions, one step at a time in a Python loop")
         return [backward(**call, loop=self.loop) for call in calls]
 
     def matmul(self, a: Any, b: Any) -> Any:
