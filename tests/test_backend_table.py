@@ -59,6 +59,7 @@ def test_a_row_that_needs_a_gpu_is_skipped_with_the_reason_for_any_library():
         assert "torch.cuda.is_available() is False" in missing_gpu(cuda, torch, "cuda")
 
 
+@pytest.mark.slow  # the matrix makes the same comparison test by test; this is the table's own (CI's slow pass)
 def test_every_row_that_runs_here_agrees_with_numpy_float64():
     agreement = _load(ROOT / "ci" / "agreement.py")
     results = agreement.check()

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from gruxp._native.machine import Machine, this_machine
-from gruxp._native.plan import RULES, Plan, Shape, cut, describe, plan
+from gruxp._native.plan import PLAN_FIELDS, RULES, Plan, PlanError, Shape, cut, describe, plan, plan_for
 
-SKYLAKEX = Machine(cpus=2, usable=2, l2_bytes=2**20, blas="SkylakeX", numba=True)
+SKYLAKEX = Machine(cpus=2, usable=2, blas="SkylakeX", numba=True)
 HASWELL = replace(SKYLAKEX, blas="Haswell")
 
 # (machine, (T, B, I, H, D), dtype) -> (fuser, compiled, pieces, panel, transposed, grad_blocks, workers)
@@ -95,14 +95,14 @@ def test_forced_choices_and_their_checks():
         plan(shape, "float32", SKYLAKEX, fuser="numpy", force={"transposed": True})
     with pytest.raises(ValueError, match="chunk must be in 1..10"):
         plan(shape, "float32", SKYLAKEX, fuser="numba", force={"chunk": 11})
-    with pytest.raises(ImportError, match="numba is not installed"):
+    with pytest.raises(PlanError, match="numba is not installed"):
         plan(shape, "float32", replace(SKYLAKEX, numba=False), fuser="numba")
     assert plan(shape, "float32", replace(SKYLAKEX, cpus=8, usable=8), fuser="numba", max_workers=1).workers == 1
 
 
 def test_this_machine_is_described_consistently():
     here = this_machine()
-    assert 1 <= here.usable <= here.cpus and here.l2_bytes >= 2**14
+    assert 1 <= here.usable <= here.cpus
     assert isinstance(plan(Shape(5, 3, 4, 8), "float32", here), Plan)
     with pytest.raises(ValueError):
         Machine(cpus=0)
@@ -128,5 +128,23 @@ def test_the_other_cells_plans_follow_the_gru_plans_rules():
     assert no_blas.route == "generic" and "BLAS" in no_blas.reasons[0]
     log = cell_plan("mingru", big, "float32", Machine(cpus=4, usable=4, numba=True, blas=None), log_space=True)
     assert log.route == "generic" and "log_space" in log.reasons[0]
-    with pytest.raises(ValueError, match="numba is not installed"):
+    with pytest.raises(PlanError, match="numba is not installed"):  # one error type for every plan
         cell_plan("mingru", big, "float32", Machine(cpus=4, usable=4, numba=False), fuser="numba")
+
+
+def test_one_plan_entry_one_error_and_the_forceable_fields_are_the_plans():
+    """plan_for answers for every cell; the settings' cpu_plan fields are Plan's own; one error type."""
+    from dataclasses import fields
+
+    import gruxp
+    from gruxp._native.plan import CellPlan
+
+    shape = Shape(10, 12, 8, 16)
+    assert plan_for("gru", shape, "float32", SKYLAKEX) == plan(shape, "float32", SKYLAKEX)
+    assert isinstance(plan_for("lngru", shape, "float32", SKYLAKEX), CellPlan)
+    assert set(PLAN_FIELDS) == {f.name for f in fields(Plan)} - {"route", "compiled", "reasons"}
+    with pytest.raises(ValueError, match="cpu_plan names no plan field 'l2_bytes'"):
+        gruxp.config_context(cpu_plan={"l2_bytes": 1}).__enter__()
+    with pytest.raises(PlanError, match="unknown plan field 'nope'"):
+        plan(shape, "float32", SKYLAKEX, force={"nope": 1})
+    assert issubclass(PlanError, ValueError) and not hasattr(SKYLAKEX, "l2_bytes")

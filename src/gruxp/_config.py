@@ -20,7 +20,6 @@ from typing import Any
 __all__ = ["config_context", "get_config", "set_config"]
 
 FUSERS = ("auto", "numba", "numpy")
-PLAN_FIELDS = ("fuser", "blas", "pieces", "chunk", "panel", "back_panel", "transposed", "grad_blocks", "copy_weights", "workers")
 
 
 def _check(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,6 +39,8 @@ def _check(options: Mapping[str, Any]) -> dict[str, Any]:
         plan = out["cpu_plan"]
         if not isinstance(plan, Mapping):
             raise TypeError(f"cpu_plan must be a mapping of plan fields to forced values; got {type(plan).__name__}")
+        from ._native.plan import PLAN_FIELDS  # the plan's own fields (imported late: _native reads this module)
+
         bad = sorted(set(plan) - set(PLAN_FIELDS))
         if bad:
             raise ValueError(f"cpu_plan names no plan field {bad[0]!r}; the fields are {', '.join(PLAN_FIELDS)}")

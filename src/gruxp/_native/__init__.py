@@ -55,7 +55,7 @@ def cpu_plan(
     from .. import cells
     from .._config import get_config
     from .machine import this_machine
-    from .plan import CellPlan, Shape, cell_plan, plan
+    from .plan import CellPlan, Shape, plan_for
 
     config = get_config()
     D = 2 if bidirectional else 1
@@ -66,9 +66,17 @@ def cpu_plan(
     plans: list = []
     for layer in range(num_layers):
         shape = Shape(steps, batch, inputs if layer == 0 else D * hidden, hidden, D if cell != "mingru" else 1)
-        options = dict(fuser=config["fuser"], max_workers=config["max_workers"])
-        if cell == "gru":
-            plans.append(plan(shape, dtype, machine, reset_after=reset_after, force=config["cpu_plan"], **options))
-        else:
-            plans.append(cell_plan(cell, shape, dtype, machine, log_space=log_space, **options))
+        plans.append(
+            plan_for(
+                cell,
+                shape,
+                dtype,
+                machine,
+                reset_after=reset_after,
+                fuser=config["fuser"],
+                force=config["cpu_plan"] if cell == "gru" else None,
+                max_workers=config["max_workers"],
+                log_space=log_space,
+            )
+        )
     return plans

@@ -46,8 +46,7 @@ from ..functional._sequence import direction_backward_loop, direction_forward_lo
 from . import blas, workers
 from .loops import Fuser, time_loops, transposed
 from .machine import this_machine
-from .plan import RULES, Plan, Shape, cut, product_plan
-from .plan import plan as make_plan
+from .plan import RULES, Plan, Shape, cut, plan_for, product_plan
 
 __all__ = ["CpuRoute", "Executor", "TapePool", "clear_buffers", "numpy_fuser"]
 
@@ -465,7 +464,11 @@ _plans: dict = {}  # plan_for's answers without forced choices, by their questio
 
 @functools.lru_cache(maxsize=256)
 def _plan(shape: Shape, dtype, machine, reset_after: bool, fuser: str, force: tuple, max_workers) -> Plan:
-    return make_plan(shape, dtype, machine, reset_after=reset_after, fuser=fuser, force=dict(force), max_workers=max_workers)
+    made = plan_for(
+        "gru", shape, dtype, machine, reset_after=reset_after, fuser=fuser, force=dict(force), max_workers=max_workers
+    )
+    assert isinstance(made, Plan)
+    return made
 
 
 _executors: dict = {}

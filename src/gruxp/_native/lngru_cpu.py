@@ -34,7 +34,7 @@ from . import blas, workers
 from .cpu import active_steps as _active
 from .loops import transposed
 from .machine import this_machine
-from .plan import CellPlan, Shape, cell_plan, cut
+from .plan import RULES, CellPlan, Shape, cut, plan_for
 
 __all__ = ["LayerNormGruCpu"]
 
@@ -252,7 +252,7 @@ def _sums(d, v_hat, *, threads: int):
     F = d2.shape[1]
     out_dv, out_d = np.empty((F,), d.dtype), np.empty((F,), d.dtype)
     kernel = _loops(np.dtype(d.dtype))[4]
-    blocks = cut(F, max(1, min(threads, F // 64)))
+    blocks = cut(F, max(1, min(threads, F // RULES.sum_min_columns)))
     workers.run([partial(kernel, d2, hat2, out_dv, out_d, c0, c1) for c0, c1 in blocks], threads)
     return out_dv, out_d
 
@@ -282,9 +282,11 @@ def _norm_backward(d, v_hat, rstd, gain, *, threads: int):
 def _plan(shape: tuple, dtype, directions: int) -> CellPlan:
     T, B, H = shape
     config = get_config()
-    return cell_plan(
+    made = plan_for(
         "lngru", Shape(T, B, H, H, directions), dtype, this_machine(), fuser=config["fuser"], max_workers=config["max_workers"]
     )
+    assert isinstance(made, CellPlan)
+    return made
 
 
 def _one_thread() -> None:

@@ -27,13 +27,12 @@ class Machine:
 
     cpus: int = 1
     usable: int = 1
-    l2_bytes: int = 2**20
     blas: str | None = None  # the kernel of gruxp's own OpenBLAS ("SkylakeX", "Haswell", ...), None without it
     numba: bool = False
 
     def __post_init__(self) -> None:
-        if self.cpus < 1 or self.usable < 1 or self.l2_bytes < 1:
-            raise ValueError(f"a machine has at least one CPU and an L2 cache; got {self}")
+        if self.cpus < 1 or self.usable < 1:
+            raise ValueError(f"a machine has at least one CPU, and one usable; got {self}")
 
 
 def _quota() -> int | None:
@@ -64,7 +63,7 @@ def _read(path: str) -> str | None:
 
 
 @functools.cache
-def _fixed() -> tuple[int, int, str | None, bool]:
+def _fixed() -> tuple[int, str | None, bool]:
     quota = _quota()
     cpus = os.cpu_count() or 1
     from .blas import library
@@ -76,7 +75,7 @@ def _fixed() -> tuple[int, int, str | None, bool]:
         numba_present = True
     except ImportError:
         numba_present = False
-    return (min(cpus, quota) if quota else cpus), _l2_bytes(), (lib.kernel if lib else None), numba_present
+    return (min(cpus, quota) if quota else cpus), (lib.kernel if lib else None), numba_present
 
 
 def _usable(cpus: int) -> int:
@@ -94,19 +93,5 @@ def this_machine() -> Machine:
 
 @functools.lru_cache(maxsize=64)
 def _machine(usable: int) -> Machine:
-    cpus, l2, blas, numba_present = _fixed()
-    return Machine(cpus=cpus, usable=usable, l2_bytes=l2, blas=blas, numba=numba_present)
-
-
-def _l2_bytes() -> int:
-    """One core's L2 cache (Linux sysfs), or 1 MiB where it cannot be read."""
-    root = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for index in sorted(i for i in os.listdir(root) if i.startswith("index")):
-            if (_read(f"{root}/{index}/level") or "").strip() != "2":
-                continue
-            size = (_read(f"{root}/{index}/size") or "").strip().upper()
-            return int(size.rstrip("KM")) * {"K": 2**10, "M": 2**20}.get(size[-1:], 1)
-    except (OSError, ValueError):
-        pass
-    return 2**20
+    cpus, blas, numba_present = _fixed()
+    return Machine(cpus=cpus, usable=usable, blas=blas, numba=numba_present)

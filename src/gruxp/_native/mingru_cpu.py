@@ -30,7 +30,7 @@ from . import workers
 from .cpu import _scratch
 from .cpu import active_steps as _active
 from .machine import this_machine
-from .plan import CellPlan, Shape, cell_plan
+from .plan import CellPlan, Shape, plan_for
 
 __all__ = ["MinGruCpu"]
 
@@ -97,7 +97,7 @@ def _kernels(dtype: np.dtype) -> tuple[Any, Any]:
 def _plan(call: dict, shape: tuple, dtype) -> CellPlan:
     T, B, H = shape
     config = get_config()
-    return cell_plan(
+    made = plan_for(
         "mingru",
         Shape(T, B, H, H, 1),
         dtype,
@@ -106,6 +106,8 @@ def _plan(call: dict, shape: tuple, dtype) -> CellPlan:
         max_workers=config["max_workers"],
         log_space=call.get("log_space", False),
     )
+    assert isinstance(made, CellPlan)
+    return made
 
 
 class MinGruCpu:

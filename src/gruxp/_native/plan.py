@@ -18,12 +18,30 @@ Every threshold is in :class:`Rules`, with its reason; the measurements that cho
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .machine import Machine
 
-__all__ = ["RULES", "Plan", "Rules", "Shape", "cut", "describe", "plan", "product_plan"]
+__all__ = [
+    "PLAN_FIELDS",
+    "RULES",
+    "CellPlan",
+    "Plan",
+    "PlanError",
+    "Rules",
+    "Shape",
+    "cut",
+    "describe",
+    "plan",
+    "plan_for",
+    "product_plan",
+]
+
+
+class PlanError(ValueError):
+    """A plan that cannot be made: a forced choice out of range or for another loop, or a fuser asked
+    for that is not installed. The one error of every plan, the GRU's and the other cells'."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,10 @@ class Rules:
     weight_copy_min_rows: int = 32
     # A block of the weight-gradient GEMMs takes at least this many of the 3H gate columns.
     grad_min_columns: int = 64
+    # A block of the layer-norm GRU's column sums (its gains' gradients) takes at least this many of
+    # the features: fewer, and handing the block to a thread costs more than summing it. Each column's
+    # sum runs over the rows in order whatever the cut, so the blocks decide no bit.
+    sum_min_columns: int = 64
     # A layer's product (Linear, Embedding's gradient) of at least this many multiply-adds is cut
     # into blocks of at least product_min_rows rows (or columns) of the result, one per CPU.
     product_min_work: int = 2**22
@@ -90,6 +112,7 @@ class Rules:
 
 
 RULES = Rules()
+NO_NUMBA = "fuser='numba' was asked for, but numba is not installed (pip install numba, or gruxp's fast extra)"
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,11 @@ class Plan:
             self.grad_blocks,
             self.copy_weights,
         )
+
+
+# The choices a test or an experiment may force (gruxp.config_context(cpu_plan={...})): every field of
+# a Plan but the route, what follows from the fuser and BLAS (compiled) and the reasons.
+PLAN_FIELDS = tuple(f.name for f in fields(Plan) if f.name not in ("route", "compiled", "reasons"))
 
 
 def cut(n: int, parts: int) -> tuple:
@@ -196,9 +224,7 @@ def plan(
         )
     else:
         if fuser == "numba" and not machine.numba:
-            raise ImportError(
-                "fuser='numba' was asked for, but numba is not installed (pip install numba, or gruxp's fast extra)"
-            )
+            raise PlanError(NO_NUMBA)
         why.append(f"fuser: {fuser} — asked for")
     blas = "gruxp" if machine.blas else "numpy"
     why.append(
@@ -239,7 +265,7 @@ def plan(
     if "pieces" in forced:
         pieces = int(forced.pop("pieces"))
     if not 1 <= pieces <= B:
-        raise ValueError(f"pieces must be between 1 and the batch size {B}; got {pieces}")
+        raise PlanError(f"pieces must be between 1 and the batch size {B}; got {pieces}")
     ranges = cut(B, pieces)
     rows = ranges[0][1] - ranges[0][0]  # the largest piece's rows decide the per-piece rules
     chunk, panel, back_panel, transposed = T, 0, 0, False
@@ -268,11 +294,11 @@ def plan(
     copy_weights = blas == "gruxp" and (compiled or T * B >= rules.weight_copy_min_rows)
     copy_weights = bool(forced.pop("copy_weights", copy_weights))
     if compiled and not transposed and not copy_weights:
-        raise ValueError("copy_weights=False is the Python loop's: the compiled loop multiplies by a C-contiguous Wᵀ")
+        raise PlanError("copy_weights=False is the Python loop's: the compiled loop multiplies by a C-contiguous Wᵀ")
     if not compiled and (transposed or panel or back_panel):
-        raise ValueError("transposed products and column panels are the compiled loop's (fuser numba with gruxp's BLAS)")
+        raise PlanError("transposed products and column panels are the compiled loop's (fuser numba with gruxp's BLAS)")
     if not 1 <= chunk <= T or panel < 0 or back_panel < 0 or not 1 <= grad_blocks <= 3 * H:
-        raise ValueError(f"chunk must be in 1..{T}, panel ≥ 0 and grad_blocks in 1..{3 * H}; got {chunk}, {panel}, {grad_blocks}")
+        raise PlanError(f"chunk must be in 1..{T}, panel ≥ 0 and grad_blocks in 1..{3 * H}; got {chunk}, {panel}, {grad_blocks}")
     why.append(
         f"chunk: {chunk} step(s) per input GEMM" + (" (~two L2 caches of pre-activations)" if compiled and chunk < T else "")
     )
@@ -310,7 +336,7 @@ def plan(
         f"workers: {workers} thread(s) at once — {machine.usable} CPU(s) usable now (scheduling only: the same bits for any)"
     )
     if forced:
-        raise ValueError(f"unknown plan field {sorted(forced)[0]!r}")
+        raise PlanError(f"unknown plan field {sorted(forced)[0]!r}; the fields are {', '.join(PLAN_FIELDS)}")
     choices = (fuser, compiled, blas, ranges, chunk, panel, back_panel, transposed, grad_blocks, workers)
     return Plan("fused", *choices, tuple(why), copy_weights)
 
@@ -364,7 +390,7 @@ def cell_plan(
     dtype = str(getattr(dtype, "name", dtype))
     why = []
     if fuser == "numba" and not machine.numba:
-        raise ValueError("fuser='numba' was asked for, but numba is not installed (pip install numba, or gruxp's fast extra)")
+        raise PlanError(NO_NUMBA)
     blocked = (
         f"{dtype} (the loop is compiled for float32 and float64)"
         if dtype not in ("float32", "float64")
@@ -390,3 +416,26 @@ def cell_plan(
     workers = max(1, min(machine.usable, max_workers or machine.usable))
     why.append(f"workers: {workers} (the usable cores{', capped by max_workers' if max_workers else ''}; scheduling only)")
     return CellPlan(cell, "fused", cut(B, count), workers, tuple(why))
+
+
+def plan_for(
+    cell: str,
+    shape: Shape,
+    dtype: Any,
+    machine: Machine,
+    *,
+    reset_after: bool = True,
+    fuser: str = "auto",
+    force: Mapping[str, Any] | None = None,
+    max_workers: int | None = None,
+    log_space: bool = False,
+    rules: Rules = RULES,
+) -> Plan | CellPlan:
+    """The one entry of the CPU route's planning: the GRU's :class:`Plan` (:func:`plan`) or another
+    cell's :class:`CellPlan` (:func:`cell_plan`), pure as both. ``force`` (``cpu_plan``) names the
+    GRU plan's fields (:data:`PLAN_FIELDS`); another cell's loop has none of them to force."""
+    if cell == "gru":
+        return plan(
+            shape, dtype, machine, reset_after=reset_after, fuser=fuser, force=force, max_workers=max_workers, rules=rules
+        )
+    return cell_plan(cell, shape, dtype, machine, fuser=fuser, max_workers=max_workers, log_space=log_space, rules=rules)
