@@ -136,12 +136,13 @@ def resolve_dtype(xp: ModuleType, dtype: Any = None) -> Any:
                 return getattr(xp, name)
         except TypeError:
             pass
-        if _dtype_name(dtype) == name:
+        if dtype_name(dtype) == name:
             return getattr(xp, name)
     raise TypeError(f"dtype must be float32 or float64 (a dtype of the namespace or its name); got {dtype!r}")
 
 
-def _dtype_name(dtype: Any) -> str:
+def dtype_name(dtype: Any) -> str:
+    """``"float32"``, ``"int64"`` and so on, whatever library the dtype comes from (or its name)."""
     # numpy/jax/cupy: np.dtype('float32').name; torch: "torch.float32"; strict: "array_api_strict.float32"
     name = getattr(dtype, "name", None)
     if isinstance(name, str):
@@ -152,11 +153,6 @@ def _dtype_name(dtype: Any) -> str:
         except TypeError:
             pass
     return str(dtype).rsplit(".", 1)[-1]
-
-
-def dtype_name(dtype: Any) -> str:
-    """``"float32"``, ``"int64"`` and so on, whatever library the dtype comes from."""
-    return _dtype_name(dtype)
 
 
 def device_of(x: Any) -> Any:

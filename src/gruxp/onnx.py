@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ._namespace import dtype_name
+from .interop import torch_to_keras_gates as _zrn  # ONNX's gate order is Keras's: z, r, n
 from .layers import Dropout, Embedding, Linear, Sequential
 from .models import GRU, Recurrent
 
@@ -40,10 +41,6 @@ def _float_name(dtype: Any) -> str | None:
     except TypeError:
         name = dtype_name(dtype)
         return name if isinstance(name, str) else None
-
-
-def _zrn(a: np.ndarray, H: int) -> np.ndarray:
-    return np.concatenate([a[H : 2 * H], a[:H], a[2 * H :]], axis=0)
 
 
 class _Graph:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .._namespace import dtype_name
 from .machine import Machine
 
 __all__ = [
@@ -198,7 +199,7 @@ def plan(
     ``fuser`` is the setting (``"auto"``, ``"numba"``, ``"numpy"``); ``force`` replaces chosen
     values (``pieces`` as a count), for tests and experiments; ``max_workers`` caps the threads.
     """
-    name = str(getattr(dtype, "name", dtype))
+    name = dtype_name(dtype)
     T, B, I, H, D = shape.steps, shape.batch, shape.inputs, shape.hidden, shape.directions
     if not reset_after:
         return Plan("generic", reasons=("route: generic code — reset_before puts a GEMM between the gates and the candidate",))
@@ -387,7 +388,7 @@ def cell_plan(
     """A pure function, as :func:`plan`: the fuser rule of the GRU's plan (numba where installed and
     T·B·H² pays for its compile; ``fuser`` forces it) and its rule for pieces of the batch."""
     B, D, work = shape.batch, shape.directions, shape.work
-    dtype = str(getattr(dtype, "name", dtype))
+    dtype = dtype_name(dtype)
     why = []
     if fuser == "numba" and not machine.numba:
         raise PlanError(NO_NUMBA)
