@@ -215,6 +215,27 @@ def _address(client: Any) -> str:
     return str(getattr(getattr(client, "scheduler", None), "address", None) or "(unknown address)")
 
 
+class _OnCluster:
+    """What every cluster trainer holds: the client, the scheduler's address (for messages: a closed
+    client no longer knows it), the masks' seed and the bounds of a step's attempts."""
+
+    client: Any
+    address: str
+    blas_threads: int | None
+    seed: int
+    timeout: float
+    retries: int
+
+    def _on_cluster(self, client: Any, model: Any, *, seed: int, timeout: float, retries: int, blas_threads: int | None) -> None:
+        if not isinstance(model, Sequential):
+            raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a finite number of seconds > 0; got {timeout!r}")
+        self.client, self.address, self.blas_threads = client, _address(client), blas_threads
+        self.seed = check_positive_int("seed", seed, minimum=0)
+        self.timeout, self.retries = float(timeout), check_positive_int("retries", retries, minimum=0)
+
+
 def _gone(client: Any) -> bool:
     """Whether the client gave up on its scheduler (it then raises RuntimeError on every call)."""
     return client.status not in ("running", "connecting")
@@ -225,7 +246,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _retried(owner: Any, attempt: Callable[[], Any], recover: Callable[[], None], step: int) -> Any:
+def _retried(owner: _OnCluster, attempt: Callable[[], Any], recover: Callable[[], None], step: int) -> Any:
     """``attempt()``, retried ``owner.retries`` times on cluster failures (``recover()`` between tries).
 
     Anything else (a bug in the loss, a bad shard) is the user's error and is raised at once. A client
@@ -261,7 +282,7 @@ def _retried(owner: Any, attempt: Callable[[], Any], recover: Callable[[], None]
     ) from last
 
 
-class DataParallel:
+class DataParallel(_OnCluster):
     """Data-parallel training of a :class:`~gruxp.Sequential` on a Dask cluster.
 
     Parameters
@@ -307,15 +328,8 @@ class DataParallel:
         timeout: float = 300.0,
         retries: int = 3,
     ) -> None:
-        if not isinstance(model, Sequential):
-            raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a finite number of seconds > 0; got {timeout!r}")
-        self.client, self.model, self.loss, self.optimizer = client, model, loss, optimizer
-        self.address = _address(client)  # for messages: a closed client no longer knows it
-        self.clip_norm, self.blas_threads = clip_norm, blas_threads
-        self.seed = check_positive_int("seed", seed, minimum=0)
-        self.timeout, self.retries = float(timeout), check_positive_int("retries", retries, minimum=0)
+        self._on_cluster(client, model, seed=seed, timeout=timeout, retries=retries, blas_threads=blas_threads)
+        self.model, self.loss, self.optimizer, self.clip_norm = model, loss, optimizer, clip_norm
         self.opt_state = optimizer.init(model.params)
         self.step_count = 0
         self.shards: list[Any] = []
@@ -501,7 +515,7 @@ class _ShardHolder:
         }
 
 
-class ClusterTrainer(Trainer):
+class ClusterTrainer(Trainer, _OnCluster):
     """A :class:`~gruxp.Trainer` whose gradients are computed on a Dask cluster: truncated BPTT over a
     token stream (:meth:`load_stream`), its rows split into shards that the workers hold.
 
@@ -552,10 +566,7 @@ class ClusterTrainer(Trainer):
         timeout: float = 60.0,
         retries: int = 2,
     ) -> None:
-        if not isinstance(model, Sequential):
-            raise TypeError(f"model must be a gruxp.Sequential; got {type(model).__name__}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a finite number of seconds > 0; got {timeout!r}")
+        self._on_cluster(client, model, seed=seed, timeout=timeout, retries=retries, blas_threads=blas_threads)
         super().__init__(
             model,
             loss,
@@ -567,10 +578,6 @@ class ClusterTrainer(Trainer):
             history_size=history_size,
             compile=False,
         )
-        self.client, self.blas_threads = client, blas_threads
-        self.address = _address(client)  # for messages: a closed client no longer knows it
-        self.seed = check_positive_int("seed", seed, minimum=0)
-        self.timeout, self.retries = float(timeout), check_positive_int("retries", retries, minimum=0)
         self.stream: Stream | None = None
         self._rows: list[tuple[np.ndarray, np.ndarray]] = []  # each shard's token rows, kept to replace a holder
         self._holders: list[Holder] = []
