@@ -326,15 +326,6 @@ class LiGRU(Recurrent):
         )
         self._build(structure, dropout, xp, device, dtype, seed)
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "recurrent_dropout": self.recurrent_dropout}
-
-    def _cell_options(self, *, step: bool = False) -> dict[str, Any]:
-        return {"recurrent_dropout": self.recurrent_dropout, "training": self.training and not step}
-
-    def _repr_extras(self) -> list[str]:
-        return [f"recurrent_dropout={self.recurrent_dropout}"] if self.recurrent_dropout else []
-
 
 cells.register(
     cells.CellSpec(

@@ -191,12 +191,18 @@ class Recurrent(Module):
         fields = {k: config[k] for k in cls.structure_type._fields if k in config}
         return cls.structure_type.checked(**{"input_size": None, "hidden_size": None, **fields}).param_shapes()
 
+    def _random_rates(self) -> dict[str, float]:
+        """The rates of the cell's own options declared ``"random"`` (zoneout, ...), by name."""
+        return {name: getattr(self, name) for name in cells.random_options(self)}
+
     def config(self) -> dict[str, Any]:
-        return {**self.structure._asdict(), "dropout": self.dropout}
+        return {**self.structure._asdict(), "dropout": self.dropout, **self._random_rates()}
 
     def _cell_options(self, *, step: bool = False) -> dict[str, Any]:
-        """The cell's own call options (zoneout, ...); ``step``: for :meth:`step`."""
-        return {}
+        """The cell's own call options: its random rates, drawn in training mode and never by
+        :meth:`step` (``step``); a cell with others adds them."""
+        rates = self._random_rates()
+        return {**rates, "training": self.training and not step} if rates else {}
 
     @property
     def draws_randomness(self) -> bool:
@@ -266,7 +272,7 @@ class Recurrent(Module):
         return F.gru_backward(tape, d_out, d_hn, input_grad=check_bool("input_grad", input_grad))
 
     def _repr_extras(self) -> list[str]:
-        return []
+        return [f"{name}={rate}" for name, rate in self._random_rates().items() if rate]
 
     def __repr__(self) -> str:
         c = self.structure
@@ -401,15 +407,6 @@ class LayerNormGRU(Recurrent):
             input_size, hidden_size, num_layers, bias, batch_first, bidirectional, reset_after
         )
         self._build(structure, dropout, xp, device, dtype, seed)
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "zoneout": self.zoneout}
-
-    def _cell_options(self, *, step: bool = False) -> dict[str, Any]:
-        return {"zoneout": self.zoneout, "training": self.training and not step}
-
-    def _repr_extras(self) -> list[str]:
-        return [f"zoneout={self.zoneout}"] if self.zoneout else []
 
 
 class MinGRU(Recurrent):
