@@ -67,18 +67,20 @@ def test_embedding_gradient_accumulates_repeated_ids(backend):
     assert_close(grads["weight"], numeric, name="FD", **FD)
 
 
-def test_embedding_gradient_in_blocks(backend, monkeypatch):
-    """A vocabulary larger than the one-hot budget is summed block by block, with the same result."""
-    from gruxp.functional import _layers
+def test_embedding_gradient_in_blocks(backend):
+    """A vocabulary larger than the one-hot block is summed block by block, with the same result."""
+    from gruxp.functional import embedding_backward
 
     emb = gruxp.Embedding(11, 2, **_place(backend, seed=0))
     ids = np.random.default_rng(0).integers(0, 11, size=(5, 4))
     dy = np.random.default_rng(1).standard_normal((5, 4, 2))
     _, tape = emb.forward(backend.int_array(ids))
     whole = to_numpy(emb.backward(tape, backend.asarray(dy))[0]["weight"])
-    monkeypatch.setattr(_layers, "ONE_HOT_BUDGET", 11 * 3)  # 3 rows per block
-    blocked = to_numpy(emb.backward(tape, backend.asarray(dy))[0]["weight"])
+    args = (emb.params, backend.int_array(ids), backend.asarray(dy))
+    blocked = to_numpy(embedding_backward(*args, xp=emb.xp, block_elements=11 * 3)["weight"])  # 3 rows a block
     np.testing.assert_allclose(blocked, whole, rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError, match="block_elements"):
+        embedding_backward(*args, xp=emb.xp, block_elements=0)
 
 
 def test_embedding_rejects_bad_ids(backend):

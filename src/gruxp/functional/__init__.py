@@ -25,6 +25,7 @@ from ._cell import (
     step_forward,
     tanh_grad,
 )
+from ._layers import embedding, embedding_backward
 from ._lngru import LayerNormDirectionTape, LayerNormGRUConfig, layer_norm, layer_norm_backward, lngru, lngru_forward
 from ._mingru import MinGRUConfig, MinGRUDirectionTape, linear_scan, log_linear_scan, mingru, mingru_forward
 from ._params import (
@@ -49,6 +50,8 @@ from ._sequence import (
 
 __all__ = [
     "Cell",
+    "embedding",
+    "embedding_backward",
     "backward_stack",
     "infer_stack",
     "run_stack",

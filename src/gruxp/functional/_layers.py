@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_dropout
+from .._checks import check_dropout, check_positive_int
 from .._namespace import concrete_bool, device_of, dtype_name, index_dtype, namespace_of
 from .._random import randomness
 from .._typing import Array
@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 # The embedding gradient is a sum of one-hot rows; the one-hot block is bounded to this many
-# elements so a large vocabulary never allocates N·V at once.
-ONE_HOT_BUDGET = 1 << 22
+# elements by default so a large vocabulary never allocates N·V at once.
+ONE_HOT_BLOCK = 1 << 22
 
 
 def linear(params: Mapping[str, Any], x: Array, *, xp: ModuleType) -> Any:
@@ -86,11 +86,19 @@ def embedding(params: Mapping[str, Any], ids: Array, *, xp: ModuleType) -> Any:
 
 
 def embedding_backward(
-    params: Mapping[str, Any], ids: Array, dy: Array, *, xp: ModuleType, padding_idx: int | None = None
+    params: Mapping[str, Any],
+    ids: Array,
+    dy: Array,
+    *,
+    xp: ModuleType,
+    padding_idx: int | None = None,
+    block_elements: int = ONE_HOT_BLOCK,
 ) -> dict:
     """dW[v] = Σ over positions with id v of dy: one-hot GEMMs in bounded blocks (repeats add up).
 
-    The row ``padding_idx`` gets no gradient (PyTorch's ``nn.Embedding(padding_idx=...)``).
+    The row ``padding_idx`` gets no gradient (PyTorch's ``nn.Embedding(padding_idx=...)``). Each
+    one-hot block holds at most ``block_elements`` elements (at least one row of V): memory, never
+    the result, depends on it.
     """
     w = params["weight"]
     V, E = w.shape
@@ -98,7 +106,7 @@ def embedding_backward(
     if padding_idx is not None:  # an id that matches no row of the one-hot block
         flat_ids = xp.where(flat_ids == padding_idx, xp.asarray(-1, dtype=flat_ids.dtype, device=device_of(w)), flat_ids)
     vocab = xp.arange(V, dtype=flat_ids.dtype, device=device_of(w))
-    rows = max(1, ONE_HOT_BUDGET // V)
+    rows = max(1, check_positive_int("block_elements", block_elements) // V)
     grad = None
     n = flat_ids.shape[0]
     for start in range(0, n, rows):
