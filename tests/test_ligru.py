@@ -181,41 +181,33 @@ class _no_exit:
 def _toy_cell():
     """An Elman-style cell, h = tanh(W x + U h + b), declared in this file: its structure, its direction
     functions, its model, its registration."""
+    import dataclasses
     from typing import NamedTuple
 
-    from gruxp.functional._routes import python_loop
-    from gruxp.functional._sequence import Cell, GRUConfig, _suffix, direction_result, previous_states
+    from gruxp.functional import Cell, NoOptions, StackConfig, drive_backward, drive_forward, python_loop
     from gruxp.models import Recurrent
 
-    class ToyConfig(NamedTuple):
-        input_size: int
-        hidden_size: int
-        num_layers: int = 1
-        bias: bool = True
-        batch_first: bool = False
-        bidirectional: bool = False
-
-        @classmethod
-        def checked(cls, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False):
-            return cls(*GRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional)[:6])
-
-        num_directions = property(lambda self: 2 if self.bidirectional else 1)
+    @dataclasses.dataclass(frozen=True)
+    class ToyConfig(StackConfig):
         cell = property(lambda self: TOY)
 
         def param_shapes(self):
-            H, D = self.hidden_size, self.num_directions
+            H = self.hidden_size
             shapes = {}
-            for layer in range(self.num_layers):
-                for d in range(D):
-                    s = _suffix(layer, d)
-                    shapes["weight_ih" + s] = (H, self.input_size if layer == 0 else D * H)
-                    shapes["weight_hh" + s] = (H, H)
-                    if self.bias:
-                        shapes["bias_ih" + s] = (H,)
+            for s, inputs in self.layer_directions():
+                shapes["weight_ih" + s] = (H, inputs)
+                shapes["weight_hh" + s] = (H, H)
+                if self.bias:
+                    shapes["bias_ih" + s] = (H,)
             return shapes
 
         def initial_params(self, rng):
             return {k: rng.uniform(-0.5, 0.5, size=v) for k, v in self.param_shapes().items()}
+
+    class Tape(NamedTuple):
+        x: object
+        h0: object
+        hs: object
 
     def forward(x, h0, p, *, mask, reverse, record, xp, loop=python_loop):
         T, B, I = x.shape
@@ -223,38 +215,23 @@ def _toy_cell():
         if "bias_ih" in p:
             gi = gi + p["bias_ih"]
 
-        def step(h, inputs):
-            gi_t, mask_t = inputs
-            h_new = xp.tanh(gi_t + h @ xp.matrix_transpose(p["weight_hh"]))
-            h = h_new if mask_t is None else xp.where(mask_t, h_new, h)
-            return h, (h,)
+        def step(h, inputs):  # (carry, x_t) -> (carry, what backward keeps of the step)
+            (gi_t,) = inputs
+            return xp.tanh(gi_t + h @ xp.matrix_transpose(p["weight_hh"])), ()
 
-        h, ys = loop(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
-        out, h_T, _ = direction_result(x, h0, h, ys, mask=mask, record=False, xp=xp)
-        return out, h_T, (Tape(x, h0, ys[0]) if record else None)
-
-    class Tape(NamedTuple):
-        x: object
-        h0: object
-        hs: object
+        out, h_T, hs, _ = drive_forward(step, h0, (gi,), mask=mask, reverse=reverse, record=record, xp=xp, loop=loop)
+        return out, h_T, (Tape(x, h0, hs) if record else None)
 
     def backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop=python_loop):
         T, B, I = tape.x.shape
         H = tape.h0.shape[-1]
-        h_prev = previous_states(tape, reverse=reverse, xp=xp)
-        dh = d_hT if d_hT is not None else xp.zeros_like(tape.h0)
 
-        def step(dh, inputs):
-            d_out_t, mask_t, h_t = inputs
-            g = dh if d_out_t is None else dh + d_out_t
-            if mask_t is not None:
-                g = xp.where(mask_t, g, xp.zeros_like(g))
+        def step(g, h_prev_t, inputs):  # g = dL/dh_t -> (dL/dh_{t-1}, saved)
+            (h_t,) = inputs
             da = g * (1 - h_t * h_t)
-            new = da @ p["weight_hh"]
-            dh = new if mask_t is None else xp.where(mask_t, new, dh)
-            return dh, (da,)
+            return da @ p["weight_hh"], (da,)
 
-        dh, (da,) = loop(step, dh, (d_out, mask, tape.hs), length=T, reverse=not reverse, xp=xp)
+        dh, h_prev, (da,) = drive_backward(step, tape, d_out, d_hT, (tape.hs,), mask=mask, reverse=reverse, xp=xp, loop=loop)
         da2 = xp.reshape(da, (T * B, H))
         grads = {
             "weight_ih": xp.matrix_transpose(da2) @ xp.reshape(tape.x, (T * B, I)),
@@ -265,7 +242,7 @@ def _toy_cell():
         dx = xp.reshape(da2 @ p["weight_ih"], (T, B, I)) if need_dx else None
         return (grads, dx), dh
 
-    TOY = Cell("toy", forward, backward, lambda *a: {}, lambda *a: {})
+    TOY = Cell("toy", forward, backward, lambda *a: NoOptions(), lambda *a: NoOptions())
 
     class Toy(Recurrent):
         structure_type = ToyConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -84,6 +84,17 @@ def _numpy_signature(params: Mapping[str, Any], shapes: Mapping[str, tuple[int, 
     return tuple(entries), id(shapes)
 
 
+def check_keys(mapping: Mapping[str, Any], expected: Iterable[str], *, what: str, noun: str = "keys ") -> None:
+    """Exactly the keys of ``expected``: else a ValueError ``"{what}: missing keys [...]; unexpected keys [...]"``
+    (``noun=""``: ``missing [...]``, as parameter checks have always said)."""
+    expected = list(expected)
+    missing = [k for k in expected if k not in mapping]
+    extra = [k for k in mapping if k not in set(expected)]
+    if missing or extra:
+        parts = ([f"missing {noun}{missing}"] if missing else []) + ([f"unexpected {noun}{extra}"] if extra else [])
+        raise ValueError(f"{what}: " + "; ".join(parts))
+
+
 def check_params(
     params: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *, what: str = "params"
 ) -> tuple[ModuleType, Any, Any]:
@@ -108,15 +119,7 @@ def check_params(
 def _check_params(params: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *, what: str) -> tuple[ModuleType, Any, Any]:
     if not isinstance(params, Mapping):
         raise TypeError(f"{what} must be a mapping of parameter names to arrays; got {type(params).__name__}")
-    missing = [k for k in shapes if k not in params]
-    extra = [k for k in params if k not in shapes]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if extra:
-            parts.append(f"unexpected {extra}")
-        raise ValueError(f"{what} do not match the model: " + "; ".join(parts))
+    check_keys(params, shapes, what=f"{what} do not match the model", noun="")
     xp = namespace_of(*params.values(), what=what)
     first = next(iter(shapes))
     dtype, device = params[first].dtype, device_of(params[first])

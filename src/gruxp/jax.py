@@ -12,7 +12,6 @@ Importing this module imports JAX; ``import gruxp`` does not.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,14 +58,6 @@ def init(
     return F.init_params(shapes, hidden_size, seed=seed_or_key, xp=jnp, device=None, dtype=getattr(jnp, str(dtype)))
 
 
-def _structure(params: Mapping[str, Any]) -> tuple[int, bool, bool]:
-    """(num_layers, bidirectional, bias) from the parameter names."""
-    if not isinstance(params, Mapping) or "weight_ih_l0" not in params:
-        raise ValueError("params must be the dict init returned (PyTorch's names: 'weight_ih_l0', ...)")
-    layers = 1 + max(int(m.group(1)) for m in (re.fullmatch(r"weight_ih_l(\d+)(_reverse)?", k) for k in params) if m)
-    return layers, "weight_ih_l0_reverse" in params, "bias_ih_l0" in params
-
-
 def apply(
     params: Mapping[str, Array],
     x: Array,
@@ -86,17 +77,7 @@ def apply(
     ``rng``, a ``jax.random`` key, as flax modules take theirs: the same key, the same masks; split
     a new one for each step. Under ``jax.jit`` a call with dropout and no key raises a ``ValueError``
     (a host generator would be read once, while tracing, and every call would repeat its mask)."""
-    num_layers, bidirectional, bias = _structure(params)
-    return F.gru(
-        params,
-        x,
-        h0,
-        lengths=lengths,
-        num_layers=num_layers,
-        bias=bias,
-        bidirectional=bidirectional,
-        batch_first=batch_first,
-        reset_after=reset_after,
-        dropout=dropout,
-        rng=rng,
+    config = F.config_from_params(
+        params, num_layers=None, bidirectional=None, bias=None, batch_first=batch_first, reset_after=reset_after
     )
+    return F.infer_stack(params, x, h0, lengths, config, xp=None, dropout=dropout, rng=rng)

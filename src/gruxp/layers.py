@@ -24,6 +24,7 @@ from . import functional as F
 from ._checks import (
     check_array,
     check_bool,
+    check_keys,
     check_positive_int,
     check_shape,
     check_traced_lengths,
@@ -369,10 +370,7 @@ class Sequential:
     @params.setter
     def params(self, flat: Mapping[str, Any]) -> None:
         expected = self.params
-        missing = [k for k in expected if k not in flat]
-        extra = [k for k in flat if k not in expected]
-        if missing or extra:
-            raise ValueError(f"params do not match the model: missing {missing}, unexpected {extra}")
+        check_keys(flat, expected, what="params do not match the model", noun="")
         for k, v in flat.items():
             if tuple(v.shape) != tuple(expected[k].shape):
                 raise ValueError(f"params[{k!r}] must have shape {tuple(expected[k].shape)}; got {tuple(v.shape)}")
@@ -390,11 +388,7 @@ class Sequential:
     def load_state_dict(self, mapping: Mapping[str, Any]) -> None:
         """All-or-nothing: every layer is checked before any is changed."""
         expected = self.params
-        missing = [k for k in expected if k not in mapping]
-        extra = [k for k in mapping if k not in expected]
-        if missing or extra:
-            parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {extra}"] if extra else [])
-            raise ValueError("load_state_dict: " + "; ".join(parts))
+        check_keys(mapping, expected, what="load_state_dict")
         staged = {
             name: layer._converted({k: mapping[f"{name}.{k}"] for k in layer.params})
             for name, layer in self.layers.items()

@@ -23,55 +23,32 @@ backward where it is on); the weight gradients and dx are one GEMM each over all
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from . import cells
-from ._checks import check_bool, check_dropout
-from ._namespace import device_of
+from ._checks import check_dropout
 from ._typing import Array
-from .functional._cell import activations, masked_state, sigmoid_grad
+from .functional._cell import activations, sigmoid_grad
 from .functional._layers import dropout_mask
 from .functional._lngru import layer_norm, layer_norm_backward
 from .functional._params import constant_init, uniform_init
 from .functional._routes import python_loop
-from .functional._sequence import Cell, GRUConfig, _suffix, direction_result, previous_states
-from .models import Recurrent
+from .functional._sequence import Cell, drive_backward, drive_forward
+from .functional._structure import StackConfig
+from .models import Recurrent, StructureField
 
 __all__ = ["LiGRU", "LiGRUConfig", "LIGRU_CELL", "ligru_step", "ligru_step_backward"]
 
 
-class LiGRUConfig(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class LiGRUConfig(StackConfig):
     """The structure of a stacked Li-GRU; the parameter shapes follow from it."""
 
-    input_size: int
-    hidden_size: int
-    num_layers: int = 1
-    bias: bool = True
-    batch_first: bool = False
-    bidirectional: bool = False
     layer_norm: bool = False
     recurrent_norm: bool = False
-
-    @classmethod
-    def checked(
-        cls,
-        input_size: Any,
-        hidden_size: Any,
-        num_layers: Any = 1,
-        bias: Any = True,
-        batch_first: Any = False,
-        bidirectional: Any = False,
-        layer_norm: Any = False,
-        recurrent_norm: Any = False,
-    ) -> LiGRUConfig:
-        base = GRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional)
-        return cls(*base[:6], check_bool("layer_norm", layer_norm), check_bool("recurrent_norm", recurrent_norm))
-
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
 
     @property
     def cell(self) -> Cell:
@@ -80,21 +57,19 @@ class LiGRUConfig(NamedTuple):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """``weight_ih`` (2H, I_k) and ``weight_hh`` (2H, H), rows a then z; ``bias_ih`` (2H,), and
         ``bias_hh`` only with ``recurrent_norm``; the norms' gains ``ln_weight_ih``/``ln_weight_hh``."""
-        H, D = self.hidden_size, self.num_directions
+        H = self.hidden_size
         shapes: dict[str, tuple[int, ...]] = {}
-        for layer in range(self.num_layers):
-            for direction in range(D):
-                s = _suffix(layer, direction)
-                shapes["weight_ih" + s] = (2 * H, self.input_size if layer == 0 else D * H)
-                shapes["weight_hh" + s] = (2 * H, H)
-                if self.bias:
-                    shapes["bias_ih" + s] = (2 * H,)
-                    if self.recurrent_norm:
-                        shapes["bias_hh" + s] = (2 * H,)
-                if self.layer_norm:
-                    shapes["ln_weight_ih" + s] = (2 * H,)
+        for s, inputs in self.layer_directions():
+            shapes["weight_ih" + s] = (2 * H, inputs)
+            shapes["weight_hh" + s] = (2 * H, H)
+            if self.bias:
+                shapes["bias_ih" + s] = (2 * H,)
                 if self.recurrent_norm:
-                    shapes["ln_weight_hh" + s] = (2 * H,)
+                    shapes["bias_hh" + s] = (2 * H,)
+            if self.layer_norm:
+                shapes["ln_weight_ih" + s] = (2 * H,)
+            if self.recurrent_norm:
+                shapes["ln_weight_hh" + s] = (2 * H,)
         return shapes
 
     def initial_params(self, rng: Any) -> dict[str, Any]:
@@ -159,21 +134,17 @@ def ligru_direction_forward(
     m = 1.0 if keep is None else keep
 
     def step(h, inputs):
-        gi_t, mask_t = inputs
+        (gi_t,) = inputs
         u = h @ xp.matrix_transpose(w_hh)
-        gh_hat = rstd = None
-        gh = _layer_norm(u, p["ln_weight_hh"], p.get("bias_hh"), xp=xp) if recurrent_norm else (u, None, None)
-        gh, gh_hat, rstd = gh
+        gh, gh_hat, rstd = _layer_norm(u, p["ln_weight_hh"], p.get("bias_hh"), xp=xp) if recurrent_norm else (u, None, None)
         a, k = gi_t[:, :H] + gh[:, :H], gi_t[:, H:] + gh[:, H:]
         h_new, z, candidate = ligru_step(a, k, h, m, _positive(a, xp), sigmoid)
-        h = h_new if mask_t is None else masked_state(mask_t, h_new, h, xp.where)
-        return h, ((h, a, z, candidate, gh_hat, rstd) if record else (h,))
+        return h_new, (a, z, candidate, gh_hat, rstd)
 
-    h, ys = loop(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
+    out, h_T, hs, saved = drive_forward(step, h0, (gi,), mask=mask, reverse=reverse, record=record, xp=xp, loop=loop)
     if not record:
-        return direction_result(x, h0, h, ys, mask=mask, record=False, xp=xp)
-    out, h_T, _ = direction_result(x, h0, h, ys[:1], mask=mask, record=False, xp=xp)
-    hs, a, z, candidate, gh_hat, gh_rstd = ys
+        return out, h_T, None
+    a, z, candidate, gh_hat, gh_rstd = saved
     return out, h_T, LiGRUDirectionTape(x, h0, hs, a, z, candidate, gh_hat, gh_rstd, gi_hat, gi_rstd, keep)
 
 
@@ -189,29 +160,21 @@ def ligru_direction_backward(
     tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, layer_norm=False, recurrent_norm=False, loop=python_loop
 ):
     """One direction's backward: ``((grads with short names, dx or None), dh0)``."""
-    x, h0, hs = tape.x, tape.h0, tape.hs
+    x = tape.x
     T, B, I = x.shape
-    H = h0.shape[-1]
+    H = tape.h0.shape[-1]
     w_hh = p["weight_hh"]
-    h_prev = previous_states(tape, reverse=reverse, xp=xp)
-    zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
-    dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
     m = 1.0 if tape.keep is None else tape.keep
 
-    def step(dh, inputs):
-        d_out_t, mask_t, h_prev_t, a, z, candidate, gh_hat, rstd = inputs
-        g = dh if d_out_t is None else dh + d_out_t
-        if mask_t is not None:
-            g = masked_state(mask_t, g, zero, xp.where)
+    def step(g, h_prev_t, inputs):
+        a, z, candidate, gh_hat, rstd = inputs
         da, dk, direct = ligru_step_backward(g, h_prev_t, z, candidate, m, _positive(a, xp))
         d_gh = xp.concat([da, dk], axis=1)  # of gh, and of gi: the two add
         d_raw = layer_norm_backward(d_gh, gh_hat, rstd, p["ln_weight_hh"], xp=xp) if recurrent_norm else d_gh
-        dh_new = direct + d_raw @ w_hh
-        dh = dh_new if mask_t is None else masked_state(mask_t, dh_new, dh, xp.where)
-        return dh, (d_gh, d_raw)
+        return direct + d_raw @ w_hh, (d_gh, d_raw)
 
-    xs = (d_out, mask, h_prev, tape.a, tape.z, tape.candidate, tape.gh_hat, tape.gh_rstd)
-    dh, (d_g, d_raw) = loop(step, dh, xs, length=T, reverse=not reverse, xp=xp)
+    xs = (tape.a, tape.z, tape.candidate, tape.gh_hat, tape.gh_rstd)
+    dh, h_prev, (d_g, d_raw) = drive_backward(step, tape, d_out, d_hT, xs, mask=mask, reverse=reverse, xp=xp, loop=loop)
     rows = T * B
     d_g2 = xp.reshape(d_g, (rows, 2 * H))
     grads = {}
@@ -245,16 +208,28 @@ def _prepare(config: LiGRUConfig, shape: tuple, options: Mapping[str, Any], rng:
     )
 
 
-def _forward_options(config: LiGRUConfig, layer: int, direction: int, keep: Any) -> dict[str, Any]:
-    return {
-        "layer_norm": config.layer_norm,
-        "recurrent_norm": config.recurrent_norm,
-        "keep": None if keep is None else keep[layer * config.num_directions + direction, ...],
-    }
+class LiGRUNorms(NamedTuple):
+    """The Li-GRU's own backward keywords (recurrent dropout's mask is on the tape)."""
+
+    layer_norm: bool
+    recurrent_norm: bool
 
 
-def _backward_options(config: LiGRUConfig) -> dict[str, Any]:
-    return {"layer_norm": config.layer_norm, "recurrent_norm": config.recurrent_norm}
+class LiGRUOptions(NamedTuple):
+    """The Li-GRU's own forward keywords."""
+
+    layer_norm: bool
+    recurrent_norm: bool
+    keep: Any  # (B, H) recurrent dropout's keep-mask for this layer-direction, or None
+
+
+def _forward_options(config: LiGRUConfig, layer: int, direction: int, keep: Any) -> LiGRUOptions:
+    mask = None if keep is None else keep[layer * config.num_directions + direction, ...]
+    return LiGRUOptions(config.layer_norm, config.recurrent_norm, mask)
+
+
+def _backward_options(config: LiGRUConfig) -> LiGRUNorms:
+    return LiGRUNorms(config.layer_norm, config.recurrent_norm)
 
 
 LIGRU_CELL = Cell(
@@ -301,6 +276,8 @@ class LiGRU(Recurrent):
     """
 
     structure_type = LiGRUConfig
+    layer_norm = StructureField[bool]()
+    recurrent_norm = StructureField[bool]()
 
     def __init__(
         self,

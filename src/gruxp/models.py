@@ -12,18 +12,20 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 
 from . import cells
 from . import functional as F
-from ._checks import check_bool, check_dropout, check_positive_int
+from ._checks import check_bool, check_dropout, check_keys, check_positive_int
 from ._namespace import device_of, dtype_name, from_numpy, namespace_name, resolve_dtype, resolve_xp, to_numpy
 from ._typing import Array
 from .functional._lngru import LNGRU_CELL
 from .functional._mingru import MINGRU_CELL
 from .functional._sequence import GRU_CELL
+
+T = TypeVar("T")
 
 __all__ = ["Modal", "Module", "Recurrent", "GRU", "LayerNormGRU", "MinGRU", "GRUCell", "CELLS", "recurrent"]
 
@@ -97,11 +99,7 @@ class Module(Modal):
         if not isinstance(mapping, Mapping):
             raise TypeError(f"state_dict must be a mapping of names to arrays; got {type(mapping).__name__}")
         shapes = self._param_shapes()
-        missing = [k for k in shapes if k not in mapping]
-        extra = [k for k in mapping if k not in shapes]
-        if missing or extra:
-            parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {extra}"] if extra else [])
-            raise ValueError("load_state_dict: " + "; ".join(parts))
+        check_keys(mapping, shapes, what="load_state_dict")
         new = {}
         for key, shape in shapes.items():
             try:
@@ -154,6 +152,21 @@ class Module(Modal):
         return f"xp={namespace_name(self.xp)}, device={self.device!r}, dtype={dtype_name(self.dtype)}"
 
 
+class StructureField(Generic[T]):
+    """A read-only attribute of a model that is the field of the same name of its ``structure``
+    (declared, so that IDEs, ``dir()`` and type checkers see it)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, model: None, owner: type) -> StructureField[T]: ...
+    @overload
+    def __get__(self, model: object, owner: type) -> T: ...
+    def __get__(self, model: Any, owner: type) -> Any:
+        return self if model is None else getattr(model.structure, self.name)
+
+
 class Recurrent(Module):
     """What every stacked recurrent layer shares (:class:`GRU`, :class:`LayerNormGRU`, :class:`MinGRU`):
     its structure (a cell's config, which names the cell), inference, ``step``, ``forward`` and
@@ -162,6 +175,13 @@ class Recurrent(Module):
 
     structure_type: Any = F.GRUConfig
     structure: Any
+    # the structure's fields, read through (a cell's model adds its own the same way)
+    input_size = StructureField[int]()
+    hidden_size = StructureField[int]()
+    num_layers = StructureField[int]()
+    bias = StructureField[bool]()
+    batch_first = StructureField[bool]()
+    bidirectional = StructureField[bool]()
 
     @property
     def random_options(self) -> tuple[str, ...]:
@@ -179,16 +199,9 @@ class Recurrent(Module):
         """Host float64 initial parameters, as the cell's structure draws them (``initial_params``)."""
         return self.structure.initial_params(rng)
 
-    def __getattr__(self, name: str) -> Any:
-        # the structure's fields: input_size, hidden_size, num_layers, bias, batch_first, ...
-        structure = self.__dict__.get("structure")
-        if structure is not None and name in type(structure)._fields:
-            return getattr(structure, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     @classmethod
     def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        fields = {k: config[k] for k in cls.structure_type._fields if k in config}
+        fields = {k: config[k] for k in cls.structure_type.field_names() if k in config}
         return cls.structure_type.checked(**{"input_size": None, "hidden_size": None, **fields}).param_shapes()
 
     def _random_rates(self) -> dict[str, float]:
@@ -196,7 +209,7 @@ class Recurrent(Module):
         return {name: getattr(self, name) for name in cells.random_options(self)}
 
     def config(self) -> dict[str, Any]:
-        return {**self.structure._asdict(), "dropout": self.dropout, **self._random_rates()}
+        return {**self.structure.asdict(), "dropout": self.dropout, **self._random_rates()}
 
     def _cell_options(self, *, step: bool = False) -> dict[str, Any]:
         """The cell's own call options: its random rates, drawn in training mode and never by
@@ -252,7 +265,7 @@ class Recurrent(Module):
         """The structure a step runs: this one, time-major (made once per structure: a token counts)."""
         kept = self.__dict__.get("_stepping")
         if kept is None or kept[0] is not self.structure:
-            kept = self._stepping = (self.structure, self.structure._replace(batch_first=False))
+            kept = self._stepping = (self.structure, self.structure.replace(batch_first=False))
         return kept[1]
 
     def forward(self, x: Array, h0: Array = None, *, lengths: Any = None, rng: Any = None) -> tuple[Array, Array, F.GRUTape]:
@@ -279,7 +292,7 @@ class Recurrent(Module):
         defaults = type(c)(c.input_size, c.hidden_size)
         extras = [
             f"{name}={value}"
-            for name, value in c._asdict().items()
+            for name, value in c.asdict().items()
             if name not in ("input_size", "hidden_size") and value != getattr(defaults, name)
         ]
         if self.dropout:
@@ -335,6 +348,9 @@ class GRU(Recurrent):
     ((7, 2, 5), (2, 2, 5))
     """
 
+    structure_type = F.GRUConfig
+    reset_after = StructureField[bool]()
+
     def __init__(
         self,
         input_size: int,
@@ -384,6 +400,7 @@ class LayerNormGRU(Recurrent):
     """
 
     structure_type = F.LayerNormGRUConfig
+    reset_after = StructureField[bool]()
 
     def __init__(
         self,
@@ -438,6 +455,7 @@ class MinGRU(Recurrent):
     """
 
     structure_type = F.MinGRUConfig
+    log_space = StructureField[bool]()
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ._namespace import dtype_name
+from .functional._params import direction_suffix
 from .interop import torch_to_keras_gates as _zrn  # ONNX's gate order is Keras's: z, r, n
 from .layers import Dropout, Embedding, Linear, Sequential
 from .models import GRU, Recurrent
@@ -73,7 +74,7 @@ def _gru_layers(g: _Graph, gru: GRU, x: str, *, lengths: str, h0: str | None, np
     H, L, D = gru.hidden_size, gru.num_layers, 2 if gru.bidirectional else 1
     h_parts = []
     for layer in range(L):
-        suffixes = [f"_l{layer}"] + ([f"_l{layer}_reverse"] if D == 2 else [])
+        suffixes = [direction_suffix(layer, d) for d in range(D)]
         W = np.stack([_zrn(state["weight_ih" + s], H) for s in suffixes]).astype(np_dtype)
         R = np.stack([_zrn(state["weight_hh" + s], H) for s in suffixes]).astype(np_dtype)
         inputs = [x, g.const("W", W), g.const("R", R)]

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._checks import is_traced
+from ._checks import check_keys, is_traced
 from ._namespace import dtype_name, namespace_of
 
 __all__ = ["SGD", "Adam", "AdamW", "clip_grad_norm", "OPTIMIZERS"]
@@ -26,10 +26,7 @@ __all__ = ["SGD", "Adam", "AdamW", "clip_grad_norm", "OPTIMIZERS"]
 def _check_keys(params: Mapping[str, Any], grads: Mapping[str, Any]) -> None:
     """Same keys, and each gradient exactly its parameter's shape and dtype: a (3, 4) gradient must
     not broadcast a (3, 1) parameter into (3, 4), nor a float64 one promote a float32 parameter."""
-    if params.keys() != grads.keys():
-        missing = [k for k in params if k not in grads]
-        extra = [k for k in grads if k not in params]
-        raise ValueError(f"grads must have the keys of params: missing {missing}, unexpected {extra}")
+    check_keys(grads, params, what="grads must have the keys of params", noun="")
     for k, p in params.items():
         g = grads[k]
         if not hasattr(g, "shape") or not hasattr(g, "dtype"):

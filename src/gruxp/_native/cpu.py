@@ -255,28 +255,28 @@ class Executor:
         return blas.matmul if plan.blas == "gruxp" else np.matmul
 
     # -- forward -------------------------------------------------------------------------------
-    def forward(self, plan: Plan, calls: list[dict]) -> list:
+    def forward(self, plan: Plan, calls: list[Any]) -> list:
         """Each direction's ``(out, h_T, DirectionTape or None)``, as the core's direction function returns them."""
         _one_thread(plan)
-        if not plan.compiled and not calls[0]["record"] and len(plan.pieces) == 1:
+        if not plan.compiled and not calls[0].record and len(plan.pieces) == 1:
             return [self._forward_direct(plan, call) for call in calls]
         jobs = [self._forward_job(plan, d, call) for d, call in enumerate(calls)]
         workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
         return [
-            direction_result(*result, mask=call["mask"], record=call["record"], xp=call["xp"])
+            direction_result(*result, mask=call.mask, record=call.record, xp=call.xp)
             for (_, result), call in zip(jobs, calls, strict=True)
         ]
 
-    def _forward_direct(self, plan: Plan, call: dict) -> tuple:
+    def _forward_direct(self, plan: Plan, call: Any) -> tuple:
         """One direction without a tape, one piece, in the calling thread: the loop of
         :meth:`_forward_rows` with no task, no tape and no gate copies. The same products and the same
         kernel, so the same bits; a one-token call pays for little more than its two products."""
-        x, h0, params, reverse = call["x"], call["h0"], call["p"], call["reverse"]
+        x, h0, params, reverse = call.x, call.h0, call.p, call.reverse
         T, B, I = x.shape
         w_ih, w_hh = params["weight_ih"], params["weight_hh"]
         H = w_hh.shape[1]
         dtype = x.dtype
-        b_in, b_hn = folded_bias(params.get("bias_ih"), params.get("bias_hh"), reset_after=True, xp=call["xp"])
+        b_in, b_hn = folded_bias(params.get("bias_ih"), params.get("bias_hh"), reset_after=True, xp=call.xp)
         b_in = np.zeros((3 * H,), dtype) if b_in is None else b_in
         b_hn = np.zeros((H,), dtype) if b_hn is None else b_hn
         w = transposed(w_hh) if plan.copy_weights else w_hh.T
@@ -286,7 +286,7 @@ class Executor:
         hs, gh, ghn = np.empty((T, B, H), dtype), _scratch("gh", (B, 3 * H), dtype), _scratch("g", (B, H), dtype)
         # the gates nothing will read: none for NumPy's kernel, one scratch for numba's (it writes them)
         r, z, n = (None, None, None) if self.fuser.name == "numpy" else _scratch("rzn", (3, B, H), dtype)
-        active = active_steps(call["mask"], T, B)
+        active = active_steps(call.mask, T, B)
         step = self.fuser.forward_step
         h = np.ascontiguousarray(h0)
         for s in range(T):
@@ -294,11 +294,11 @@ class Executor:
             matmul(h, w, out=gh)
             step(gi[t], b_in, gh, b_hn, h, active[t], hs[t], r, z, n, ghn)
             h = hs[t]
-        return direction_result(x, h0, h, (hs,), mask=call["mask"], record=False, xp=call["xp"])
+        return direction_result(x, h0, h, (hs,), mask=call.mask, record=False, xp=call.xp)
 
-    def _forward_job(self, plan: Plan, d: int, call: dict) -> tuple[list, tuple]:
+    def _forward_job(self, plan: Plan, d: int, call: Any) -> tuple[list, tuple]:
         """One direction's forward: its buffers, and a task per piece of the batch."""
-        x, h0, params, record = call["x"], call["h0"], call["p"], call["record"]
+        x, h0, params, record = call.x, call.h0, call.p, call.record
         T, B, I = x.shape
         w_ih, w_hh = params["weight_ih"], params["weight_hh"]
         H = w_hh.shape[1]
@@ -308,27 +308,27 @@ class Executor:
             # when reverse: the states each step started from are then a view), r, z, n, gh_n.
             block = _here().tapes.take((5 * T + 1) * B * H, dtype)
             states = block[: (T + 1) * B * H].reshape(T + 1, B, H)
-            hs, h0_kept = (states[:T], states[T]) if call["reverse"] else (states[1:], states[0])
+            hs, h0_kept = (states[:T], states[T]) if call.reverse else (states[1:], states[0])
             np.copyto(h0_kept, h0)
             h0 = h0_kept
             r, z, n, ghn = block[(T + 1) * B * H :].reshape(4, T, B, H)
         else:
             hs, (r, z, n, ghn) = np.empty((T, B, H), dtype), [_scratch((k, d), (1, B, H), dtype) for k in "rzng"]
-        b_in, b_hn = folded_bias(params.get("bias_ih"), params.get("bias_hh"), reset_after=True, xp=call["xp"])
+        b_in, b_hn = folded_bias(params.get("bias_ih"), params.get("bias_hh"), reset_after=True, xp=call.xp)
         b_in = np.zeros((3 * H,), dtype) if b_in is None else np.ascontiguousarray(b_in)  # added in the kernel: a pass less
         b_hn = np.zeros((H,), dtype) if b_hn is None else np.ascontiguousarray(b_hn)
         # (rows, H) @ Wᵀ: by a C-contiguous copy of Wᵀ where the plan says it pays (or the compiled
         # loop needs it), else by the view (on NumPy's BLAS always, as the generic code multiplies);
         # W hᵀ takes W itself. A copy is made for this call: no call can read another's stale copy.
         w = np.ascontiguousarray(w_hh) if plan.transposed else transposed(w_hh) if plan.copy_weights else w_hh.T
-        active = active_steps(call["mask"], T, B)
+        active = active_steps(call.mask, T, B)
         h = np.ascontiguousarray(h0)
         tape = (hs, r, z, n, ghn)
         tasks = [
-            partial(self._forward_rows, plan, x, h[b0:b1], w_ih, b_in, w, b_hn, active, tape, b0, b1, call["reverse"], record)
+            partial(self._forward_rows, plan, x, h[b0:b1], w_ih, b_in, w, b_hn, active, tape, b0, b1, call.reverse, record)
             for b0, b1 in plan.pieces
         ]
-        return tasks, (x, h0, hs[0 if call["reverse"] else T - 1], tape if record else (hs,))
+        return tasks, (x, h0, hs[0 if call.reverse else T - 1], tape if record else (hs,))
 
     def _forward_rows(self, plan: Plan, x, h, w_ih, b_in, w, b_hn, active, tape, b0, b1, reverse, record) -> None:
         """Rows b0:b1 of a direction from their start state ``h``: the input pre-activations a chunk
@@ -360,7 +360,7 @@ class Executor:
             h = hs[t0 if reverse else t1 - 1, b0:b1]
 
     # -- backward ------------------------------------------------------------------------------
-    def backward(self, plan: Plan, calls: list[dict]) -> list:
+    def backward(self, plan: Plan, calls: list[Any]) -> list:
         """Each direction's ``((grads, dx or None), dh0)``, as the core's direction function returns them:
         the loops over every piece first, then the GEMMs after them, cut into blocks."""
         _one_thread(plan)
@@ -370,14 +370,14 @@ class Executor:
         workers.run([task for tasks, _ in finished for task in tasks], plan.workers)
         return [result() for _, result in finished]
 
-    def _backward_job(self, plan: Plan, d: int, call: dict) -> tuple[list, tuple]:
-        tape, d_out, d_hT = call["tape"], call["d_out"], call["d_hT"]
+    def _backward_job(self, plan: Plan, d: int, call: Any) -> tuple[list, tuple]:
+        tape, d_out, d_hT = call.tape, call.d_out, call.d_hT
         T, B, H = tape.hs.shape
         dtype = tape.hs.dtype
-        h_prev = previous_states_view(tape.hs, tape.h0, reverse=call["reverse"])
+        h_prev = previous_states_view(tape.hs, tape.h0, reverse=call.reverse)
         if h_prev is None:
-            h_prev = previous_states(tape, reverse=call["reverse"], xp=call["xp"])
-        w_hh = call["p"]["weight_hh"]
+            h_prev = previous_states(tape, reverse=call.reverse, xp=call.xp)
+        w_hh = call.p["weight_hh"]
         w = transposed(w_hh) if plan.transposed else np.ascontiguousarray(w_hh)
         # d_i and d_h are read by the GEMMs after the loop, before this thread's next backward call
         d_i, d_h = _scratch(("d_i", d), (T, B, 3 * H), dtype), _scratch(("d_h", d), (T, B, 3 * H), dtype)
@@ -389,7 +389,7 @@ class Executor:
             d_out = np.zeros((1, B, H), dtype)
         elif d_source is not None:
             d_out = _scratch(("d_out", d), d_out.shape, dtype)
-        active = active_steps(call["mask"], T, B)
+        active = active_steps(call.mask, T, B)
         first_active = np.ones((B,), bool)
         loop = self._loops(plan)[1]
         r, z, n, gh_n = (np.ascontiguousarray(a) for a in (tape.r, tape.z, tape.n, tape.gh_n))
@@ -412,30 +412,30 @@ class Executor:
                 d_i,
                 d_h,
                 w,
-                call["reverse"],
+                call.reverse,
                 b0,
                 b1,
                 plan.back_panel,
             )
 
-        last = active[T - 1 if call["reverse"] else 0]  # of the last step processed
+        last = active[T - 1 if call.reverse else 0]  # of the last step processed
         return [partial(rows, b0, b1) for b0, b1 in plan.pieces], (d_i, d_h, h_prev, gz, prod, carry, last)
 
-    def _finish_job(self, plan: Plan, call: dict, d_i, d_h, h_prev, gz, prod, carry, last) -> tuple[list, Any]:
+    def _finish_job(self, plan: Plan, call: Any, d_i, d_h, h_prev, gz, prod, carry, last) -> tuple[list, Any]:
         """The GEMMs after a direction's loop, as tasks: the weight gradients by blocks of gate
         columns (each element the same sum, whatever the cut), dx by blocks of rows."""
-        x, params = call["tape"].x, call["p"]
+        x, params = call.tape.x, call.p
         T, B, I = x.shape
         rows, H = T * B, h_prev.shape[-1]
         d_i2, d_h2 = np.reshape(d_i, (rows, 3 * H)), np.reshape(d_h, (rows, 3 * H))
         x2, h2 = np.reshape(x, (rows, I)), np.reshape(h_prev, (rows, H))
         matmul = self._matmul(plan)
         blocks: list = [None] * plan.grad_blocks
-        dx = np.empty((rows, I), x.dtype) if call["need_dx"] else None
+        dx = np.empty((rows, I), x.dtype) if call.need_dx else None
 
         def grads(k: int, c0: int, c1: int) -> None:
             blocks[k] = param_grads(
-                d_i2[:, c0:c1], d_h2[:, c0:c1], x2, h2, None, reset_after=True, bias=call["bias"], xp=call["xp"], matmul=matmul
+                d_i2[:, c0:c1], d_h2[:, c0:c1], x2, h2, None, reset_after=True, bias=call.bias, xp=call.xp, matmul=matmul
             )
 
         def inputs(out: np.ndarray, r0: int, r1: int) -> None:
@@ -562,9 +562,9 @@ class CpuRoute(Route):
     def layer_forward(self, forward, calls):
         if forward is not direction_forward_loop:  # another cell: its own fused loop, or the generic one
             return self._other(forward).layer_forward(forward, calls)
-        x, w_hh = calls[0]["x"], calls[0]["p"]["weight_hh"]
+        x, w_hh = calls[0].x, calls[0].p["weight_hh"]
         T, B, I = x.shape
-        plan = self.plan_for(T, B, I, w_hh.shape[1], len(calls), x.dtype, reset_after=calls[0]["reset_after"])
+        plan = self.plan_for(T, B, I, w_hh.shape[1], len(calls), x.dtype, reset_after=calls[0].options.reset_after)
         if plan.route == "generic":
             return super().layer_forward(forward, calls)
         record(self.name, "forward", _how(plan))
@@ -573,9 +573,9 @@ class CpuRoute(Route):
     def layer_backward(self, backward, calls):
         if backward is not direction_backward_loop:
             return self._other(backward).layer_backward(backward, calls)
-        tape = calls[0]["tape"]
+        tape = calls[0].tape
         T, B, H = tape.hs.shape
-        plan = self.plan_for(T, B, tape.x.shape[-1], H, len(calls), tape.hs.dtype, reset_after=calls[0]["reset_after"])
+        plan = self.plan_for(T, B, tape.x.shape[-1], H, len(calls), tape.hs.dtype, reset_after=calls[0].options.reset_after)
         if plan.route == "generic":
             return super().layer_backward(backward, calls)
         record(self.name, "backward", _how(plan))

@@ -65,11 +65,11 @@ class JaxRoute(Route):
 
     def layer_forward(self, forward: Callable, calls: Any) -> list:
         record("jax", "forward", "the direction functions under jax.jit, their loop lax.scan")
-        return [_compiled(forward)(**_time_order(call), loop=scan_loop) for call in calls]
+        return [_compiled(forward)(**_time_order(call).keywords(), loop=scan_loop) for call in calls]
 
     def layer_backward(self, backward: Callable, calls: Any) -> list:
         record("jax", "backward", "the direction functions under jax.jit, their loop lax.scan")
-        return [_compiled(backward)(**_time_order(call), loop=scan_loop) for call in calls]
+        return [_compiled(backward)(**_time_order(call).keywords(), loop=scan_loop) for call in calls]
 
     def differentiable(self, xp: ModuleType) -> Callable:
         return gru_with_analytic_vjp
@@ -87,16 +87,16 @@ class JaxRoute(Route):
         )
 
 
-def _time_order(call: dict) -> dict:
+def _time_order(call: Any) -> Any:
     """A cell that may run its recurrence in parallel over time (the ``parallel`` keyword, see
     :class:`gruxp.functional.Cell`) runs it step by step on XLA's CPU backend: nothing there runs the
     steps of time at once, and the scan's two levels pay for their transposes (benchmarks/README.md).
     On an accelerator the call keeps its choice. Both are tested against the generic code."""
-    if "parallel" in call:
+    if "parallel" in call.options._fields:
         import jax
 
         if jax.default_backend() == "cpu":
-            return {**call, "parallel": False}
+            return call._replace(options=call.options._replace(parallel=False))
     return call
 
 

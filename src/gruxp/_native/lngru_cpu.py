@@ -302,7 +302,7 @@ class LayerNormGruCpu:
         self.route = route  # the CPU route: its matmul makes the products outside the loop
 
     def layer_forward(self, forward, calls):
-        x, h0 = calls[0]["x"], calls[0]["h0"]
+        x, h0 = calls[0].x, calls[0].h0
         plan = _plan((*x.shape[:2], h0.shape[-1]), x.dtype, len(calls))
         if plan.route == "generic":
             return GENERIC.layer_forward(forward, calls)
@@ -313,7 +313,7 @@ class LayerNormGruCpu:
         return [result() for _, result in jobs]
 
     def layer_backward(self, backward, calls):
-        hs = calls[0]["tape"].hs
+        hs = calls[0].tape.hs
         plan = _plan(hs.shape, hs.dtype, len(calls))
         if plan.route == "generic":
             return GENERIC.layer_backward(backward, calls)
@@ -323,30 +323,30 @@ class LayerNormGruCpu:
         workers.run([task for tasks, _ in jobs for task in tasks], plan.workers)
         return [finish() for _, finish in jobs]
 
-    def _forward_job(self, call: dict, plan: CellPlan):
-        x, h0, p, reverse, record = call["x"], call["h0"], call["p"], call["reverse"], call["record"]
+    def _forward_job(self, call: Any, plan: CellPlan):
+        x, h0, p, reverse, record = call.x, call.h0, call.p, call.reverse, call.record
         T, B, _ = x.shape
         H = h0.shape[-1]
         dtype = x.dtype
         pieces, threads = plan.pieces, plan.workers
         norm = partial(_norm, threads=threads)
-        gi, gi_hat, gi_rstd = _lngru.input_side(x, p, xp=call["xp"], matmul=self.route.matmul, norm=norm)
+        gi, gi_hat, gi_rstd = _lngru.input_side(x, p, xp=call.xp, matmul=self.route.matmul, norm=norm)
         hs, r, z, n, ghn = (np.empty((T, B, H), dtype) for _ in range(5))
         gh_hat, gh_rstd = np.empty((T, B, 3 * H), dtype), np.empty((T, B, 1), dtype)
-        keep = call["zoneout_mask"]
+        keep = call.options.zoneout_mask
         use_keep = keep is not None
         keep = np.ascontiguousarray(keep) if use_keep else np.zeros((1, 1, H), dtype)
         bias = p["bias_hh"] if "bias_hh" in p else np.zeros((3 * H,), dtype)
         loop = _loops(np.dtype(dtype))[0]
         args = (gi, transposed(p["weight_hh"]), np.ascontiguousarray(p["ln_weight_hh"]), np.ascontiguousarray(bias))
         start = np.ascontiguousarray(h0)
-        active = _active(call["mask"], T, B)
-        rest = (active, keep, use_keep, dtype.type(call["zoneout"]), hs, r, z, n, ghn, gh_hat, gh_rstd, reverse)
+        active = _active(call.mask, T, B)
+        rest = (active, keep, use_keep, dtype.type(call.options.zoneout), hs, r, z, n, ghn, gh_hat, gh_rstd, reverse)
         tasks = [partial(loop, *args, start, *rest, b0, b1) for b0, b1 in pieces]
-        mask = call["mask"]
+        mask = call.mask
         tape = (
             _lngru.LayerNormDirectionTape(
-                x, h0, hs, r, z, n, ghn, gh_hat, gh_rstd, gi_hat, gi_rstd, call["zoneout_mask"], call["zoneout"]
+                x, h0, hs, r, z, n, ghn, gh_hat, gh_rstd, gi_hat, gi_rstd, call.options.zoneout_mask, call.options.zoneout
             )
             if record
             else None
@@ -358,20 +358,20 @@ class LayerNormGruCpu:
 
         return tasks, result
 
-    def _backward_job(self, call: dict, plan: CellPlan):
-        tape, d_out, d_hT, p, reverse = call["tape"], call["d_out"], call["d_hT"], call["p"], call["reverse"]
+    def _backward_job(self, call: Any, plan: CellPlan):
+        tape, d_out, d_hT, p, reverse = call.tape, call.d_out, call.d_hT, call.p, call.reverse
         x, h0 = tape.x, tape.h0
         T, B, _ = x.shape
         H = h0.shape[-1]
         dtype = x.dtype
-        h_prev = previous_states(tape, reverse=reverse, xp=call["xp"])
+        h_prev = previous_states(tape, reverse=reverse, xp=call.xp)
         d = np.zeros((1, B, H), dtype) if d_out is None else np.ascontiguousarray(d_out)
         dh = np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
         d_gi, d_raw = np.empty((T, B, 3 * H), dtype), np.empty((T, B, 3 * H), dtype)
         keep = tape.keep
         use_keep = keep is not None
         keep = np.ascontiguousarray(keep) if use_keep else np.zeros((1, 1, H), dtype)
-        active = _active(call["mask"], T, B)
+        active = _active(call.mask, T, B)
         loop = _loops(np.dtype(dtype))[1]
         saved = (np.ascontiguousarray(a) for a in (h_prev, tape.r, tape.z, tape.n, tape.gh_n, tape.gh_hat, tape.gh_rstd))
         args = (d, active, keep, use_keep, dtype.type(tape.zoneout), *saved, np.ascontiguousarray(p["ln_weight_hh"]))
@@ -391,9 +391,9 @@ class LayerNormGruCpu:
                 h_prev,
                 tape,
                 p,
-                bias=call["bias"],
-                need_dx=call["need_dx"],
-                xp=call["xp"],
+                bias=call.bias,
+                need_dx=call.need_dx,
+                xp=call.xp,
                 matmul=self.route.matmul,
                 norm_backward=partial(_norm_backward, threads=threads),
                 sums=partial(_sums, threads=threads),

@@ -94,7 +94,7 @@ def _kernels(dtype: np.dtype) -> tuple[Any, Any]:
     return forward_rows, backward_rows
 
 
-def _plan(call: dict, shape: tuple, dtype) -> CellPlan:
+def _plan(call: Any, shape: tuple, dtype) -> CellPlan:
     T, B, H = shape
     config = get_config()
     made = plan_for(
@@ -104,7 +104,7 @@ def _plan(call: dict, shape: tuple, dtype) -> CellPlan:
         this_machine(),
         fuser=config["fuser"],
         max_workers=config["max_workers"],
-        log_space=call.get("log_space", False),
+        log_space=call.options.log_space,
     )
     assert isinstance(made, CellPlan)
     return made
@@ -117,7 +117,7 @@ class MinGruCpu:
         self.route = route  # the CPU route: its matmul makes every product
 
     def layer_forward(self, forward, calls):
-        x, h0 = calls[0]["x"], calls[0]["h0"]
+        x, h0 = calls[0].x, calls[0].h0
         plan = _plan(calls[0], (*x.shape[:2], h0.shape[-1]), x.dtype)
         if plan.route == "generic":
             return GENERIC.layer_forward(forward, calls)
@@ -125,15 +125,15 @@ class MinGruCpu:
         return [self._forward(call, plan) for call in calls]
 
     def layer_backward(self, backward, calls):
-        hs = calls[0]["tape"].hs
+        hs = calls[0].tape.hs
         plan = _plan(calls[0], hs.shape, hs.dtype)
         if plan.route == "generic":
             return GENERIC.layer_backward(backward, calls)
         record("mingru-cpu", "backward", "minGRU's numba loop")
         return [self._backward(call, plan) for call in calls]
 
-    def _forward(self, call: dict, plan: CellPlan):
-        x, h0, p, reverse = call["x"], call["h0"], call["p"], call["reverse"]
+    def _forward(self, call: Any, plan: CellPlan):
+        x, h0, p, reverse = call.x, call.h0, call.p, call.reverse
         T, B, I = x.shape
         w = p["weight_ih"]
         H = w.shape[0] // 2
@@ -141,18 +141,18 @@ class MinGruCpu:
         bias = np.ascontiguousarray(p["bias_ih"]) if "bias_ih" in p else np.zeros((2 * H,), x.dtype)
         hs, z = np.empty((T, B, H), x.dtype), np.empty((T, B, H), x.dtype)
         start = np.ascontiguousarray(h0)
-        active = _active(call["mask"], T, B)
+        active = _active(call.mask, T, B)
         forward_rows = _kernels(np.dtype(x.dtype))[0]
         pieces, threads = plan.pieces, plan.workers
         workers.run([partial(forward_rows, proj, bias, start, active, hs, z, reverse, b0, b1) for b0, b1 in pieces], threads)
-        mask = call["mask"]
+        mask = call.mask
         out = hs if mask is None else np.where(mask, hs, np.zeros((), hs.dtype))
         h_T = hs[0 if reverse else T - 1]
-        tape = _mingru.MinGRUDirectionTape(x, h0, hs, z, proj[..., H:]) if call["record"] else None
+        tape = _mingru.MinGRUDirectionTape(x, h0, hs, z, proj[..., H:]) if call.record else None
         return out, h_T, tape
 
-    def _backward(self, call: dict, plan: CellPlan):
-        tape, d_out, d_hT, p, reverse = call["tape"], call["d_out"], call["d_hT"], call["p"], call["reverse"]
+    def _backward(self, call: Any, plan: CellPlan):
+        tape, d_out, d_hT, p, reverse = call.tape, call.d_out, call.d_hT, call.p, call.reverse
         x, h0 = tape.x, tape.h0
         T, B, I = x.shape
         H = h0.shape[-1]
@@ -160,7 +160,7 @@ class MinGruCpu:
         d = np.zeros((1, B, H), dtype) if d_out is None else np.ascontiguousarray(d_out)
         carry = np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
         d_proj = _scratch(("mingru d_proj", reverse), (T, B, 2 * H), dtype)  # read only by this call's products
-        active = _active(call["mask"], T, B)
+        active = _active(call.mask, T, B)
         backward_rows = _kernels(np.dtype(dtype))[1]
         z, hs = np.ascontiguousarray(tape.z), np.ascontiguousarray(tape.hs)
         v = tape.v  # a view of the projections (rows of 2H, the candidate's half): read in place
@@ -171,7 +171,7 @@ class MinGruCpu:
         workers.run([partial(backward_rows, *args, sums[k], reverse, b0, b1) for k, (b0, b1) in enumerate(pieces)], threads)
         d2 = np.reshape(d_proj, (T * B, 2 * H))
         grads = {"weight_ih": self.route.matmul(d2.T, np.reshape(x, (T * B, I)))}
-        if call["bias"]:
+        if call.bias:
             grads["bias_ih"] = sums[0] if len(pieces) == 1 else np.sum(sums, axis=0)
-        dx = np.reshape(self.route.matmul(d2, p["weight_ih"]), (T, B, I)) if call["need_dx"] else None
+        dx = np.reshape(self.route.matmul(d2, p["weight_ih"]), (T, B, I)) if call.need_dx else None
         return (grads, dx), carry

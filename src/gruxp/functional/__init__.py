@@ -30,29 +30,49 @@ from ._lngru import LayerNormDirectionTape, LayerNormGRUConfig, layer_norm, laye
 from ._mingru import MinGRUConfig, MinGRUDirectionTape, linear_scan, log_linear_scan, mingru, mingru_forward
 from ._params import (
     cell_param_shapes,
+    direction_suffix,
     gru_param_shapes,
     host_rng,
     init_params,
     uniform_init,
 )
+from ._routes import python_loop
 from ._sequence import (
+    BackwardCall,
     Cell,
     DirectionTape,
+    ForwardCall,
     GRUConfig,
     GRUTape,
+    NoOptions,
     backward_stack,
+    config_from_params,
+    drive_backward,
+    drive_forward,
     gru,
     gru_backward,
     gru_forward,
     infer_stack,
+    previous_states,
     run_stack,
 )
+from ._structure import StackConfig
 
 __all__ = [
+    "BackwardCall",
     "Cell",
+    "ForwardCall",
+    "NoOptions",
+    "direction_suffix",
+    "drive_backward",
+    "drive_forward",
+    "previous_states",
+    "python_loop",
+    "StackConfig",
     "embedding",
     "embedding_backward",
     "backward_stack",
+    "config_from_params",
     "infer_stack",
     "run_stack",
     "LayerNormDirectionTape",

@@ -21,17 +21,27 @@ the recurrent norm (a row reduction), the GRU's gate functions and the zoneout b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
 from .._checks import check_dropout
-from .._namespace import device_of
 from .._typing import Array
-from ._cell import activations, gates_backward, gates_forward, masked_state
+from ._cell import activations, gates_backward, gates_forward
 from ._params import constant_init, gru_param_shapes
 from ._routes import python_loop
-from ._sequence import Cell, GRUConfig, GRUTape, _suffix, config_from_params, infer_stack, previous_states, run_stack
+from ._sequence import (
+    Cell,
+    GRUConfig,
+    GRUTape,
+    NoOptions,
+    config_from_params,
+    drive_backward,
+    drive_forward,
+    infer_stack,
+    run_stack,
+)
 
 __all__ = [
     "LN_EPS",
@@ -103,10 +113,9 @@ def zoneout_blend_backward(keep: Any, g: Any) -> tuple[Any, Any]:
     return (1.0 - keep) * g, keep * g
 
 
+@dataclasses.dataclass(frozen=True)
 class LayerNormGRUConfig(GRUConfig):
     """The structure of a stacked layer-normalised GRU (:class:`GRUConfig`'s fields; reset_after only)."""
-
-    __slots__ = ()
 
     @classmethod
     def checked(cls, *args: Any, **kwargs: Any) -> LayerNormGRUConfig:
@@ -116,7 +125,7 @@ class LayerNormGRUConfig(GRUConfig):
                 "reset_after must be True for LayerNormGRU: its norm runs over the 3H features of W_hh h, "
                 "which reset_before (n from W_hn (r ⊙ h)) never forms at one moment"
             )
-        return config  # type: ignore[return-value]
+        return config
 
     @property
     def cell(self) -> Cell:
@@ -127,16 +136,14 @@ class LayerNormGRUConfig(GRUConfig):
             self.input_size, self.hidden_size, self.num_layers, bias=self.bias, bidirectional=self.bidirectional
         )
         H = self.hidden_size
-        for layer in range(self.num_layers):
-            for direction in range(self.num_directions):
-                s = _suffix(layer, direction)
-                shapes["ln_weight_ih" + s] = (3 * H,)
-                shapes["ln_weight_hh" + s] = (3 * H,)
+        for s, _ in self.layer_directions():
+            shapes["ln_weight_ih" + s] = (3 * H,)
+            shapes["ln_weight_hh" + s] = (3 * H,)
         return shapes
 
     def initial_params(self, rng: Any) -> dict[str, Any]:
         """The GRU's draws for its parameters, in order, and ones for the norm's gains."""
-        drawn = GRUConfig(*self).initial_params(rng) | constant_init(
+        drawn = GRUConfig(**self.asdict()).initial_params(rng) | constant_init(
             {k: v for k, v in self.param_shapes().items() if k.startswith("ln_")}, 1.0
         )
         return {k: drawn[k] for k in self.param_shapes()}
@@ -177,7 +184,6 @@ def input_side(x: Array, p: Mapping[str, Any], *, xp: Any, matmul: Any = _produc
 
 def lngru_direction_forward(x, h0, p, *, mask, reverse, record, xp, zoneout=0.0, zoneout_mask=None, loop=python_loop):
     """One direction of the layer-normalised GRU: ``(out, h_T, LayerNormDirectionTape or None)``."""
-    T = x.shape[0]
     H = h0.shape[-1]
     w_hh = p["weight_hh"]
     gi, gi_hat, gi_rstd = input_side(x, p, xp=xp)
@@ -185,7 +191,7 @@ def lngru_direction_forward(x, h0, p, *, mask, reverse, record, xp, zoneout=0.0,
     sigmoid, tanh = activations(xp)
 
     def step(h, inputs):
-        gi_t, mask_t, keep_t = inputs
+        gi_t, keep_t = inputs
         gh, gh_hat, rstd = layer_norm(h @ xp.matrix_transpose(w_hh), p["ln_weight_hh"], b_hh, xp=xp)
         gh_n = gh[:, 2 * H :]
         h_new, r, z, n = gates_forward(
@@ -194,16 +200,14 @@ def lngru_direction_forward(x, h0, p, *, mask, reverse, record, xp, zoneout=0.0,
         keep = zoneout if keep_t is None else keep_t
         if keep_t is not None or zoneout:
             h_new = zoneout_blend(keep, h_new, h)
-        h = h_new if mask_t is None else masked_state(mask_t, h_new, h, xp.where)
-        return h, ((h, r, z, n, gh_n, gh_hat, rstd) if record else (h,))
+        return h_new, (r, z, n, gh_n, gh_hat, rstd)
 
-    h, ys = loop(step, h0, (gi, mask, zoneout_mask), length=T, reverse=reverse, xp=xp)
-    hs = ys[0]
-    out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
+    xs = (gi, zoneout_mask)
+    out, h_T, hs, saved = drive_forward(step, h0, xs, mask=mask, reverse=reverse, record=record, xp=xp, loop=loop)
     if not record:
-        return out, h, None
-    hs, r, z, n, gh_n, gh_hat, gh_rstd = ys
-    return out, h, LayerNormDirectionTape(x, h0, hs, r, z, n, gh_n, gh_hat, gh_rstd, gi_hat, gi_rstd, zoneout_mask, zoneout)
+        return out, h_T, None
+    r, z, n, gh_n, gh_hat, gh_rstd = saved
+    return out, h_T, LayerNormDirectionTape(x, h0, hs, r, z, n, gh_n, gh_hat, gh_rstd, gi_hat, gi_rstd, zoneout_mask, zoneout)
 
 
 def _sum_rows(a: Array, *, xp: Any) -> Any:
@@ -212,21 +216,12 @@ def _sum_rows(a: Array, *, xp: Any) -> Any:
 
 def lngru_direction_backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop=python_loop):
     """One direction's backward: ``((grads with short names, dx or None), dh0)``."""
-    x, h0, hs = tape.x, tape.h0, tape.hs
-    T, B, I = x.shape
-    H = h0.shape[-1]
     w_hh, gain_hh = p["weight_hh"], p["ln_weight_hh"]
-    h_prev = previous_states(tape, reverse=reverse, xp=xp)
-    zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
-    dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
     rate = tape.zoneout  # a Python float, or a traced scalar under jax.jit (then the blend always runs)
     blend = tape.keep is not None or not isinstance(rate, (int, float)) or rate > 0
 
-    def step(dh, inputs):
-        d_out_t, mask_t, h_prev_t, r, z, n, gh_n, gh_hat, rstd, keep_t = inputs
-        g = dh if d_out_t is None else dh + d_out_t
-        if mask_t is not None:
-            g = masked_state(mask_t, g, zero, xp.where)
+    def step(g, h_prev_t, inputs):
+        r, z, n, gh_n, gh_hat, rstd, keep_t = inputs
         g_old = None
         if blend:
             g, g_old = zoneout_blend_backward(rate if keep_t is None else keep_t, g)
@@ -236,12 +231,11 @@ def lngru_direction_backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_
         dh_new = gz + d_raw @ w_hh
         if g_old is not None:
             dh_new = dh_new + g_old
-        dh = dh_new if mask_t is None else masked_state(mask_t, dh_new, dh, xp.where)
-        return dh, (xp.concat([d_r, d_z, d_an], axis=1), d_gh, d_raw)
+        return dh_new, (xp.concat([d_r, d_z, d_an], axis=1), d_gh, d_raw)
 
-    xs = (d_out, mask, h_prev, tape.r, tape.z, tape.n, tape.gh_n, tape.gh_hat, tape.gh_rstd, tape.keep)
-    dh, (d_gi, d_gh, d_raw) = loop(step, dh, xs, length=T, reverse=not reverse, xp=xp)
-    return finish_backward(d_gi, d_gh, d_raw, h_prev, tape, p, bias=bias, need_dx=need_dx, xp=xp), dh
+    xs = (tape.r, tape.z, tape.n, tape.gh_n, tape.gh_hat, tape.gh_rstd, tape.keep)
+    dh0, h_prev, (d_gi, d_gh, d_raw) = drive_backward(step, tape, d_out, d_hT, xs, mask=mask, reverse=reverse, xp=xp, loop=loop)
+    return finish_backward(d_gi, d_gh, d_raw, h_prev, tape, p, bias=bias, need_dx=need_dx, xp=xp), dh0
 
 
 def _gain_and_bias_grads(d: Array, v_hat: Array, *, xp: Any) -> tuple[Any, Any]:
@@ -287,16 +281,20 @@ def _prepare(config: LayerNormGRUConfig, shape: tuple, options: Mapping[str, Any
     return rate, xp.astype(rng.bernoulli((L, *shape), rate, what=f"zoneout={rate}"), dtype)
 
 
-def _forward_options(config: LayerNormGRUConfig, layer: int, direction: int, prepared: Any) -> dict[str, Any]:
+class ZoneoutOptions(NamedTuple):
+    """The layer-normalised GRU's own forward keywords."""
+
+    zoneout: float  # the rate
+    zoneout_mask: Any  # (T, B, H) the direction's keep-draws in training, else None
+
+
+def _forward_options(config: LayerNormGRUConfig, layer: int, direction: int, prepared: Any) -> ZoneoutOptions:
     rate, masks = prepared
-    return {
-        "zoneout": float(rate),
-        "zoneout_mask": None if masks is None else masks[layer * config.num_directions + direction, ...],
-    }
+    return ZoneoutOptions(float(rate), None if masks is None else masks[layer * config.num_directions + direction, ...])
 
 
-def _backward_options(config: LayerNormGRUConfig) -> dict[str, Any]:
-    return {}
+def _backward_options(config: LayerNormGRUConfig) -> NoOptions:
+    return NoOptions()
 
 
 LNGRU_CELL = Cell(

@@ -27,6 +27,7 @@ step is the identity (a = 1, b = 0): the state stays, and no gradient reaches it
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -37,7 +38,8 @@ from .._typing import Array
 from ._cell import activations, masked_state, sigmoid, sigmoid_grad
 from ._params import uniform_init
 from ._routes import python_loop
-from ._sequence import Cell, GRUConfig, GRUTape, _suffix, config_from_params, infer_stack, run_stack
+from ._sequence import Cell, GRUTape, config_from_params, infer_stack, previous_states, run_stack
+from ._structure import StackConfig
 
 __all__ = [
     "MinGRUConfig",
@@ -56,43 +58,11 @@ __all__ = [
 ]
 
 
-class MinGRUConfig(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class MinGRUConfig(StackConfig):
     """The structure of a stacked minGRU; ``log_space`` picks the paper's log-space form (h̃ = g(v))."""
 
-    input_size: int
-    hidden_size: int
-    num_layers: int = 1
-    bias: bool = True
-    batch_first: bool = False
-    bidirectional: bool = False
     log_space: bool = False
-
-    @classmethod
-    def checked(
-        cls,
-        input_size: Any,
-        hidden_size: Any,
-        num_layers: Any = 1,
-        bias: Any = True,
-        batch_first: Any = False,
-        bidirectional: Any = False,
-        log_space: Any = False,
-    ) -> MinGRUConfig:
-        """The structure from user values, :meth:`GRUConfig.checked`'s checks and ``log_space``'s."""
-        base = GRUConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional)
-        return cls(
-            base.input_size,
-            base.hidden_size,
-            base.num_layers,
-            base.bias,
-            base.batch_first,
-            base.bidirectional,
-            check_bool("log_space", log_space),
-        )
-
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
 
     @property
     def cell(self) -> Cell:
@@ -100,14 +70,12 @@ class MinGRUConfig(NamedTuple):
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """``weight_ih_l{k}[_reverse]`` (2H, I_k), rows z then h; ``bias_ih_l{k}[_reverse]`` (2H,)."""
-        H, D = self.hidden_size, self.num_directions
+        H = self.hidden_size
         shapes: dict[str, tuple[int, ...]] = {}
-        for layer in range(self.num_layers):
-            for direction in range(D):
-                s = _suffix(layer, direction)
-                shapes["weight_ih" + s] = (2 * H, self.input_size if layer == 0 else D * H)
-                if self.bias:
-                    shapes["bias_ih" + s] = (2 * H,)
+        for s, inputs in self.layer_directions():
+            shapes["weight_ih" + s] = (2 * H, inputs)
+            if self.bias:
+                shapes["bias_ih" + s] = (2 * H,)
         return shapes
 
     def initial_params(self, rng: Any) -> dict[str, Any]:
@@ -324,11 +292,11 @@ def mingru_direction_backward(
     # λ_t = g_t + a_next λ_next, λ past the last step = d_hT: the recurrence run the other way, whose
     # coefficient at t is the a of the step that read h_t (1 at the far end, where d_hT enters)
     one = xp.ones_like(a[:1, ...])
-    first = xp.expand_dims(h0, axis=0)
+    h_prev = previous_states(tape, reverse=reverse, xp=xp)
     if reverse:
-        coeff, h_prev, start = xp.concat([one, a[:-1, ...]], axis=0), xp.concat([hs[1:, ...], first], axis=0), T - 1
+        coeff, start = xp.concat([one, a[:-1, ...]], axis=0), T - 1
     else:
-        coeff, h_prev, start = xp.concat([a[1:, ...], one], axis=0), xp.concat([first, hs[:-1, ...]], axis=0), 0
+        coeff, start = xp.concat([a[1:, ...], one], axis=0), 0
     lam_T = xp.zeros_like(h0) if d_hT is None else d_hT
     lam, _ = (linear_scan if parallel else _sequential)(coeff, g, lam_T, reverse=not reverse, xp=xp, loop=loop)
     h_tilde = candidate_g(v, xp=xp) if log_space else v
@@ -345,12 +313,19 @@ def mingru_direction_backward(
     return (grads, dx), dh0
 
 
-def _forward_options(config: MinGRUConfig, layer: int, direction: int, prepared: Any) -> dict[str, Any]:
-    return {"log_space": config.log_space, "parallel": prepared}
+class MinGRUOptions(NamedTuple):
+    """minGRU's own keywords, forward and backward."""
+
+    log_space: bool
+    parallel: bool  # the recurrence as a scan over time (else step by step; the same results)
 
 
-def _backward_options(config: MinGRUConfig) -> dict[str, Any]:
-    return {"log_space": config.log_space, "parallel": True}  # the adjoint as a scan; a route may run it step by step
+def _forward_options(config: MinGRUConfig, layer: int, direction: int, prepared: Any) -> MinGRUOptions:
+    return MinGRUOptions(config.log_space, prepared)
+
+
+def _backward_options(config: MinGRUConfig) -> MinGRUOptions:
+    return MinGRUOptions(config.log_space, True)  # the adjoint as a scan; a route may run it step by step
 
 
 def _prepare(config, shape, options, rng, xp, dtype, device) -> bool:

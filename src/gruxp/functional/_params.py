@@ -12,6 +12,8 @@ backend (SciPy and scikit-learn do the same).
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
@@ -19,11 +21,29 @@ import numpy as np
 
 from .._namespace import from_numpy
 
-__all__ = ["gru_param_shapes", "cell_param_shapes", "init_params", "uniform_init", "constant_init", "host_rng"]
+__all__ = [
+    "direction_suffix",
+    "stack_of",
+    "gru_param_shapes",
+    "cell_param_shapes",
+    "init_params",
+    "uniform_init",
+    "constant_init",
+    "host_rng",
+]
 
 
-def _suffix(layer: int, direction: int) -> str:
+def direction_suffix(layer: int, direction: int) -> str:
+    """The end of a layer-direction's parameter names, PyTorch's: ``_l1``, ``_l1_reverse``."""
     return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+def stack_of(names: Iterable[str]) -> tuple[int, bool]:
+    """``(num_layers, bidirectional)`` of a stack from its parameter names (``weight_ih_l{k}[_reverse]``)."""
+    found = [m for m in (re.fullmatch(r"weight_ih_l(\d+)(_reverse)?", k) for k in names) if m]
+    if not found:
+        return 0, False
+    return 1 + max(int(m.group(1)) for m in found), any(m.group(2) for m in found)
 
 
 def gru_param_shapes(
@@ -35,7 +55,7 @@ def gru_param_shapes(
     for layer in range(num_layers):
         in_size = input_size if layer == 0 else D * H
         for direction in range(D):
-            s = _suffix(layer, direction)
+            s = direction_suffix(layer, direction)
             shapes["weight_ih" + s] = (3 * H, in_size)
             shapes["weight_hh" + s] = (3 * H, H)
             if bias:

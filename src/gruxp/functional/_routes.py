@@ -42,8 +42,9 @@ class Route:
     """The generic route: the core's direction functions, run as they are, one after the other.
 
     ``layer_forward(forward, calls)`` and ``layer_backward(backward, calls)`` get the core's
-    direction function and one keyword dict per direction (a bidirectional layer: two), and return
-    one result per direction, as ``forward(**call)`` would.
+    direction function and one :class:`~gruxp.functional._sequence.ForwardCall` (or ``BackwardCall``)
+    per direction (a bidirectional layer: two), and return one result per direction, as
+    ``call.run(forward, loop)`` would.
     """
 
     name = "generic"
@@ -58,13 +59,13 @@ class Route:
     def loop(self, body: Callable, carry: Any, xs: tuple, *, length: int, reverse: bool, xp: ModuleType) -> tuple[Any, tuple]:
         return python_loop(body, carry, xs, length=length, reverse=reverse, xp=xp)
 
-    def layer_forward(self, forward: Callable, calls: Sequence[dict]) -> list:
+    def layer_forward(self, forward: Callable, calls: Sequence[Any]) -> list:
         record("generic", "forward", "the direction functions, one step at a time in a Python loop")
-        return [forward(**call, loop=self.loop) for call in calls]
+        return [call.run(forward, self.loop) for call in calls]
 
-    def layer_backward(self, backward: Callable, calls: Sequence[dict]) -> list:
+    def layer_backward(self, backward: Callable, calls: Sequence[Any]) -> list:
         record("generic", "backward", "the direction functions, one step at a time in a Python loop")
-        return [backward(**call, loop=self.loop) for call in calls]
+        return [call.run(backward, self.loop) for call in calls]
 
     def matmul(self, a: Any, b: Any) -> Any:
         """``a @ b`` for 2-D arrays: the product every layer of the core makes through its route."""

@@ -17,6 +17,7 @@ Nothing is mutated: per-step results are collected in lists and stacked.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping
@@ -25,9 +26,7 @@ from typing import Any, NamedTuple
 
 from .._checks import (
     check_array,
-    check_bool,
     check_params,
-    check_positive_int,
     check_shape,
     check_traced_lengths,
     is_traced,
@@ -39,8 +38,9 @@ from .._random import Randomness, randomness
 from .._typing import Array
 from ._cell import StepCache, folded_bias, input_grad, masked_state, param_grads, step_backward, step_forward
 from ._layers import dropout_mask
-from ._params import gru_param_shapes, uniform_init
+from ._params import direction_suffix, gru_param_shapes, stack_of, uniform_init
 from ._routes import python_loop, route_for
+from ._structure import StackConfig
 
 __all__ = ["Cell", "GRUConfig", "DirectionTape", "GRUTape", "gru", "gru_forward", "gru_backward", "run_stack", "backward_stack"]
 
@@ -48,27 +48,32 @@ __all__ = ["Cell", "GRUConfig", "DirectionTape", "GRUTape", "gru", "gru_forward"
 class Cell(NamedTuple):
     """A recurrent cell as the stack driver and the routes see it: one definition per cell.
 
-    ``forward(x, h0, p, *, mask, reverse, record, xp, loop, **forward_options)`` runs one
-    layer-direction over x (T, B, I) from h0 (B, H) and returns ``(out, h_T, tape or None)``, the
-    tape a NamedTuple with at least ``x``, ``h0`` and ``hs`` (T, B, H), the states in time order;
-    ``backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop, **backward_options)``
-    returns ``((grads with short names, dx or None), dh0)``. Both drive the cell's step with the
-    ``loop`` a route hands them. ``p`` holds the layer-direction's parameters by short name
-    (``weight_ih``, not ``weight_ih_l0_reverse``). ``forward_options(config, layer, direction, prepared)``
-    and ``backward_options(config)`` give the cell's own keywords (``reset_after``, ``zoneout``, ...);
+    ``forward(x, h0, p, *, mask, reverse, record, xp, loop, **options)`` runs one layer-direction
+    over x (T, B, I) from h0 (B, H) and returns ``(out, h_T, tape or None)``, the tape a NamedTuple
+    with at least ``x``, ``h0`` and ``hs`` (T, B, H), the states in time order; ``backward(tape,
+    d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop, **options)`` returns ``((grads with
+    short names, dx or None), dh0)``. Each writes its step as ``(carry, x_t) -> (carry, saved_t)``
+    (flax's cell contract) and hands it to :func:`drive_forward` / :func:`drive_backward`, which own
+    what every cell shares (lengths, the previous states, a missing output gradient) and run it with
+    the ``loop`` a route hands them. ``p`` holds the layer-direction's parameters by short name
+    (``weight_ih``, not ``weight_ih_l0_reverse``).
+
+    ``forward_options(config, layer, direction, prepared)`` and ``backward_options(config)`` return the
+    cell's own keywords as a NamedTuple (``reset_after``, ``zoneout``, ...): they cross the seam in
+    :class:`ForwardCall` / :class:`BackwardCall`, typed records, never as loose dicts.
     ``prepare(config, shape, options, rng, xp, dtype, device)`` reads the call's options (``shape`` is
     (T, B, H)) once, before the layers run, and draws any random masks (zoneout) from ``rng``, the
     call's :class:`gruxp._random.Randomness` (on the device); what it returns reaches
     ``forward_options`` as ``prepared``.
 
-    ``static`` names the direction functions' own keywords that steer Python (kept static by a
-    compiler: the JAX route's ``jax.jit``). ``check(config, h0, xp)`` (optional) checks the call's
-    initial state against the cell's own rules
-    before any route runs, and returns it (poisoned with NaN where a traced value breaks them).
+    ``static`` names the cell's own keywords that steer Python (kept static by a compiler: the JAX
+    route's ``jax.jit``). ``check(config, h0, xp)`` (optional) checks the call's initial state against
+    the cell's own rules before any route runs, and returns it (poisoned with NaN where a traced value
+    breaks them).
 
-    A cell whose direction functions take ``parallel`` (minGRU's scan over time) lets a route run its
-    recurrence step by step instead (``parallel=False``) where that is faster; both are the same
-    function, tested against each other.
+    A cell whose options hold ``parallel`` (minGRU's scan over time) lets a route run its recurrence
+    step by step instead (``parallel=False``) where that is faster; both are the same function,
+    tested against each other.
     """
 
     name: str
@@ -78,50 +83,115 @@ class Cell(NamedTuple):
     backward_options: Any
     prepare: Any = None
     check: Any = None
-    static: tuple = ()  # its direction functions' keywords that are Python values (static under jax.jit)
+    static: tuple = ()  # its own keywords that are Python values (static under jax.jit)
 
 
-class GRUConfig(NamedTuple):
+class NoOptions(NamedTuple):
+    """A direction function with no keywords of its own."""
+
+
+class ForwardCall(NamedTuple):
+    """One layer-direction's forward, as the stack driver hands it to a route (the seam's record)."""
+
+    x: Array  # (T, B, I) the layer's input, time-major
+    h0: Array  # (B, H)
+    p: Mapping[str, Array]  # the layer-direction's parameters by short name
+    mask: Any  # (T, B, 1) bool, or None: every sequence runs T steps
+    reverse: bool
+    record: bool
+    xp: ModuleType
+    options: Any  # the cell's own keywords: the NamedTuple its forward_options made
+
+    def keywords(self) -> dict[str, Any]:
+        """The direction function's keyword arguments: the driver's and the cell's own."""
+        return {k: v for k, v in {**self._asdict(), **self.options._asdict()}.items() if k != "options"}
+
+    def run(self, forward: Any, loop: Any) -> Any:
+        return forward(**self.keywords(), loop=loop)
+
+
+class BackwardCall(NamedTuple):
+    """One layer-direction's backward, as the stack driver hands it to a route (the seam's record)."""
+
+    tape: Any  # the direction's tape, as the cell's forward recorded it
+    d_out: Any  # (T, B, H) the output's gradient, or None: zeros
+    d_hT: Any  # (B, H) the final state's gradient, or None: zeros
+    p: Mapping[str, Array]
+    mask: Any
+    reverse: bool
+    bias: bool
+    need_dx: bool
+    xp: ModuleType
+    options: Any  # the NamedTuple the cell's backward_options made
+
+    def keywords(self) -> dict[str, Any]:
+        return {k: v for k, v in {**self._asdict(), **self.options._asdict()}.items() if k != "options"}
+
+    def run(self, backward: Any, loop: Any) -> Any:
+        return backward(**self.keywords(), loop=loop)
+
+
+def drive_forward(step, h0, xs, *, mask, reverse, record, xp, loop):
+    """The time loop of every cell's forward: ``step(h, x_t) -> (h_new, saved_t)`` (the carry and what
+    backward needs of the step) over ``xs``, a tuple of (T, ...) arrays (or None), run by ``loop``.
+
+    The driver owns what every cell shares: a sequence past its length keeps its state (``mask``),
+    the states are recorded, and the outputs are zero past each length. Returns ``(out, h_T, hs,
+    saved)``: ``saved`` the stacked ``saved_t`` in time order (an empty tuple without ``record``)."""
+
+    def body(h, inputs):
+        mask_t, *x_t = inputs
+        h_new, saved = step(h, tuple(x_t))
+        h = h_new if mask_t is None else masked_state(mask_t, h_new, h, xp.where)
+        return h, ((h, *saved) if record else (h,))
+
+    h_T, ys = loop(body, h0, (mask, *xs), length=_steps(xs), reverse=reverse, xp=xp)
+    hs = ys[0]
+    out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
+    return out, h_T, hs, ys[1:]
+
+
+def _steps(xs: tuple) -> int:
+    """T, from the first array among a loop's inputs."""
+    return next(a for a in xs if a is not None).shape[0]
+
+
+def drive_backward(step, tape, d_out, d_hT, xs, *, mask, reverse, xp, loop):
+    """The reverse time loop of every cell's backward: ``step(g, h_prev_t, x_t) -> (dh_prev, saved_t)``
+    with ``g`` = dL/dh_t, over ``xs`` (as :func:`drive_forward`'s), run by ``loop`` in reverse
+    processing order.
+
+    The driver owns what every cell shares: ``g`` is the carried gradient plus the output's
+    (``d_out`` None: none), zero past a sequence's length, where the carried gradient passes through
+    unchanged; ``d_hT`` None means zeros; the states each step started from come from the tape.
+    Returns ``(dh0, h_prev, saved)``: h_prev (T, B, H) and the stacked ``saved_t`` in time order."""
+    hs = tape.hs
+    h_prev = previous_states(tape, reverse=reverse, xp=xp)
+    zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
+    dh = d_hT if d_hT is not None else xp.zeros(tape.h0.shape, dtype=hs.dtype, device=device_of(hs))
+
+    def body(dh, inputs):
+        d_out_t, mask_t, h_prev_t, *x_t = inputs
+        g = dh if d_out_t is None else dh + d_out_t
+        if mask_t is not None:
+            g = masked_state(mask_t, g, zero, xp.where)
+        dh_new, saved = step(g, h_prev_t, tuple(x_t))
+        dh = dh_new if mask_t is None else masked_state(mask_t, dh_new, dh, xp.where)
+        return dh, saved
+
+    dh0, saved = loop(body, dh, (d_out, mask, h_prev, *xs), length=hs.shape[0], reverse=not reverse, xp=xp)
+    return dh0, h_prev, saved
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUConfig(StackConfig):
     """The structure of a stacked GRU; the parameter shapes follow from it."""
 
-    input_size: int
-    hidden_size: int
-    num_layers: int = 1
-    bias: bool = True
-    batch_first: bool = False
-    bidirectional: bool = False
     reset_after: bool = True
-
-    @classmethod
-    def checked(
-        cls,
-        input_size: Any,
-        hidden_size: Any,
-        num_layers: Any = 1,
-        bias: Any = True,
-        batch_first: Any = False,
-        bidirectional: Any = False,
-        reset_after: Any = True,
-    ) -> GRUConfig:
-        """The structure from user values, each checked (a ``TypeError``/``ValueError`` that names it)."""
-        return cls(
-            check_positive_int("input_size", input_size),
-            check_positive_int("hidden_size", hidden_size),
-            check_positive_int("num_layers", num_layers),
-            check_bool("bias", bias),
-            check_bool("batch_first", batch_first),
-            check_bool("bidirectional", bidirectional),
-            check_bool("reset_after", reset_after),
-        )
-
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
 
     @property
     def cell(self) -> Cell:
-        """The cell this structure stacks (the GRU's; :class:`LayerNormGRUConfig` and
-        :class:`MinGRUConfig` name theirs)."""
+        """The cell this structure stacks (the GRU's; every cell's structure names its own)."""
         return GRU_CELL
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -161,10 +231,6 @@ class GRUTape(NamedTuple):
     owner: Any = None  # set by gruxp.GRU so that a tape cannot cross models
 
 
-def _suffix(layer: int, direction: int) -> str:
-    return f"_l{layer}" + ("_reverse" if direction else "")
-
-
 def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp, loop=python_loop):
     """One direction's forward over x (T, B, I) from h0 (B, H), the shared step driven by ``loop``:
     ``(out, h_T, DirectionTape or None)``. The generic code of every route (see :mod:`._routes`)."""
@@ -176,18 +242,16 @@ def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp, 
         gi = gi + b_in
 
     def step(h, inputs):
-        gi_t, mask_t = inputs
-        h_new, cache = step_forward(gi_t, h, w_hh, b_hn, reset_after=reset_after, xp=xp)
-        h = h_new if mask_t is None else masked_state(mask_t, h_new, h, xp.where)
-        return h, ((h, *cache) if record else (h,))
+        (gi_t,) = inputs
+        return step_forward(gi_t, h, w_hh, b_hn, reset_after=reset_after, xp=xp)
 
-    h, ys = loop(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
-    return direction_result(x, h0, h, ys, mask=mask, record=record, xp=xp)
+    out, h_T, hs, cache = drive_forward(step, h0, (gi,), mask=mask, reverse=reverse, record=record, xp=xp, loop=loop)
+    return out, h_T, (DirectionTape(x, h0, hs, *cache) if record else None)
 
 
 def direction_result(x, h0, h_T, states, *, mask, record, xp):
     """``(out, h_T, DirectionTape or None)`` from a direction's states ``(hs, r, z, n, gh_n)`` (or
-    ``(hs,)`` without ``record``): out is zero past each sequence's end."""
+    ``(hs,)`` without ``record``), for a route's loop of its own: out is zero past each sequence's end."""
     hs = states[0]
     out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
     return out, h_T, (DirectionTape(x, h0, *states) if record else None)
@@ -202,27 +266,20 @@ def previous_states(tape: DirectionTape, *, reverse: bool, xp: ModuleType) -> An
 def direction_backward_loop(tape, d_out, d_hT, p, *, mask, reverse, reset_after, bias, need_dx, xp, loop=python_loop):
     """One direction's backward, the shared step driven by ``loop`` (in reverse processing order):
     ``((grads with short names, dx (T, B, I) or None), dh0 (B, H))``."""
-    x, h0, hs = tape.x, tape.h0, tape.hs
-    B, H = h0.shape
     w_hh = p["weight_hh"]
-    h_prev = previous_states(tape, reverse=reverse, xp=xp)
-    zero = xp.zeros((), dtype=hs.dtype, device=device_of(hs))
-    dh = d_hT if d_hT is not None else xp.zeros((B, H), dtype=hs.dtype, device=device_of(hs))
 
-    def step(dh, inputs):
-        d_out_t, mask_t, h_prev_t, r_t, z_t, n_t, gh_n_t = inputs
-        g = dh if d_out_t is None else dh + d_out_t
-        if mask_t is not None:
-            g = masked_state(mask_t, g, zero, xp.where)
-        grads = step_backward(g, h_prev_t, StepCache(r_t, z_t, n_t, gh_n_t), w_hh, reset_after=reset_after, xp=xp)
-        dh = grads.dh if mask_t is None else masked_state(mask_t, grads.dh, dh, xp.where)
-        return dh, (grads.d_r, grads.d_z, grads.d_an, grads.d_ghn if reset_after else None)
+    def step(g, h_prev_t, inputs):
+        grads = step_backward(g, h_prev_t, StepCache(*inputs), w_hh, reset_after=reset_after, xp=xp)
+        return grads.dh, (grads.d_r, grads.d_z, grads.d_an, grads.d_ghn if reset_after else None)
 
-    xs = (d_out, mask, h_prev, tape.r, tape.z, tape.n, tape.gh_n)
-    dh, (d_r, d_z, d_an, d_ghn) = loop(step, dh, xs, length=x.shape[0], reverse=not reverse, xp=xp)
+    xs = (tape.r, tape.z, tape.n, tape.gh_n)
+    dh0, h_prev, (d_r, d_z, d_an, d_ghn) = drive_backward(
+        step, tape, d_out, d_hT, xs, mask=mask, reverse=reverse, xp=xp, loop=loop
+    )
     d_i = xp.concat([d_r, d_z, d_an], axis=-1)
     d_h = xp.concat([d_r, d_z, d_ghn], axis=-1) if reset_after else d_i
-    return finish_backward(d_i, d_h, x, h_prev, tape.r, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh
+    x = tape.x
+    return finish_backward(d_i, d_h, x, h_prev, tape.r, p, reset_after=reset_after, bias=bias, need_dx=need_dx, xp=xp), dh0
 
 
 def finish_backward(d_i, d_h, x, h_prev, r, p, *, reset_after, bias, need_dx, xp, matmul=None):
@@ -302,7 +359,7 @@ def _direction_params(params: Mapping[str, Any], layer: int, direction: int) -> 
 
 @functools.lru_cache(maxsize=256)
 def _direction_names(names: tuple[str, ...], layer: int, direction: int) -> tuple[tuple[str, str], ...]:
-    s = _suffix(layer, direction)
+    s = direction_suffix(layer, direction)
     return tuple((full, full[: -len(s)]) for full in names if full.endswith(s))
 
 
@@ -338,15 +395,15 @@ def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, 
     layers: list[tuple] = []
     for layer in range(L):
         calls = [
-            dict(
-                x=layer_in,
-                h0=h0[layer * D + d, ...],
-                p=_direction_params(params, layer, d),
-                mask=mask,
-                reverse=bool(d),
-                record=record,
-                xp=xp,
-                **cell.forward_options(config, layer, d, prepared),
+            ForwardCall(
+                layer_in,
+                h0[layer * D + d, ...],
+                _direction_params(params, layer, d),
+                mask,
+                bool(d),
+                record,
+                xp,
+                cell.forward_options(config, layer, d, prepared),
             )
             for d in range(D)
         ]
@@ -373,30 +430,33 @@ def run_stack(params, x, h0, lengths, config, *, record: bool, xp, dropout=0.0, 
     return out, h_n, tape
 
 
-def _gru_forward_options(config: GRUConfig, layer: int, direction: int, prepared: Any) -> dict[str, Any]:
-    return {"reset_after": config.reset_after}
+class GRUOptions(NamedTuple):
+    """The GRU's own keywords, forward and backward."""
+
+    reset_after: bool
 
 
-def _gru_backward_options(config: GRUConfig) -> dict[str, Any]:
-    return {"reset_after": config.reset_after}
+def _gru_options(config: GRUConfig, *args: Any) -> GRUOptions:
+    return GRUOptions(config.reset_after)
 
 
-GRU_CELL = Cell(
-    "gru", direction_forward_loop, direction_backward_loop, _gru_forward_options, _gru_backward_options, static=("reset_after",)
-)
+GRU_CELL = Cell("gru", direction_forward_loop, direction_backward_loop, _gru_options, _gru_options, static=("reset_after",))
 
 
 def config_from_params(params, cls=GRUConfig, *, gates=3, recurrent=True, **structure) -> Any:
     """A cell's structure ``cls.checked(I, H, **structure)`` with I and H read from ``weight_ih_l0``
-    (gates·H, I); ``bias=None`` in ``structure`` means "as the params have it"."""
+    (gates·H, I); ``bias``, ``num_layers`` or ``bidirectional`` given as None mean "as the params'
+    names have it" (``bias_ih_l0``, ``weight_ih_l{k}``, ``weight_ih_l0_reverse``)."""
     needed = ["weight_ih_l0"] + (["weight_hh_l0"] if recurrent else [])
     if not isinstance(params, Mapping) or any(k not in params for k in needed):
         raise ValueError(f"params must hold {' and '.join(repr(k) for k in needed)} (PyTorch's names)")
     w = params["weight_ih_l0"]
     if getattr(w, "ndim", None) != 2 or w.shape[0] % gates:
         raise ValueError(f"params['weight_ih_l0'] must have shape ({gates}H, I); got {tuple(getattr(w, 'shape', ()))}")
-    if structure.get("bias") is None:
-        structure["bias"] = "bias_ih_l0" in params
+    num_layers, bidirectional = stack_of(params)
+    read = {"bias": "bias_ih_l0" in params, "num_layers": num_layers, "bidirectional": bidirectional}
+    structure.setdefault("bias", None)
+    structure.update({name: value for name, value in read.items() if name in structure and structure[name] is None})
     return cls.checked(int(w.shape[1]), int(w.shape[0]) // gates, **structure)
 
 
@@ -527,23 +587,23 @@ def backward_stack(tape: GRUTape, d_out: Array = None, d_hn: Array = None, *, in
     d_layer = d_out
     for layer in range(config.num_layers - 1, -1, -1):
         calls = [
-            dict(
-                tape=tape.layers[layer][d],
-                d_out=None if d_layer is None else (d_layer if D == 1 else d_layer[..., d * H : (d + 1) * H]),
-                d_hT=None if d_hn is None else d_hn[layer * D + d, ...],
-                p=_direction_params(params, layer, d),
-                mask=tape.mask,
-                reverse=bool(d),
-                bias=config.bias,
-                need_dx=layer > 0 or input_grad,
-                xp=xp,
-                **cell.backward_options(config),
+            BackwardCall(
+                tape.layers[layer][d],
+                None if d_layer is None else (d_layer if D == 1 else d_layer[..., d * H : (d + 1) * H]),
+                None if d_hn is None else d_hn[layer * D + d, ...],
+                _direction_params(params, layer, d),
+                tape.mask,
+                bool(d),
+                config.bias,
+                layer > 0 or input_grad,
+                xp,
+                cell.backward_options(config),
             )
             for d in range(D)
         ]
         d_in = None
         for direction, ((g, dx), dh0) in enumerate(route.layer_backward(cell.backward, calls)):
-            suffix = _suffix(layer, direction)
+            suffix = direction_suffix(layer, direction)
             grads.update({short + suffix: value for short, value in g.items()})
             dh0s[layer * D + direction] = dh0
             d_in = dx if d_in is None else d_in + dx
