@@ -1,15 +1,17 @@
 """The new cells against their yardsticks, in one process: minGRU against its own projection GEMMs
-and against gruxp's GRU; the layer-normalised GRU's training step against the GRU's.
+and against gruxp's GRU; the layer-normalised GRU's and the light GRU's training steps against the GRU's.
 
     python benchmarks/bench_cells.py                     # NumPy, and JAX when installed
     python benchmarks/bench_cells.py --rounds 3 --kernel=Haswell --out benchmarks/results
+    python benchmarks/bench_cells.py --json times.json   # every job's median ms (compare_trees.py --bench cells)
 
 minGRU, forward + backward (float32, I = H): "GEMMs alone" is the three products its step cannot
 avoid, made the way gruxp makes them (the route's matmul on NumPy; XLA under jax.jit): the input
 projection X Wᵀ (T·B, 2H), and in backward dW = dPᵀ X and dx = dP W. Everything else in minGRU
 (gates, the scan, its reverse) is the overhead over them. The GRU at the same size runs its
-forward and backward on the CPU route. The layer-normalised GRU's step is forward + backward at
-(B, T, H) = (64, 100, 256), against the GRU's. Medians of ``--rounds`` interleaved rounds; each
+forward and backward on the CPU route. The layer-normalised GRU's and the light GRU's steps are
+forward + backward at (B, T, H) = (64, 100, 256), against the GRU's (the light GRU declares no CPU
+loop: NumPy runs it as the generic code). Medians of ``--rounds`` interleaved rounds; each
 ratio is the median of the per-round ratios; a round times each job by the median of three calls
 after an untimed one. OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset (or set
 by --kernel) as in bench_cpu.py.
@@ -102,7 +104,11 @@ def _ln_jobs() -> dict:
 
         return run
 
-    return {"GRU": train(gruxp.GRU(H, H, seed=0)), "LayerNormGRU": train(gruxp.LayerNormGRU(H, H, seed=0))}
+    return {
+        "GRU": train(gruxp.GRU(H, H, seed=0)),
+        "LayerNormGRU": train(gruxp.LayerNormGRU(H, H, seed=0)),
+        "LiGRU": train(gruxp.LiGRU(H, H, seed=0)),
+    }
 
 
 def _measure(jobs: dict, rounds: int, calls: int = 3) -> dict[str, list[float]]:
@@ -129,7 +135,9 @@ def main() -> None:
     parser.add_argument("--kernel", default=None, help="OPENBLAS_CORETYPE for this run, as --kernel=Haswell (default: unset)")
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--out", default=None, help="folder for the Markdown table")
+    parser.add_argument("--json", default=None, help="a file for every job's median milliseconds, by name")
     args = parser.parse_args()
+    medians: dict[str, float] = {}
     info = blas_info()
     lines = [
         f"# {time.strftime('%Y-%m-%d')}  numpy {np.__version__}  gruxp {gruxp.__version__}  cpus {os.cpu_count()}",
@@ -144,6 +152,7 @@ def main() -> None:
     for B, T, H in MIN_SIZES:
         t = _measure(_numpy_jobs(B, T, H), args.rounds)
         med = {k: 1e3 * statistics.median(v) for k, v in t.items()}
+        medians |= {f"numpy {k} {(B, T, H)}": v for k, v in med.items()}
         lines.append(
             f"| numpy | ({B}, {T}, {H}) | {med['GEMMs alone']:.1f} | {med['minGRU']:.1f} | "
             f"{_ratio(t, 'minGRU', 'GEMMs alone'):.2f}× | {med['GRU']:.1f} | {_ratio(t, 'GRU', 'minGRU'):.2f}× |"
@@ -160,6 +169,7 @@ def main() -> None:
             for B, T, H in MIN_SIZES:
                 t = _measure(_jax_jobs(B, T, H), args.rounds)
                 med = {k: 1e3 * statistics.median(v) for k, v in t.items()}
+                medians |= {f"jax {k} {(B, T, H)}": v for k, v in med.items()}
                 lines.append(
                     f"| jax {jax.__version__} | ({B}, {T}, {H}) | {med['GEMMs alone']:.1f} | {med['minGRU']:.1f} | "
                     f"{_ratio(t, 'minGRU', 'GEMMs alone'):.2f}× | – | – |"
@@ -167,15 +177,22 @@ def main() -> None:
                 print(lines[-1], flush=True)
     t = _measure(_ln_jobs(), args.rounds)
     med = {k: 1e3 * statistics.median(v) for k, v in t.items()}
+    medians |= {f"numpy step {k} {LN_SIZE}": v for k, v in med.items()}
     lines += [
         "",
         f"Training step (forward + backward, no dx), float32, (B, T, H) = {LN_SIZE}, NumPy's CPU route:",
         "",
-        "| GRU ms | LayerNormGRU ms | LayerNormGRU / GRU |",
-        "|---|---|---|",
-        f"| {med['GRU']:.1f} | {med['LayerNormGRU']:.1f} | {_ratio(t, 'LayerNormGRU', 'GRU'):.2f}× |",
+        "| GRU ms | LayerNormGRU ms | LayerNormGRU / GRU | LiGRU ms | LiGRU / GRU |",
+        "|---|---|---|---|---|",
+        f"| {med['GRU']:.1f} | {med['LayerNormGRU']:.1f} | {_ratio(t, 'LayerNormGRU', 'GRU'):.2f}× | "
+        f"{med['LiGRU']:.1f} | {_ratio(t, 'LiGRU', 'GRU'):.2f}× |",
     ]
     print("\n".join(lines))
+    if args.json:
+        import json
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(medians))
     if args.out:
         from pathlib import Path
 

@@ -1,7 +1,9 @@
-"""This gruxp against another source tree (an earlier commit), bench_cpu.py's configs, runs alternating.
+"""This gruxp against another source tree (an earlier commit), bench_cpu.py's configs (or
+bench_cells.py's jobs, ``--bench cells``), runs alternating.
 
     git worktree add /tmp/before HEAD~3
     python benchmarks/compare_trees.py /tmp/before/src --runs 3 --rounds 7 [--kernel=Haswell]
+    python benchmarks/compare_trees.py /tmp/before/src --bench cells --runs 3 --rounds 3
 
 Two versions of gruxp cannot share a process, so each run of bench_cpu.py times one of them
 against torch.nn.GRU; runs alternate (this, the other, this, ...) so that a slow spell of a shared
@@ -33,6 +35,36 @@ def one_run(src: str, rounds: int, kernel: str | None, folder: str) -> list[dict
     return json.loads(next(out.glob("*.json")).read_text())["rows"]
 
 
+def one_cells_run(src: str, rounds: int, kernel: str | None, folder: str) -> dict[str, float]:
+    out = Path(folder) / f"cells-{len(os.listdir(folder))}.json"
+    env = {**os.environ, "PYTHONPATH": src}
+    command = [sys.executable, str(HERE / "bench_cells.py"), "--rounds", str(rounds), "--json", str(out)]
+    if kernel:
+        command.append(f"--kernel={kernel}")
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def compare_cells(args: argparse.Namespace, this: str) -> list[str]:
+    results: dict[str, list[dict[str, float]]] = {"this": [], "other": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(args.runs):
+            for name, src in (("this", this), ("other", args.other)):
+                results[name].append(one_cells_run(src, args.rounds, args.kernel, folder))
+    med = statistics.median
+    lines = [
+        f"# bench_cells.py: this: {this}; other: {args.other}; {args.runs} runs each, alternating, {args.rounds} rounds a run; "
+        f"OPENBLAS_CORETYPE {args.kernel or 'unset'}",
+        "| job | this ms | other ms | this / other (median of the runs' ratios) |",
+        "|---|---|---|---|",
+    ]
+    for job in results["this"][0]:
+        ratios = [a[job] / b[job] for a, b in zip(results["this"], results["other"], strict=True)]
+        this_ms, other_ms = med(r[job] for r in results["this"]), med(r[job] for r in results["other"])
+        lines.append(f"| {job} | {this_ms:.1f} | {other_ms:.1f} | {med(ratios):.3f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("other", help="the other version's src folder")
@@ -40,8 +72,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--kernel", default=None, help="OPENBLAS_CORETYPE for both, as --kernel=Haswell")
     parser.add_argument("--out", default=None, help="a file to write the Markdown table to, too")
+    parser.add_argument(
+        "--bench", choices=("cpu", "cells"), default="cpu", help="bench_cpu.py's configs or bench_cells.py's jobs"
+    )
     args = parser.parse_args()
     this = str(HERE.parent / "src")
+    if args.bench == "cells":
+        lines = compare_cells(args, this)
+        print("\n".join(lines))
+        if args.out:
+            Path(args.out).write_text("\n".join(lines) + "\n")
+        return
     results: dict[str, list[list[dict]]] = {"this": [], "other": []}
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(args.runs):

@@ -109,27 +109,32 @@ def test_this_machine_is_described_consistently():
 
 
 def test_the_other_cells_plans_follow_the_gru_plans_rules():
-    """lngru and mingru: the fuser threshold, the pieces from CPUs (never the usable cores), the
-    refusals that send a layer to the generic code, each with its reason."""
-    from gruxp._native.plan import Shape, cell_plan
+    """lngru and mingru, asked through the one entry: the fuser threshold, the pieces from CPUs (never
+    the usable cores), the refusals that send a layer to the generic code, each with its reason; each
+    cell's own refusal is declared with its CPU loop."""
+    from gruxp._native.plan import Shape
 
     big, small = Shape(100, 64, 256, 256, 1), Shape(10, 8, 16, 16, 1)
     for cell in ("lngru", "mingru"):
-        busy = cell_plan(cell, big, "float32", Machine(cpus=4, usable=1, blas="SkylakeX", numba=True))
-        quiet = cell_plan(cell, big, "float32", Machine(cpus=4, usable=4, blas="SkylakeX", numba=True))
+        busy = plan_for(cell, big, "float32", Machine(cpus=4, usable=1, blas="SkylakeX", numba=True))
+        quiet = plan_for(cell, big, "float32", Machine(cpus=4, usable=4, blas="SkylakeX", numba=True))
         assert busy.route == quiet.route == "fused" and busy.pieces == quiet.pieces and len(quiet.pieces) == 4
         assert (busy.workers, quiet.workers) == (1, 4)
-        assert cell_plan(cell, small, "float32", Machine(cpus=4, usable=4, numba=True, blas="Haswell")).route == "generic"
-        forced = cell_plan(cell, small, "float32", Machine(cpus=4, usable=4, numba=True, blas="Haswell"), fuser="numba")
+        assert plan_for(cell, small, "float32", Machine(cpus=4, usable=4, numba=True, blas="Haswell")).route == "generic"
+        forced = plan_for(cell, small, "float32", Machine(cpus=4, usable=4, numba=True, blas="Haswell"), fuser="numba")
         assert forced.route == "fused" and len(forced.pieces) == 1
-        assert cell_plan(cell, big, "float16", Machine(cpus=4, usable=4, numba=True, blas="Haswell")).route == "generic"
-        assert cell_plan(cell, big, "float32", Machine(cpus=4, usable=4, numba=False, blas="Haswell")).route == "generic"
-    no_blas = cell_plan("lngru", big, "float32", Machine(cpus=4, usable=4, numba=True, blas=None))
+        assert plan_for(cell, big, "float16", Machine(cpus=4, usable=4, numba=True, blas="Haswell")).route == "generic"
+        assert plan_for(cell, big, "float32", Machine(cpus=4, usable=4, numba=False, blas="Haswell")).route == "generic"
+    no_blas = plan_for("lngru", big, "float32", Machine(cpus=4, usable=4, numba=True, blas=None))
     assert no_blas.route == "generic" and "BLAS" in no_blas.reasons[0]
-    log = cell_plan("mingru", big, "float32", Machine(cpus=4, usable=4, numba=True, blas=None), log_space=True)
+    log = plan_for("mingru", big, "float32", Machine(cpus=4, usable=4, numba=True, blas=None), options={"log_space": True})
     assert log.route == "generic" and "log_space" in log.reasons[0]
+    two = Shape(100, 64, 256, 256, 2)  # minGRU's loop runs a layer's directions one after the other
+    assert len(plan_for("mingru", two, "float32", Machine(cpus=4, usable=4, blas="SkylakeX", numba=True)).pieces) == 4
+    assert len(plan_for("lngru", two, "float32", Machine(cpus=4, usable=4, blas="SkylakeX", numba=True)).pieces) == 2
+    assert plan_for("ligru", big, "float32", SKYLAKEX).route == "generic"  # it declares no CPU loop
     with pytest.raises(PlanError, match="numba is not installed"):  # one error type for every plan
-        cell_plan("mingru", big, "float32", Machine(cpus=4, usable=4, numba=False), fuser="numba")
+        plan_for("mingru", big, "float32", Machine(cpus=4, usable=4, numba=False), fuser="numba")
 
 
 def test_one_plan_entry_one_error_and_the_forceable_fields_are_the_plans():

@@ -35,12 +35,19 @@ class CellSpec(NamedTuple):
     options: Mapping[str, str] = {}  # the model's own options (beyond the GRU's), by kind
     cpu: str | None = None  # "module:Class" of a CPU loop for its direction functions (NumPy), or None
 
-    def cpu_route(self, route: Any) -> Any:
-        """The CPU loop for this cell, made on ``route`` (the CPU route), or None."""
+    def cpu_class(self) -> Any:
+        """The class of this cell's CPU loop (imported on first use), or None. It is made on the CPU
+        route (``cls(route)``) and declares its plan rule, ``cls.plan(shape, dtype, machine, *, fuser,
+        max_workers, options, rules)`` (:func:`gruxp._native.plan.plan_for` asks it)."""
         if self.cpu is None:
             return None
         module, _, name = self.cpu.partition(":")
-        return getattr(importlib.import_module(module), name)(route)
+        return getattr(importlib.import_module(module), name)
+
+    def cpu_route(self, route: Any) -> Any:
+        """The CPU loop for this cell, made on ``route`` (the CPU route), or None."""
+        loop = self.cpu_class()
+        return None if loop is None else loop(route)
 
 
 _CELLS: dict[str, CellSpec] = {}

@@ -212,20 +212,7 @@ def save(
     """
     path = Path(path)
     arrays = {f"param/{k}": v for k, v in model.state_dict(numpy=True).items()}
-    optim_meta = None
-    if optimizer is not None:
-        scalars = {}
-        for slot, value in (opt_state or {}).items():
-            if isinstance(value, Mapping):
-                arrays.update({f"optim/{slot}/{k}": to_numpy(v) for k, v in value.items()})
-            else:
-                scalars[slot] = value
-        optim_meta = {
-            "type": type(optimizer).__name__,
-            "config": optimizer.config(),
-            "scalars": scalars,
-            "slots": sorted(k for k, v in (opt_state or {}).items() if isinstance(v, Mapping)),
-        }
+    optim_meta = None if optimizer is None else _optimizer_members(optimizer, opt_state or {}, arrays)
     arrays.update({f"carry/{k}": to_numpy(v) for k, v in (carry or {}).items()})
     _check_finite(arrays)
     meta = {
@@ -240,7 +227,29 @@ def save(
         "members": sorted(arrays),
     }
     arrays["__meta__"] = np.frombuffer(json.dumps(_json_safe(meta), allow_nan=False).encode("utf-8"), dtype=np.uint8)
-    target = _target(path)
+    _write_atomically(_target(path), arrays)
+    return path
+
+
+def _optimizer_members(optimizer: Any, opt_state: Mapping[str, Any], arrays: dict[str, Any]) -> dict[str, Any]:
+    """Add the optimizer state's arrays to ``arrays`` (``optim/{slot}/{name}``); its description."""
+    scalars = {}
+    for slot, value in opt_state.items():
+        if isinstance(value, Mapping):
+            arrays.update({f"optim/{slot}/{k}": to_numpy(v) for k, v in value.items()})
+        else:
+            scalars[slot] = value
+    return {
+        "type": type(optimizer).__name__,
+        "config": optimizer.config(),
+        "scalars": scalars,
+        "slots": sorted(k for k, v in opt_state.items() if isinstance(v, Mapping)),
+    }
+
+
+def _write_atomically(target: Path, arrays: dict[str, Any]) -> None:
+    """``arrays`` as an .npz at ``target``: written to a locked temporary beside it, flushed to disk,
+    renamed over it (atomic; concurrent saves: the last one wins), and the rename made durable."""
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target)
     tmp, fd = _create_locked_temporary(target)
@@ -261,7 +270,6 @@ def save(
             os.close(dir_fd)
     except OSError:
         pass
-    return path
 
 
 # -- reading: every byte is distrusted until checked ------------------------------------------------
@@ -383,40 +391,10 @@ def load(path: str | os.PathLike) -> Checkpoint:
             path, f"is not a checkpoint: gruxp writes them as .npz archives (train's OUT/checkpoint.npz); it starts {head!r}"
         )
     try:
-        size = path.stat().st_size
-        with zipfile.ZipFile(path) as zf:
-            infos = {info.filename: info for info in zf.infolist()}
-            for info in infos.values():
-                if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
-                    raise _fail(
-                        path, f"member {info.filename!r} is compressed or larger than the file (gruxp writes stored members only)"
-                    )
-            if "__meta__.npy" not in infos:
-                raise _fail(path, "is not a gruxp checkpoint (no __meta__ member)")
-            raw = _read_member(zf, infos["__meta__.npy"], path)
-            if raw.dtype != np.uint8 or raw.ndim != 1:
-                raise _fail(path, "has a __meta__ member that is not UTF-8 bytes")
-            meta = _validate_meta(json.loads(raw.tobytes().decode("utf-8"), parse_constant=_refuse_constant), path)
-            missing = [m for m in meta["members"] if m + ".npy" not in infos]
-            if missing:
-                raise _fail(path, f"is incomplete: missing {missing}")
-            arrays = {m: _read_member(zf, infos[m + ".npy"], path) for m in meta["members"]}
+        meta, arrays = _read_archive(path)
     except CheckpointError:
         raise
-    except (
-        zipfile.BadZipFile,
-        zipfile.LargeZipFile,
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        UnicodeDecodeError,
-        NotImplementedError,
-        RecursionError,
-        MemoryError,
-    ) as exc:
+    except _UNSOUND as exc:
         raise _fail(path, f"is truncated or corrupted ({type(exc).__name__}: {exc})") from exc
     params = {m.split("/", 1)[1]: a for m, a in arrays.items() if m.startswith("param/")}
     carry = {m.split("/", 1)[1]: a for m, a in arrays.items() if m.startswith("carry/")}
@@ -426,6 +404,45 @@ def load(path: str | os.PathLike) -> Checkpoint:
             _, slot, name = m.split("/", 2)
             optim.setdefault(slot, {})[name] = a
     return Checkpoint(meta, params, optim, carry)
+
+
+# What reading an unsound archive may raise, each turned into a CheckpointError that names the file
+_UNSOUND = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    UnicodeDecodeError,
+    NotImplementedError,
+    RecursionError,
+    MemoryError,
+)
+
+
+def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(meta, arrays)`` of the .npz at ``path``, every member checked as :func:`load` says."""
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        infos = {info.filename: info for info in zf.infolist()}
+        for info in infos.values():
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+                raise _fail(
+                    path, f"member {info.filename!r} is compressed or larger than the file (gruxp writes stored members only)"
+                )
+        if "__meta__.npy" not in infos:
+            raise _fail(path, "is not a gruxp checkpoint (no __meta__ member)")
+        raw = _read_member(zf, infos["__meta__.npy"], path)
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise _fail(path, "has a __meta__ member that is not UTF-8 bytes")
+        meta = _validate_meta(json.loads(raw.tobytes().decode("utf-8"), parse_constant=_refuse_constant), path)
+        missing = [m for m in meta["members"] if m + ".npy" not in infos]
+        if missing:
+            raise _fail(path, f"is incomplete: missing {missing}")
+        return meta, {m: _read_member(zf, infos[m + ".npy"], path) for m in meta["members"]}
 
 
 def _layer_types() -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ._namespace import device_of, namespace_of, same_device, to_numpy
 from ._random import is_jax_key, randomness
 from ._typing import Array
 from .functional._layers import check_ids, dropout_mask, embedding, embedding_backward, last_step_mask, linear, linear_backward
-from .models import Modal, Module, Recurrent
+from .models import CELLS, Modal, Module, Recurrent
 
 __all__ = ["Linear", "Embedding", "Dropout", "LastStep", "Sequential", "SequentialTape"]
 
@@ -494,10 +494,7 @@ class Sequential:
         """``(y, state, tape)``: ``state`` maps each GRU's name to its h_n (its h0 on input). ``rng``:
         where the masks of a training-mode call come from (see :meth:`_layer_rngs`; under ``jax.jit``
         a key); by default each layer's own ``rng``."""
-        state = dict(state or {})
-        unknown = [k for k in state if not isinstance(self.layers.get(k), Recurrent)]
-        if unknown:
-            raise ValueError(f"state has entries for layers that are not recurrent (GRU, LayerNormGRU, MinGRU): {unknown}")
+        state = self._checked_state(state)
         rngs = self._layer_rngs(rng)
         new_state, tapes, y = {}, [], x
         for name, layer in self.layers.items():
@@ -514,7 +511,7 @@ class Sequential:
         self, x: Array, state: Mapping[str, Any] | None = None, *, lengths: Any = None, rng: Any = None
     ) -> tuple[Any, dict]:
         """Inference ``(y, state)``; GRUs keep no tape. ``rng`` as in :meth:`forward`."""
-        state = dict(state or {})
+        state = self._checked_state(state)
         rngs = self._layer_rngs(rng)
         new_state, y = {}, x
         for name, layer in self.layers.items():
@@ -528,15 +525,21 @@ class Sequential:
                 y = layer(y)
         return y, new_state
 
+    def _checked_state(self, state: Mapping[str, Any] | None) -> dict:
+        """A copy of a call's carried states, each naming a recurrent layer of this model."""
+        state = dict(state or {})
+        unknown = [k for k in state if not isinstance(self.layers.get(k), Recurrent)]
+        if unknown:
+            recurrent = ", ".join(model.__name__ for model in CELLS.values())
+            raise ValueError(f"state has entries for layers that are not recurrent ({recurrent}): {unknown}")
+        return state
+
     def step(self, x_t: Array, state: Mapping[str, Any] | None = None) -> tuple[Any, dict]:
         """Streaming inference, one time step: ``(y_t, state)`` from x_t (B, ...) without the time axis
         (ids (B,) for an Embedding first), each recurrent layer's state carried by name as in
         :meth:`__call__`, which the caller holds. Recurrent layers run :meth:`gruxp.Recurrent.step`;
         ``LastStep`` passes a step through (it is its own last); other layers run as in a call."""
-        state = dict(state or {})
-        unknown = [k for k in state if not isinstance(self.layers.get(k), Recurrent)]
-        if unknown:
-            raise ValueError(f"state has entries for layers that are not recurrent (GRU, LayerNormGRU, MinGRU): {unknown}")
+        state = self._checked_state(state)
         new_state, y = {}, x_t
         for name, layer in self.layers.items():
             if isinstance(layer, Recurrent):

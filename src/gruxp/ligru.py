@@ -31,13 +31,20 @@ from typing import Any, NamedTuple
 from . import cells
 from ._checks import check_dropout
 from ._typing import Array
-from .functional._cell import activations, sigmoid_grad
+from .functional import (
+    Cell,
+    StackConfig,
+    activations,
+    drive_backward,
+    drive_forward,
+    layer_norm,
+    layer_norm_backward,
+    python_loop,
+    sigmoid_grad,
+    uniform_init,
+)
 from .functional._layers import dropout_mask
-from .functional._lngru import layer_norm, layer_norm_backward
-from .functional._params import constant_init, uniform_init
-from .functional._routes import python_loop
-from .functional._sequence import Cell, drive_backward, drive_forward
-from .functional._structure import StackConfig
+from .functional._params import constant_init
 from .models import Recurrent, StructureField
 
 __all__ = ["LiGRU", "LiGRUConfig", "LIGRU_CELL", "ligru_step", "ligru_step_backward"]

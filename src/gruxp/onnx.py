@@ -131,6 +131,43 @@ def export(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    layers, gru = _exportable_layers(model)
+    _check_options(onnx, gru, opset=opset, dynamic=dynamic, shape=shape, dtype=dtype)
+    np_dtype, elem = np.float32, TensorProto.FLOAT
+    g = _Graph(helper, numpy_helper)
+    T_dim, B_dim = ("T", "B") if shape is None else (int(shape[0]), int(shape[1]))  # shape is given exactly when not dynamic
+    lead = [B_dim, T_dim] if gru.batch_first else [T_dim, B_dim]
+    first = next(iter(layers.values()))
+    if isinstance(first, Embedding):
+        graph_inputs = [helper.make_tensor_value_info("x", TensorProto.INT64, lead)]
+    else:  # the model's input: the first layer's features (a Linear may come before the GRU)
+        in_features = first.in_features if isinstance(first, Linear) else gru.input_size
+        graph_inputs = [helper.make_tensor_value_info("x", elem, lead + [in_features])]
+    state_shape = [gru.num_layers * (2 if gru.bidirectional else 1), B_dim, gru.hidden_size]
+    if lengths:
+        graph_inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, [B_dim]))
+    if h0:
+        graph_inputs.append(helper.make_tensor_value_info("h0", elem, state_shape))
+    current, h_n, features = _layer_nodes(g, layers, lengths=lengths, h0=h0, np_dtype=np_dtype)
+    out_name = "out" if isinstance(model, GRU) or isinstance(list(layers.values())[-1], GRU) else "y"
+    g.node("Identity", [current], stem="unused")
+    g.nodes[-1].output[0] = out_name
+    g.node("Identity", [h_n], stem="unused")
+    g.nodes[-1].output[0] = "h_n"
+    graph_outputs = [
+        helper.make_tensor_value_info(out_name, elem, lead + [features]),
+        helper.make_tensor_value_info("h_n", elem, state_shape),
+    ]
+    graph = helper.make_graph(g.nodes, "gruxp", graph_inputs, graph_outputs, initializer=g.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="gruxp")
+    proto.ir_version = min(proto.ir_version, 10)  # readable by current ONNX Runtime releases
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, os.fspath(path))
+    return proto
+
+
+def _exportable_layers(model: Any) -> tuple[dict[str, Any], GRU]:
+    """The model's layers by name and its one GRU; a clear error for anything ONNX cannot hold."""
     for name, layer in ({"model": model} | (dict(model.layers) if isinstance(model, Sequential) else {})).items():
         if isinstance(layer, Recurrent) and not isinstance(layer, GRU):
             raise ValueError(
@@ -144,7 +181,7 @@ def export(
         layers = dict(model.layers)
     else:
         raise TypeError(f"export takes a gruxp.GRU or a gruxp.Sequential; got {type(model).__name__}")
-    grus = [(n, layer) for n, layer in layers.items() if isinstance(layer, GRU)]
+    grus = [layer for layer in layers.values() if isinstance(layer, GRU)]
     if len(grus) != 1:
         raise ValueError(f"export needs exactly one GRU in the model (ONNX state in/out is per GRU); found {len(grus)}")
     for name, layer in layers.items():
@@ -154,6 +191,10 @@ def export(
             )
         if isinstance(layer, Embedding) and name != next(iter(layers)):
             raise ValueError(f"an Embedding must be the first layer; {name!r} is not")
+    return layers, grus[0]
+
+
+def _check_options(onnx: Any, gru: GRU, *, opset: Any, dynamic: Any, shape: Any, dtype: Any) -> None:
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not 14 <= opset <= newest:
         raise ValueError(
@@ -169,9 +210,9 @@ def export(
             )
         if width != "float32":
             raise TypeError(f"dtype must be None or float32 (the only width ONNX Runtime's GRU runs); got {dtype!r}")
-    if dtype_name(grus[0][1].dtype) == "float64":
+    if dtype_name(gru.dtype) == "float64":
         warnings.warn(
-            "exporting a float64 model as float32: ONNX Runtime's GRU kernel is float32-only", UserWarning, stacklevel=2
+            "exporting a float64 model as float32: ONNX Runtime's GRU kernel is float32-only", UserWarning, stacklevel=3
         )
     if not isinstance(dynamic, bool):
         raise TypeError(f"dynamic must be True or False; got {dynamic!r}")
@@ -186,27 +227,12 @@ def export(
             raise ValueError("shape=(T, B) fixes the graph's sizes: pass it with dynamic=False")
     elif not dynamic:
         raise ValueError("dynamic=False needs shape=(T, B)")
-    np_dtype, elem = np.float32, TensorProto.FLOAT
 
-    gru = grus[0][1]
-    g = _Graph(helper, numpy_helper)
-    T_dim, B_dim = ("T", "B") if shape is None else (int(shape[0]), int(shape[1]))  # shape is given exactly when not dynamic
-    first = next(iter(layers.values()))
-    batch_first = gru.batch_first
-    lead = [B_dim, T_dim] if batch_first else [T_dim, B_dim]
-    if isinstance(first, Embedding):
-        graph_inputs = [helper.make_tensor_value_info("x", TensorProto.INT64, lead)]
-    else:  # the model's input: the first layer's features (a Linear may come before the GRU)
-        in_features = first.in_features if isinstance(first, Linear) else gru.input_size
-        graph_inputs = [helper.make_tensor_value_info("x", elem, lead + [in_features])]
-    D = 2 if gru.bidirectional else 1
-    if lengths:
-        graph_inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, [B_dim]))
-    if h0:
-        graph_inputs.append(helper.make_tensor_value_info("h0", elem, [gru.num_layers * D, B_dim, gru.hidden_size]))
 
-    current, features = "x", None
-    h_n = ""  # the GRU's final state (there is exactly one GRU, checked above)
+def _layer_nodes(g: _Graph, layers: dict[str, Any], *, lengths: bool, h0: bool, np_dtype: Any) -> tuple[str, str, int]:
+    """Each layer's nodes in order, from the graph input ``x``: ``(output, h_n, output features)``."""
+    current, features = "x", 0
+    h_n = ""  # the GRU's final state (there is exactly one GRU, checked before)
     for layer in layers.values():
         if isinstance(layer, Dropout):
             continue
@@ -215,32 +241,18 @@ def export(
             (current,) = g.node("Gather", [weight, current], axis=0, stem="embedded")
             features = layer.embedding_dim
         elif isinstance(layer, GRU):
-            if batch_first:
+            if layer.batch_first:
                 (current,) = g.node("Transpose", [current], perm=[1, 0, 2], stem="time_major")
             current, h_n = _gru_layers(
                 g, layer, current, lengths="lengths" if lengths else "", h0="h0" if h0 else None, np_dtype=np_dtype
             )
-            if batch_first:
+            if layer.batch_first:
                 (current,) = g.node("Transpose", [current], perm=[1, 0, 2], stem="batch_major")
-            features = D * layer.hidden_size
+            features = (2 if layer.bidirectional else 1) * layer.hidden_size
         else:  # Linear
             st = layer.state_dict(numpy=True)
             (current,) = g.node("MatMul", [current, g.const("weight_t", st["weight"].T.astype(np_dtype))], stem="linear")
             if layer.bias:
                 (current,) = g.node("Add", [current, g.const("bias", st["bias"].astype(np_dtype))], stem="linear")
             features = layer.out_features
-    out_name = "out" if isinstance(model, GRU) or isinstance(list(layers.values())[-1], GRU) else "y"
-    g.node("Identity", [current], stem="unused")
-    g.nodes[-1].output[0] = out_name
-    g.node("Identity", [h_n], stem="unused")
-    g.nodes[-1].output[0] = "h_n"
-    graph_outputs = [
-        helper.make_tensor_value_info(out_name, elem, lead + [features]),
-        helper.make_tensor_value_info("h_n", elem, [gru.num_layers * D, B_dim, gru.hidden_size]),
-    ]
-    graph = helper.make_graph(g.nodes, "gruxp", graph_inputs, graph_outputs, initializer=g.initializers)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="gruxp")
-    proto.ir_version = min(proto.ir_version, 10)  # readable by current ONNX Runtime releases
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, os.fspath(path))
-    return proto
+    return current, h_n, features

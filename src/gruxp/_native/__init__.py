@@ -44,39 +44,21 @@ def cpu_plan(
     num_layers: int = 1,
     bidirectional: bool = False,
     dtype: str = "float32",
-    reset_after: bool = True,
     cell: str = "gru",
-    log_space: bool = False,
     machine=None,
+    **options,
 ) -> list:
     """The CPU route's plan for each layer of a call (a :class:`~gruxp._native.plan.Plan` for the GRU,
     a :class:`~gruxp._native.plan.CellPlan` for another declared cell, :mod:`gruxp.cells`), under the
-    settings in effect here, on this machine or on ``machine`` (a :class:`gruxp._native.machine.Machine`)."""
-    from .. import cells
-    from .._config import get_config
-    from .machine import this_machine
-    from .plan import CellPlan, Shape, plan_for
+    settings in effect here, on this machine or on ``machine`` (a :class:`gruxp._native.machine.Machine`).
+    ``options``: the cell's structure options (``reset_after=False``, ``log_space=True``, ...)."""
+    from .plan import Shape
+    from .planning import planned
 
-    config = get_config()
     D = 2 if bidirectional else 1
-    machine = machine or this_machine()
-    spec = cells.get(cell)
-    if cell != "gru" and spec.cpu is None:  # a cell without a CPU loop of its own: the generic code
-        return [CellPlan(cell, "generic", ((0, batch),), 1, ("route: generic code: the cell declares no CPU loop",))] * num_layers
-    plans: list = []
-    for layer in range(num_layers):
-        shape = Shape(steps, batch, inputs if layer == 0 else D * hidden, hidden, D if cell != "mingru" else 1)
-        plans.append(
-            plan_for(
-                cell,
-                shape,
-                dtype,
-                machine,
-                reset_after=reset_after,
-                fuser=config["fuser"],
-                force=config["cpu_plan"] if cell == "gru" else None,
-                max_workers=config["max_workers"],
-                log_space=log_space,
-            )
+    return [
+        planned(
+            cell, Shape(steps, batch, inputs if layer == 0 else D * hidden, hidden, D), dtype, options=options, machine=machine
         )
-    return plans
+        for layer in range(num_layers)
+    ]

@@ -76,6 +76,12 @@ def _library_file(package: str) -> str | None:
     return os.path.realpath(os.path.join(folder, names[0])) if names else None
 
 
+# cblas_?gemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) and
+# cblas_?gemv(order, trans, M, N, alpha, A, lda, x, incx, beta, y, incy), by kind of argument
+_GEMM_ARGUMENTS = "int int int index index index real pointer index pointer index real pointer index".split()
+_GEMV_ARGUMENTS = "int int index index real pointer index pointer index real pointer index".split()
+
+
 def _functions(dll: Any, name: str, suffix: str, arguments: list, index: Any) -> dict:
     found = {}
     for dtype, letter, real in ((np.dtype(np.float32), "s", ctypes.c_float), (np.dtype(np.float64), "d", ctypes.c_double)):
@@ -100,35 +106,8 @@ def library() -> Library | None:
                 text(name).restype = ctypes.c_char_p
             config = text(f"scipy_openblas_get_config{suffix}")().decode()
             index = ctypes.c_int64 if "USE64BITINT" in config else ctypes.c_int32
-            gemm = _functions(
-                dll,
-                "gemm",
-                suffix,
-                [
-                    "int",
-                    "int",
-                    "int",
-                    "index",
-                    "index",
-                    "index",
-                    "real",
-                    "pointer",
-                    "index",
-                    "pointer",
-                    "index",
-                    "real",
-                    "pointer",
-                    "index",
-                ],
-                index,
-            )
-            gemv = _functions(
-                dll,
-                "gemv",
-                suffix,
-                ["int", "int", "index", "index", "real", "pointer", "index", "pointer", "index", "real", "pointer", "index"],
-                index,
-            )
+            gemm = _functions(dll, "gemm", suffix, _GEMM_ARGUMENTS, index)
+            gemv = _functions(dll, "gemv", suffix, _GEMV_ARGUMENTS, index)
             set_threads, get_threads = (
                 text(f"scipy_openblas_set_num_threads{suffix}"),
                 text(f"scipy_openblas_get_num_threads{suffix}"),

@@ -464,9 +464,8 @@ _plans: dict = {}  # plan_for's answers without forced choices, by their questio
 
 @functools.lru_cache(maxsize=256)
 def _plan(shape: Shape, dtype, machine, reset_after: bool, fuser: str, force: tuple, max_workers) -> Plan:
-    made = plan_for(
-        "gru", shape, dtype, machine, reset_after=reset_after, fuser=fuser, force=dict(force), max_workers=max_workers
-    )
+    options = {"reset_after": reset_after}
+    made = plan_for("gru", shape, dtype, machine, fuser=fuser, force=dict(force), max_workers=max_workers, options=options)
     assert isinstance(made, Plan)
     return made
 

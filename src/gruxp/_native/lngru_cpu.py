@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import math
 from functools import cache, partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._config import get_config
 from .._trace import record
 from ..functional import _cell, _lngru
 from ..functional._routes import GENERIC
@@ -33,36 +32,53 @@ from ..functional._sequence import previous_states
 from . import blas, workers
 from .cpu import active_steps as _active
 from .loops import transposed
-from .machine import this_machine
-from .plan import RULES, CellPlan, Shape, cut, plan_for
+from .plan import RULES, CellPlan, Shape, cell_plan, cut
+from .planning import planned
 
 __all__ = ["LayerNormGruCpu"]
 
 
+class _Primitives(NamedTuple):
+    """What the layer-norm GRU's kernels are made of, compiled for one dtype: the shared element-wise
+    functions (numba_kernels' and _lngru's, unchanged), the row sum and the GEMM into gruxp's BLAS."""
+
+    jit: dict
+    ftype: Any  # the dtype's scalar type: constants typed like the operands
+    zero: Any
+    sigmoid: Any
+    tanh: Any
+    dsigmoid: Any
+    dtanh: Any
+    ln_rstd: Any
+    ln_normalise: Any
+    ln_affine: Any
+    ln_input_grad: Any
+    blend: Any
+    blend_backward: Any
+    gates_forward: Any
+    gates_backward: Any
+    masked: Any
+    select: Any
+    row_sum: Any
+    gemm: Any  # gemm(a, b, c, 0): c = a @ b, all C-contiguous
+
+
 @cache
-def _loops(dtype: np.dtype) -> tuple[Any, ...]:
+def _primitives(dtype: np.dtype) -> _Primitives:
     import numba
 
     from . import numba_kernels as nk
 
     lib = blas.library()
-    assert lib is not None  # _fused asked for it
-    cblas_gemm, cblas_gemv = lib.gemm[dtype], lib.gemv[dtype]
+    assert lib is not None  # the plan asked for it
     jit = dict(nk._JIT)
     f32 = dtype == np.float32
-    sigmoid, tanh = (nk.sigmoid32, nk.tanh32) if f32 else (nk.sigmoid64, nk.tanh64)
-    dsigmoid, dtanh = (nk.sigmoid_grad32, nk.tanh_grad32) if f32 else (_cell.sigmoid_grad, _cell.tanh_grad)
     ftype = dtype.type
     zero = ftype(0.0)
-    compiled = {
+    ln = {
         name: numba.njit(inline="always", **jit)(getattr(_lngru, name))
         for name in ("ln_rstd", "ln_normalise", "ln_affine", "ln_input_grad", "zoneout_blend", "zoneout_blend_backward")
     }
-    ln_rstd, ln_normalise, ln_input_grad = compiled["ln_rstd"], compiled["ln_normalise"], compiled["ln_input_grad"]
-    ln_affine = compiled["ln_affine"]
-    blend, blend_backward = compiled["zoneout_blend"], compiled["zoneout_blend_backward"]
-    gates_forward, gates_backward, masked, select = nk._gates_forward, nk._gates_backward, nk._masked_state, nk.select
-    sqrt = math.sqrt
 
     # A row's sums in eight interleaved partial sums, added pairwise at the end: an order fixed by
     # the code (the same bits on every machine and load), which SIMD registers can follow; one
@@ -84,7 +100,45 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
             s0 += c * c if square else c
         return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
-    gemm = nk.gemm_kernel(cblas_gemm, cblas_gemv)  # gemm(a, b, c, 0): c = a @ b, all C-contiguous
+    sigmoid, tanh, dsigmoid, dtanh = (
+        (nk.sigmoid32, nk.tanh32, nk.sigmoid_grad32, nk.tanh_grad32)
+        if f32
+        else (nk.sigmoid64, nk.tanh64, _cell.sigmoid_grad, _cell.tanh_grad)
+    )
+    return _Primitives(
+        jit,
+        ftype,
+        zero,
+        sigmoid,
+        tanh,
+        dsigmoid,
+        dtanh,
+        ln["ln_rstd"],
+        ln["ln_normalise"],
+        ln["ln_affine"],
+        ln["ln_input_grad"],
+        ln["zoneout_blend"],
+        ln["zoneout_blend_backward"],
+        nk._gates_forward,
+        nk._gates_backward,
+        nk._masked_state,
+        nk.select,
+        row_sum,
+        nk.gemm_kernel(lib.gemm[dtype], lib.gemv[dtype]),
+    )
+
+
+@cache
+def _forward_loop(dtype: np.dtype) -> Any:
+    """The forward time loop of rows b0:b1: one GEMM a step into gruxp's BLAS, then per row the norm,
+    the gates and zoneout, in one pass."""
+    import numba
+
+    k = _primitives(dtype)
+    ftype, zero, gemm, row_sum, sqrt = k.ftype, k.zero, k.gemm, k.row_sum, math.sqrt
+    ln_rstd, ln_normalise, ln_affine, blend = k.ln_rstd, k.ln_normalise, k.ln_affine, k.blend
+    gates_forward, sigmoid, tanh, masked, select = k.gates_forward, k.sigmoid, k.tanh, k.masked, k.select
+    jit = k.jit
 
     @numba.njit(nogil=True, **jit)
     def forward_loop(gi, w_t, gain, bias, h0, active, keep, use_keep, rate, hs, r, z, n, ghn, gh_hat, gh_rstd, reverse, b0, b1):
@@ -133,31 +187,23 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
                     ro[j], zo[j], no[j], go[j] = rr, zz, nn, g_n
             h = hs[t, b0:b1]
 
+    return forward_loop
+
+
+@cache
+def _backward_loop(dtype: np.dtype) -> Any:
+    """The backward time loop of rows b0:b1: per row the gates' and the norm's backward, then one GEMM
+    a step for the recurrent part of dL/dh."""
+    import numba
+
+    k = _primitives(dtype)
+    ftype, zero, gemm, row_sum, ln_input_grad = k.ftype, k.zero, k.gemm, k.row_sum, k.ln_input_grad
+    gates_backward, dsigmoid, dtanh, blend_backward = k.gates_backward, k.dsigmoid, k.dtanh, k.blend_backward
+    masked, select, jit = k.masked, k.select, k.jit
+
     @numba.njit(nogil=True, **jit)
-    def backward_loop(
-        d_out,
-        active,
-        keep,
-        use_keep,
-        rate,
-        h_prev,
-        r,
-        z,
-        n,
-        ghn,
-        gh_hat,
-        gh_rstd,
-        gain,
-        w,
-        dh,
-        d_gi,
-        sum_dv,
-        sum_d,
-        d_raw,
-        reverse,
-        b0,
-        b1,
-    ):
+    def backward_loop(d_out, active, keep, use_keep, rate, h_prev, r, z, n, ghn, gh_hat, gh_rstd, gain, w, dh, d_gi, sum_dv,
+                      sum_d, d_raw, reverse, b0, b1):  # fmt: skip
         # dh[b0:b1] enters as dL/dh_T and leaves as dL/dh0; d_out is (T, B, H), or (1, B, H) of zeros;
         # sum_dv, sum_d (3H,) collect this piece's Σ d_gh ⊙ ĝh and Σ d_gh (the recurrent gain's and
         # bias's gradients), rows in the order they are processed
@@ -203,6 +249,19 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
                 for j in range(H):
                     dhb[j] = masked(live, gz[i, j] + prod[i, j] + old[i, j], dhb[j], select)
 
+    return backward_loop
+
+
+@cache
+def _norm_kernels(dtype: np.dtype) -> tuple[Any, Any, Any]:
+    """The input side's kernels, on blocks of rows or columns: the norm, its backward, the column sums
+    (the gains' and biases' gradients)."""
+    import numba
+
+    k = _primitives(dtype)
+    ftype, zero, row_sum, sqrt = k.ftype, k.zero, k.row_sum, math.sqrt
+    ln_rstd, ln_normalise, ln_affine, ln_input_grad, jit = k.ln_rstd, k.ln_normalise, k.ln_affine, k.ln_input_grad, k.jit
+
     @numba.njit(nogil=True, **jit)
     def norm_rows(v, gain, bias, y, v_hat, rstd, r0, r1):  # the norm of rows r0:r1 of v (rows, F)
         F = v.shape[1]
@@ -242,7 +301,7 @@ def _loops(dtype: np.dtype) -> tuple[Any, ...]:
                 out_dv[j] += db[j] * hat[j]
                 out_d[j] += db[j]
 
-    return forward_loop, backward_loop, norm_rows, norm_backward_rows, column_sums
+    return norm_rows, norm_backward_rows, column_sums
 
 
 def _sums(d, v_hat, *, threads: int):
@@ -251,7 +310,7 @@ def _sums(d, v_hat, *, threads: int):
     d2, hat2 = (np.reshape(np.ascontiguousarray(a), (-1, a.shape[-1])) for a in (d, v_hat))
     F = d2.shape[1]
     out_dv, out_d = np.empty((F,), d.dtype), np.empty((F,), d.dtype)
-    kernel = _loops(np.dtype(d.dtype))[4]
+    kernel = _norm_kernels(np.dtype(d.dtype))[2]
     blocks = cut(F, max(1, min(threads, F // RULES.sum_min_columns)))
     workers.run([partial(kernel, d2, hat2, out_dv, out_d, c0, c1) for c0, c1 in blocks], threads)
     return out_dv, out_d
@@ -262,7 +321,7 @@ def _norm(v, gain, bias, *, threads: int):
     arithmetic is the same whatever the cut)."""
     rows, F = v.shape
     y, v_hat, rstd = np.empty_like(v), np.empty_like(v), np.empty((rows, 1), v.dtype)
-    kernel = _loops(np.dtype(v.dtype))[2]
+    kernel = _norm_kernels(np.dtype(v.dtype))[0]
     bias = np.zeros((F,), v.dtype) if bias is None else np.ascontiguousarray(bias)
     args = (np.ascontiguousarray(v), np.ascontiguousarray(gain), bias, y, v_hat, rstd)
     workers.run([partial(kernel, *args, r0, r1) for r0, r1 in cut(rows, threads)], threads)
@@ -273,20 +332,15 @@ def _norm_backward(d, v_hat, rstd, gain, *, threads: int):
     shape = d.shape
     d2, hat2, rstd2 = (np.reshape(np.ascontiguousarray(a), (-1, a.shape[-1])) for a in (d, v_hat, rstd))
     dv = np.empty_like(d2)
-    kernel = _loops(np.dtype(d.dtype))[3]
+    kernel = _norm_kernels(np.dtype(d.dtype))[1]
     args = (d2, hat2, rstd2, np.ascontiguousarray(gain), dv)
     workers.run([partial(kernel, *args, r0, r1) for r0, r1 in cut(d2.shape[0], threads)], threads)
     return np.reshape(dv, shape)
 
 
-def _plan(shape: tuple, dtype, directions: int) -> CellPlan:
+def _plan(shape: tuple, dtype, directions: int) -> Any:
     T, B, H = shape
-    config = get_config()
-    made = plan_for(
-        "lngru", Shape(T, B, H, H, directions), dtype, this_machine(), fuser=config["fuser"], max_workers=config["max_workers"]
-    )
-    assert isinstance(made, CellPlan)
-    return made
+    return planned("lngru", Shape(T, B, H, H, directions), dtype)
 
 
 def _one_thread() -> None:
@@ -300,6 +354,15 @@ class LayerNormGruCpu:
 
     def __init__(self, route: Any) -> None:
         self.route = route  # the CPU route: its matmul makes the products outside the loop
+
+    @staticmethod
+    def plan(
+        shape: Shape, dtype: Any, machine: Any, *, fuser: str, max_workers: Any, options: Any, rules: Any = RULES
+    ) -> CellPlan:
+        """The plan rule of this loop: :func:`~gruxp._native.plan.cell_plan`'s, the directions of a
+        layer run side by side; without gruxp's BLAS the generic code (the loop calls it each step)."""
+        blocked = "gruxp's BLAS is not installed (the loop calls it each step)" if machine.blas is None else None
+        return cell_plan("lngru", shape, dtype, machine, fuser=fuser, max_workers=max_workers, blocked=blocked, rules=rules)
 
     def layer_forward(self, forward, calls):
         x, h0 = calls[0].x, calls[0].h0
@@ -337,7 +400,7 @@ class LayerNormGruCpu:
         use_keep = keep is not None
         keep = np.ascontiguousarray(keep) if use_keep else np.zeros((1, 1, H), dtype)
         bias = p["bias_hh"] if "bias_hh" in p else np.zeros((3 * H,), dtype)
-        loop = _loops(np.dtype(dtype))[0]
+        loop = _forward_loop(np.dtype(dtype))
         args = (gi, transposed(p["weight_hh"]), np.ascontiguousarray(p["ln_weight_hh"]), np.ascontiguousarray(bias))
         start = np.ascontiguousarray(h0)
         active = _active(call.mask, T, B)
@@ -372,7 +435,7 @@ class LayerNormGruCpu:
         use_keep = keep is not None
         keep = np.ascontiguousarray(keep) if use_keep else np.zeros((1, 1, H), dtype)
         active = _active(call.mask, T, B)
-        loop = _loops(np.dtype(dtype))[1]
+        loop = _backward_loop(np.dtype(dtype))
         saved = (np.ascontiguousarray(a) for a in (h_prev, tape.r, tape.z, tape.n, tape.gh_n, tape.gh_hat, tape.gh_rstd))
         args = (d, active, keep, use_keep, dtype.type(tape.zoneout), *saved, np.ascontiguousarray(p["ln_weight_hh"]))
         w = np.ascontiguousarray(p["weight_hh"])

@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from .._config import get_config
 from .._trace import record
 from ..functional import _mingru
 from ..functional._routes import GENERIC
 from . import workers
 from .cpu import _scratch
 from .cpu import active_steps as _active
-from .machine import this_machine
-from .plan import CellPlan, Shape, plan_for
+from .plan import RULES, CellPlan, Shape, cell_plan
+from .planning import planned
 
 __all__ = ["MinGruCpu"]
 
@@ -94,20 +93,9 @@ def _kernels(dtype: np.dtype) -> tuple[Any, Any]:
     return forward_rows, backward_rows
 
 
-def _plan(call: Any, shape: tuple, dtype) -> CellPlan:
+def _plan(call: Any, shape: tuple, dtype) -> Any:
     T, B, H = shape
-    config = get_config()
-    made = plan_for(
-        "mingru",
-        Shape(T, B, H, H, 1),
-        dtype,
-        this_machine(),
-        fuser=config["fuser"],
-        max_workers=config["max_workers"],
-        log_space=call.options.log_space,
-    )
-    assert isinstance(made, CellPlan)
-    return made
+    return planned("mingru", Shape(T, B, H, H, 1), dtype, options={"log_space": call.options.log_space})
 
 
 class MinGruCpu:
@@ -115,6 +103,17 @@ class MinGruCpu:
 
     def __init__(self, route: Any) -> None:
         self.route = route  # the CPU route: its matmul makes every product
+
+    @staticmethod
+    def plan(
+        shape: Shape, dtype: Any, machine: Any, *, fuser: str, max_workers: Any, options: Any, rules: Any = RULES
+    ) -> CellPlan:
+        """The plan rule of this loop: :func:`~gruxp._native.plan.cell_plan`'s, for one direction at a
+        time (the loop runs a layer's directions one after the other, each over all the CPUs); the
+        log-space form is the generic code's (the loop runs the linear form)."""
+        blocked = "log_space (the loop runs the linear form)" if options.get("log_space") else None
+        one = Shape(shape.steps, shape.batch, shape.inputs, shape.hidden, 1)
+        return cell_plan("mingru", one, dtype, machine, fuser=fuser, max_workers=max_workers, blocked=blocked, rules=rules)
 
     def layer_forward(self, forward, calls):
         x, h0 = calls[0].x, calls[0].h0

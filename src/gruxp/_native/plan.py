@@ -200,91 +200,30 @@ def plan(
     values (``pieces`` as a count), for tests and experiments; ``max_workers`` caps the threads.
     """
     name = dtype_name(dtype)
-    T, B, I, H, D = shape.steps, shape.batch, shape.inputs, shape.hidden, shape.directions
     if not reset_after:
         return Plan("generic", reasons=("route: generic code — reset_before puts a GEMM between the gates and the candidate",))
     if name not in ("float32", "float64"):
         return Plan("generic", reasons=(f"route: generic code — the fused loop takes float32 and float64, not {name}",))
-    why = []
-    work = shape.work
-    stream = False  # a token: numba's step kernel in the Python loop, not the compiled loop
-    if fuser == "auto":
-        stream = machine.numba and T * B <= rules.stream_max_rows
-        fuser = "numba" if machine.numba and (work >= rules.numba_min_work or stream) else "numpy"
-        why.append(
-            f"fuser: {fuser} — "
-            + (
-                f"numba installed, T·B ≤ {rules.stream_max_rows} rows: its step kernel, kept on disk, in the Python loop"
-                if stream
-                else f"numba installed, T·B·H² ≥ {rules.numba_min_work:,}"
-                if fuser == "numba"
-                else "numba not installed"
-                if not machine.numba
-                else f"T·B·H² = {work:,} < {rules.numba_min_work:,}, numba's compile would not pay"
-            )
-        )
-    else:
-        if fuser == "numba" and not machine.numba:
-            raise PlanError(NO_NUMBA)
-        why.append(f"fuser: {fuser} — asked for")
+    T, B, D = shape.steps, shape.batch, shape.directions
+    why: list[str] = []
+    fuser, stream = _fuser(shape, machine, fuser, why, rules)
     blas = "gruxp" if machine.blas else "numpy"
-    why.append(
-        f"blas: {blas} — "
-        + (
-            f"gruxp's own OpenBLAS ({machine.blas} kernel), one thread a call"
-            if machine.blas
-            else "gruxp's OpenBLAS (scipy-openblas64) is not available: NumPy's matmul and its threads"
-        )
-    )
     compiled = fuser == "numba" and blas == "gruxp" and not stream
-    why.append(
-        "loop: "
-        + (
-            "compiled whole, its GEMMs called from it (the GIL released)"
-            if compiled
-            else "Python, one GEMM call and one fused pass per step"
-        )
-    )
-    pieces = 1
-    if compiled and work >= rules.piece_min_work and B >= 2 * rules.piece_min_rows:
-        pieces = max(1, min(machine.cpus // D, B // rules.piece_min_rows))
-    why.append(
-        f"pieces: {pieces} — "
-        + (
-            f"the batch cut for {machine.cpus} CPUs, {D} direction(s) each, ≥ {rules.piece_min_rows} rows a piece"
-            if pieces > 1
-            else "one piece" + ("" if compiled else " (the loop holds the GIL)")
-        )
-    )
+    _say_blas_and_loop(machine, blas, compiled, why)
+    pieces = _pieces(shape, machine, compiled, why, rules)
     grad_blocks = 1
-    if blas == "gruxp" and work >= rules.piece_min_work:
-        grad_blocks = max(1, min(machine.cpus // D, 3 * H // rules.grad_min_columns))
+    if blas == "gruxp" and shape.work >= rules.piece_min_work:
+        grad_blocks = max(1, min(machine.cpus // D, 3 * shape.hidden // rules.grad_min_columns))
     forced = dict(force or {})
     if "fuser" in forced or "blas" in forced:
         fuser, blas = forced.pop("fuser", fuser), forced.pop("blas", blas)
         compiled = fuser == "numba" and blas == "gruxp"
-    if "pieces" in forced:
-        pieces = int(forced.pop("pieces"))
+    pieces = int(forced.pop("pieces", pieces))
     if not 1 <= pieces <= B:
         raise PlanError(f"pieces must be between 1 and the batch size {B}; got {pieces}")
     ranges = cut(B, pieces)
     rows = ranges[0][1] - ranges[0][0]  # the largest piece's rows decide the per-piece rules
-    chunk, panel, back_panel, transposed = T, 0, 0, False
-    if compiled:
-        itemsize = _itemsize(name)
-        chunks = -(-T * rows * 3 * H * itemsize // rules.chunk_bytes)
-        chunk = min(T, max(-(-T // max(1, chunks)), -(-rules.chunk_min_rows_per_input * I // rows)))
-        lo, hi = rules.transposed_rows
-        transposed = (
-            machine.blas in rules.transposed_kernels
-            and name in rules.transposed_dtypes
-            and H >= rules.transposed_min_hidden
-            and lo <= rows <= hi
-        )
-        if not transposed and machine.blas in rules.small_gemm_kernels and rows >= 2 and rows * 3 * H * H > rules.small_gemm:
-            # (rows, H) @ (H, 3H) forward, (rows, 3H) @ (3H, H) backward: panels of N within M·N·K
-            width, back_width = rules.small_gemm // (rows * H) // 16 * 16, rules.small_gemm // (rows * 3 * H) // 16 * 16
-            panel, back_panel = (width if width >= 16 else 0), (back_width if 16 <= back_width < H else 0)
+    chunk, panel, back_panel, transposed = _products(shape, name, machine, rows, rules) if compiled else (T, 0, 0, False)
     chunk, panel, back_panel = (
         int(forced.pop("chunk", chunk)),
         int(forced.pop("panel", panel)),
@@ -294,12 +233,133 @@ def plan(
     # the compiled loop multiplies by Wᵀ stored row-major; NumPy's matmul reads the view, as the generic code does
     copy_weights = blas == "gruxp" and (compiled or T * B >= rules.weight_copy_min_rows)
     copy_weights = bool(forced.pop("copy_weights", copy_weights))
+    _check_products(shape, compiled, chunk, panel, back_panel, transposed, grad_blocks, copy_weights)
+    _say_products(shape, blas, compiled, chunk, panel, back_panel, transposed, grad_blocks, copy_weights, why, rules)
+    workers = 1  # NumPy's BLAS runs its own threads; small work is not worth handing to another thread
+    if blas == "gruxp" and shape.work >= rules.piece_min_work:
+        tasks = max(D * pieces, 2 * D * grad_blocks)
+        workers = max(1, min(tasks, machine.usable, max_workers or machine.usable))
+    if "workers" in forced:
+        workers = max(1, int(forced.pop("workers")))
+    why.append(
+        f"workers: {workers} thread(s) at once — {machine.usable} CPU(s) usable now (scheduling only: the same bits for any)"
+    )
+    if forced:
+        raise PlanError(f"unknown plan field {sorted(forced)[0]!r}; the fields are {', '.join(PLAN_FIELDS)}")
+    choices = (fuser, compiled, blas, ranges, chunk, panel, back_panel, transposed, grad_blocks, workers)
+    return Plan("fused", *choices, tuple(why), copy_weights)
+
+
+def _fuser(shape: Shape, machine: Machine, fuser: str, why: list[str], rules: Rules) -> tuple[str, bool]:
+    """``(fuser, stream)``: the fuser (the setting, or ``"auto"``'s choice) and whether a call of a
+    token or a few takes numba's step kernel in the Python loop rather than the compiled loop."""
+    if fuser != "auto":
+        if fuser == "numba" and not machine.numba:
+            raise PlanError(NO_NUMBA)
+        why.append(f"fuser: {fuser} — asked for")
+        return fuser, False
+    work = shape.work
+    stream = machine.numba and shape.steps * shape.batch <= rules.stream_max_rows
+    fuser = "numba" if machine.numba and (work >= rules.numba_min_work or stream) else "numpy"
+    why.append(
+        f"fuser: {fuser} — "
+        + (
+            f"numba installed, T·B ≤ {rules.stream_max_rows} rows: its step kernel, kept on disk, in the Python loop"
+            if stream
+            else f"numba installed, T·B·H² ≥ {rules.numba_min_work:,}"
+            if fuser == "numba"
+            else "numba not installed"
+            if not machine.numba
+            else f"T·B·H² = {work:,} < {rules.numba_min_work:,}, numba's compile would not pay"
+        )
+    )
+    return fuser, stream
+
+
+def _say_blas_and_loop(machine: Machine, blas: str, compiled: bool, why: list[str]) -> None:
+    why.append(
+        f"blas: {blas} — "
+        + (
+            f"gruxp's own OpenBLAS ({machine.blas} kernel), one thread a call"
+            if machine.blas
+            else "gruxp's OpenBLAS (scipy-openblas64) is not available: NumPy's matmul and its threads"
+        )
+    )
+    why.append(
+        "loop: "
+        + (
+            "compiled whole, its GEMMs called from it (the GIL released)"
+            if compiled
+            else "Python, one GEMM call and one fused pass per step"
+        )
+    )
+
+
+def _pieces(shape: Shape, machine: Machine, compiled: bool, why: list[str], rules: Rules) -> int:
+    """How many pieces the batch is cut into: the machine's CPUs (never the usable ones) for the
+    compiled loop, where the work pays for them."""
+    B, D = shape.batch, shape.directions
+    pieces = 1
+    if compiled and shape.work >= rules.piece_min_work and B >= 2 * rules.piece_min_rows:
+        pieces = max(1, min(machine.cpus // D, B // rules.piece_min_rows))
+    why.append(
+        f"pieces: {pieces} — "
+        + (
+            f"the batch cut for {machine.cpus} CPUs, {D} direction(s) each, ≥ {rules.piece_min_rows} rows a piece"
+            if pieces > 1
+            else "one piece" + ("" if compiled else " (the loop holds the GIL)")
+        )
+    )
+    return pieces
+
+
+def _products(shape: Shape, name: str, machine: Machine, rows: int, rules: Rules) -> tuple[int, int, int, bool]:
+    """The compiled loop's ``(chunk, panel, back_panel, transposed)`` for pieces of ``rows`` rows."""
+    T, I, H = shape.steps, shape.inputs, shape.hidden
+    chunks = -(-T * rows * 3 * H * _itemsize(name) // rules.chunk_bytes)
+    chunk = min(T, max(-(-T // max(1, chunks)), -(-rules.chunk_min_rows_per_input * I // rows)))
+    lo, hi = rules.transposed_rows
+    transposed = (
+        machine.blas in rules.transposed_kernels
+        and name in rules.transposed_dtypes
+        and H >= rules.transposed_min_hidden
+        and lo <= rows <= hi
+    )
+    panel = back_panel = 0
+    if not transposed and machine.blas in rules.small_gemm_kernels and rows >= 2 and rows * 3 * H * H > rules.small_gemm:
+        # (rows, H) @ (H, 3H) forward, (rows, 3H) @ (3H, H) backward: panels of N within M·N·K
+        width, back_width = rules.small_gemm // (rows * H) // 16 * 16, rules.small_gemm // (rows * 3 * H) // 16 * 16
+        panel, back_panel = (width if width >= 16 else 0), (back_width if 16 <= back_width < H else 0)
+    return chunk, panel, back_panel, transposed
+
+
+def _check_products(
+    shape: Shape, compiled: bool, chunk: int, panel: int, back_panel: int, transposed: bool, grad_blocks: int, copy_weights: bool
+) -> None:
+    """Refuse a forced combination the executors cannot run."""
+    T, H = shape.steps, shape.hidden
     if compiled and not transposed and not copy_weights:
         raise PlanError("copy_weights=False is the Python loop's: the compiled loop multiplies by a C-contiguous Wᵀ")
     if not compiled and (transposed or panel or back_panel):
         raise PlanError("transposed products and column panels are the compiled loop's (fuser numba with gruxp's BLAS)")
     if not 1 <= chunk <= T or panel < 0 or back_panel < 0 or not 1 <= grad_blocks <= 3 * H:
         raise PlanError(f"chunk must be in 1..{T}, panel ≥ 0 and grad_blocks in 1..{3 * H}; got {chunk}, {panel}, {grad_blocks}")
+
+
+def _say_products(
+    shape: Shape,
+    blas: str,
+    compiled: bool,
+    chunk: int,
+    panel: int,
+    back_panel: int,
+    transposed: bool,
+    grad_blocks: int,
+    copy_weights: bool,
+    why: list[str],
+    rules: Rules,
+) -> None:
+    T, B = shape.steps, shape.batch
     why.append(
         f"chunk: {chunk} step(s) per input GEMM" + (" (~two L2 caches of pre-activations)" if compiled and chunk < T else "")
     )
@@ -327,19 +387,6 @@ def plan(
             + (f" (T·B = {T * B} < {rules.weight_copy_min_rows} rows: a copy would not pay)" if blas == "gruxp" else "")
         )
     )
-    tasks = max(D * pieces, 2 * D * grad_blocks)
-    workers = 1  # NumPy's BLAS runs its own threads; small work is not worth handing to another thread
-    if blas == "gruxp" and work >= rules.piece_min_work:
-        workers = max(1, min(tasks, machine.usable, max_workers or machine.usable))
-    if "workers" in forced:
-        workers = max(1, int(forced.pop("workers")))
-    why.append(
-        f"workers: {workers} thread(s) at once — {machine.usable} CPU(s) usable now (scheduling only: the same bits for any)"
-    )
-    if forced:
-        raise PlanError(f"unknown plan field {sorted(forced)[0]!r}; the fields are {', '.join(PLAN_FIELDS)}")
-    choices = (fuser, compiled, blas, ranges, chunk, panel, back_panel, transposed, grad_blocks, workers)
-    return Plan("fused", *choices, tuple(why), copy_weights)
 
 
 def product_plan(
@@ -363,9 +410,9 @@ def describe(p: Plan) -> str:
 
 @dataclass(frozen=True)
 class CellPlan:
-    """The CPU route's choices for a layer of another cell (``lngru``, ``mingru``): its own numba loop
-    or the generic code, the rows' pieces (arithmetic: from shapes and ``Machine.cpus``) and the threads
-    that run them (scheduling: the usable cores). Printed by ``gruxp info --plan ... --cell``."""
+    """The CPU route's choices for a layer of another cell (``lngru``, ``mingru``, ...): its own
+    numba loop or the generic code, the rows' pieces (arithmetic: from shapes and ``Machine.cpus``)
+    and the threads that run them (scheduling: the usable cores). Printed by ``gruxp info --plan ... --cell``."""
 
     cell: str
     route: str  # "fused" (the cell's numba loop) or "generic"
@@ -382,11 +429,13 @@ def cell_plan(
     *,
     fuser: str = "auto",
     max_workers: int | None = None,
-    log_space: bool = False,
+    blocked: str | None = None,
     rules: Rules = RULES,
 ) -> CellPlan:
-    """A pure function, as :func:`plan`: the fuser rule of the GRU's plan (numba where installed and
-    T·B·H² pays for its compile; ``fuser`` forces it) and its rule for pieces of the batch."""
+    """The rule every cell's own CPU loop shares, pure as :func:`plan`: the GRU plan's fuser rule
+    (numba where installed and T·B·H² pays for its compile; ``fuser`` forces it) and its rule for
+    pieces of the batch. ``blocked`` is the cell's own reason its loop cannot run this call (its
+    plan rule, declared beside the loop, says it), or None."""
     B, D, work = shape.batch, shape.directions, shape.work
     dtype = dtype_name(dtype)
     why = []
@@ -395,10 +444,8 @@ def cell_plan(
     blocked = (
         f"{dtype} (the loop is compiled for float32 and float64)"
         if dtype not in ("float32", "float64")
-        else "log_space (the loop runs the linear form)"
-        if cell == "mingru" and log_space
-        else "gruxp's BLAS is not installed (the loop calls it each step)"
-        if cell == "lngru" and machine.blas is None
+        else blocked
+        if blocked is not None
         else "fuser='numpy'"
         if fuser == "numpy"
         else "numba is not installed"
@@ -425,18 +472,26 @@ def plan_for(
     dtype: Any,
     machine: Machine,
     *,
-    reset_after: bool = True,
     fuser: str = "auto",
     force: Mapping[str, Any] | None = None,
     max_workers: int | None = None,
-    log_space: bool = False,
+    options: Mapping[str, Any] | None = None,
     rules: Rules = RULES,
 ) -> Plan | CellPlan:
-    """The one entry of the CPU route's planning: the GRU's :class:`Plan` (:func:`plan`) or another
-    cell's :class:`CellPlan` (:func:`cell_plan`), pure as both. ``force`` (``cpu_plan``) names the
-    GRU plan's fields (:data:`PLAN_FIELDS`); another cell's loop has none of them to force."""
+    """The one entry of the CPU route's planning, pure: the GRU's :class:`Plan` (:func:`plan`: the
+    route's own loop), the plan rule of the CPU loop another cell declares (:mod:`gruxp.cells`), or
+    the generic code for a cell that declares none. ``options`` holds the cell's structure options
+    (``reset_after``, ``log_space``, ...); ``force`` names the GRU plan's fields (:data:`PLAN_FIELDS`),
+    which another cell's loop does not have (it is not read there)."""
+    options = dict(options or {})
     if cell == "gru":
+        reset_after = bool(options.get("reset_after", True))
         return plan(
             shape, dtype, machine, reset_after=reset_after, fuser=fuser, force=force, max_workers=max_workers, rules=rules
         )
-    return cell_plan(cell, shape, dtype, machine, fuser=fuser, max_workers=max_workers, log_space=log_space, rules=rules)
+    from .. import cells
+
+    loop = cells.get(cell).cpu_class()
+    if loop is None:
+        return CellPlan(cell, "generic", ((0, shape.batch),), 1, ("route: generic code: the cell declares no CPU loop",))
+    return loop.plan(shape, dtype, machine, fuser=fuser, max_workers=max_workers, options=options, rules=rules)

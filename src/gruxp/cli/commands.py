@@ -185,14 +185,18 @@ MAX_BYTES_OPTION = click.option(
     type=CellChoice(),
     default="gru",
     show_default=True,
-    help="The recurrent cell (gruxp.cells): gru, lngru (with --zoneout), mingru, ligru, or any registered.",
+    help="The recurrent cell: any declared in gruxp.cells (the choices above).",
 )
 @click.option("--hidden", type=POSITIVE_INT, default=256, show_default=True)
 @click.option("--layers", type=POSITIVE_INT, default=2, show_default=True)
 @click.option("--embed", type=POSITIVE_INT, default=64, show_default=True, help="Embedding size (lm and copy).")
 @click.option("--dropout", type=FiniteFloat(0.0, 1.0, max_open=True), default=0.0, show_default=True)
 @click.option(
-    "--zoneout", type=FiniteFloat(0.0, 1.0, max_open=True), default=0.0, show_default=True, help="Zoneout rate (--cell lngru)."
+    "--zoneout",
+    type=FiniteFloat(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Zoneout rate (a cell with zoneout).",
 )
 @click.option(
     "--seq-len", type=POSITIVE_INT, default=None, help="Window length (lm, default 64) or sequence length T (tasks, default 50)."
@@ -319,31 +323,7 @@ def _resume_setup(ctx, opts, ckpt_path, task, xp, device):
 
 def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
     opts["seq_len"] = opts["seq_len"] or 64
-    if opts["resume"]:
-        ckpt, extra, model = _resume_setup(ctx, opts, ckpt_path, "lm", xp, device)
-        data = opts["data"] if _explicit(ctx, "data") else extra.get("data")
-        for name in ("encoding", "max_bytes"):  # the text is read again as it was, unless told otherwise
-            if not _explicit(ctx, name) and name in extra.get("reading", {}):
-                opts[name] = extra["reading"][name]
-        text = corpus_mod.build(data, vocab=extra["vocab"], encoding=opts["encoding"], max_bytes=opts["max_bytes"])
-        optimizer = optimizer_from_checkpoint(ckpt)
-    else:
-        data = opts["data"]
-        text = corpus_mod.build(data, encoding=opts["encoding"], max_bytes=opts["max_bytes"])
-        model = lm.build_model(
-            len(text.vocab),
-            hidden=opts["hidden"],
-            layers=opts["layers"],
-            embed=opts["embed"],
-            dropout=opts["dropout"],
-            xp=xp,
-            device=device,
-            dtype=opts["dtype"],
-            seed=opts["seed"],
-            cell=opts["cell"],
-            zoneout=opts["zoneout"],
-        )
-        optimizer = optim.AdamW(lr=opts["lr"], weight_decay=0.01)
+    model, optimizer, text, data, saved = _lm_model_and_text(ctx, opts, ckpt_path, xp, device)
     B, T = opts["batch"], opts["seq_len"]
     if text.train.size < B * T + 1:
         raise corpus_mod.CorpusError(
@@ -351,19 +331,20 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
         )
     if text.valid.size < 2:
         raise corpus_mod.CorpusError("the corpus is too short to hold out a validation part")
-    cluster = None
+    cluster, batches = None, None
+    cluster_record: dict = {}
     trainer: gruxp.Trainer
     if opts["scheduler"] is not None:
         from . import cluster as cluster_mod
 
-        saved = extra.get("cluster", {}) if opts["resume"] else {}
         cluster = cluster_mod.connect(opts["scheduler"], timeout=opts["timeout"])
         try:
-            trainer, cluster_record = cluster_mod.trainer(cluster, model, optimizer, text.train, opts, ckpt_path, saved, ctx)
+            trainer, cluster_record = cluster_mod.trainer(
+                cluster, model, optimizer, text.train, opts, ckpt_path, saved.get("cluster", {}), ctx
+            )
         except BaseException:
             cluster_mod.close(cluster)
             raise
-        batches = None
     else:
         trainer = gruxp.Trainer(
             model, losses.cross_entropy, optimizer, clip_norm=opts["clip"], stateful=True, checkpoint=ckpt_path, seed=opts["seed"]
@@ -372,31 +353,18 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
     if opts["resume"]:
         trainer.resume(ckpt_path)
     baseline = text.unigram_bits()
-    options = {k: opts[k] for k in FIXED_ON_RESUME}
-    reading = {"encoding": opts["encoding"], "max_bytes": opts["max_bytes"]}
     extra = {
         "task": "lm",
         "vocab": text.vocab,
         "data": data,
-        "reading": reading,
+        "reading": {"encoding": opts["encoding"], "max_bytes": opts["max_bytes"]},
         "corpus": text.source,
         "unigram_bits": baseline,
-        "options": options,
+        "options": {k: opts[k] for k in FIXED_ON_RESUME},
     }
     if cluster is not None:
         extra["cluster"] = cluster_record
-    n_params = sum(int(np.prod(v.shape)) for v in model.params.values())
-    print(
-        f"corpus: {text.source}: {text.train.size:,} training and {text.valid.size:,} validation characters, "
-        f"vocabulary {len(text.vocab)}; read as {'; '.join(text.notes)}"
-    )
-    print(
-        f"model: embedding {opts['embed']} → {type(model.layers['gru']).__name__} {opts['layers']}×{opts['hidden']} → linear, "
-        f"{n_params:,} parameters, "
-        f"{opts['backend']} {opts['dtype']}; batch {B} × window {T}, AdamW lr {opts['lr']}"
-    )
-    print(f"unigram baseline: {baseline:.3f} bits/char on the validation text")
-    metrics = out / "metrics.csv"
+    _describe_lm(opts, model, text, baseline)
     if cluster is not None:
         print(cluster_mod.describe(trainer, cluster_record))
     try:
@@ -405,7 +373,7 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
             batches,
             opts,
             out,
-            metrics,
+            out / "metrics.csv",
             extra,
             baseline=baseline,
             unit=Unit("chars", "chars_s", "chars_per_s", B * T),
@@ -419,6 +387,49 @@ def _train_lm(ctx, opts, xp, device, out, ckpt_path) -> None:
     finally:
         if cluster is not None:
             cluster_mod.close(cluster)
+
+
+def _lm_model_and_text(ctx, opts, ckpt_path, xp, device) -> tuple:
+    """``(model, optimizer, text, data, saved)``: a new model and optimizer and the corpus read, or, with
+    ``--resume``, the checkpoint's, its text read again as it was (unless told otherwise) and what the
+    checkpoint saved beside them (``saved``: empty for a new run)."""
+    if not opts["resume"]:
+        text = corpus_mod.build(opts["data"], encoding=opts["encoding"], max_bytes=opts["max_bytes"])
+        model = lm.build_model(
+            len(text.vocab),
+            hidden=opts["hidden"],
+            layers=opts["layers"],
+            embed=opts["embed"],
+            dropout=opts["dropout"],
+            xp=xp,
+            device=device,
+            dtype=opts["dtype"],
+            seed=opts["seed"],
+            cell=opts["cell"],
+            zoneout=opts["zoneout"],
+        )
+        return model, optim.AdamW(lr=opts["lr"], weight_decay=0.01), text, opts["data"], {}
+    ckpt, saved, model = _resume_setup(ctx, opts, ckpt_path, "lm", xp, device)
+    data = opts["data"] if _explicit(ctx, "data") else saved.get("data")
+    for name in ("encoding", "max_bytes"):
+        if not _explicit(ctx, name) and name in saved.get("reading", {}):
+            opts[name] = saved["reading"][name]
+    text = corpus_mod.build(data, vocab=saved["vocab"], encoding=opts["encoding"], max_bytes=opts["max_bytes"])
+    return model, optimizer_from_checkpoint(ckpt), text, data, saved
+
+
+def _describe_lm(opts: dict, model: Any, text: Any, baseline: float) -> None:
+    n_params = sum(int(np.prod(v.shape)) for v in model.params.values())
+    print(
+        f"corpus: {text.source}: {text.train.size:,} training and {text.valid.size:,} validation characters, "
+        f"vocabulary {len(text.vocab)}; read as {'; '.join(text.notes)}"
+    )
+    print(
+        f"model: embedding {opts['embed']} → {type(model.layers['gru']).__name__} {opts['layers']}×{opts['hidden']} → linear, "
+        f"{n_params:,} parameters, "
+        f"{opts['backend']} {opts['dtype']}; batch {opts['batch']} × window {opts['seq_len']}, AdamW lr {opts['lr']}"
+    )
+    print(f"unigram baseline: {baseline:.3f} bits/char on the validation text")
 
 
 RECENT = 20  # the training figure beside each validation score: the mean loss of the last 20 steps
@@ -473,118 +484,137 @@ def _last_seconds(metrics: Path) -> float:
 
 def _loop(trainer, batches, opts, out, metrics, extra, *, baseline, unit, evaluate, to_metric, metric_name, sampler) -> None:
     """The shared training loop: progress, evaluation, samples, checkpoints, metrics, plot, signals."""
-    steps, budget = opts["steps"], opts["time_budget"]
-    fresh = not opts["resume"]
+    run = _Run(trainer, opts, out, metrics, baseline=baseline, unit=unit, evaluate=evaluate, to_metric=to_metric,
+               metric_name=metric_name, sampler=sampler)  # fmt: skip
     first_step = trainer.step
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)  # only now: a run refused earlier leaves no folder behind
-    progress = _Progress(steps=steps, budget=budget if steps is None else None, start_step=trainer.step)
-    window_losses: list[float] = []
-    started, window_items, window_start = time.perf_counter(), 0, time.perf_counter()
-    earlier = 0.0 if fresh else _last_seconds(metrics)  # metrics.csv's clock goes on across --resume
-    total_items, last_valid = 0, None
-    # With a time budget and no explicit periods, evaluate (and sample) by the clock as well, about 8
-    # (and 4) times per run, so a slow or loaded machine still gets a curve, not one point.
-    by_clock = steps is None
-    eval_seconds = budget / 8 if by_clock and not opts.get("eval_every_explicit") else math.inf
-    sample_seconds = budget / 4 if by_clock and not opts.get("sample_every_explicit") else math.inf
-    last_eval = last_sample = time.perf_counter()
-
-    def record(final: bool = False) -> None:
-        nonlocal window_losses, window_items, window_start, fresh, last_valid
-        last_valid = evaluate()
-        recent = window_losses[-RECENT:]  # the mean since the last evaluation would lag far behind
-        train_metric = to_metric(float(np.mean(recent)))
-        speed = window_items / max(time.perf_counter() - window_start, 1e-9)
-        row = {
-            "step": trainer.step,
-            "seconds": round(earlier + time.perf_counter() - started, 2),
-            "train": round(train_metric, 5),
-            "valid": round(last_valid, 5),
-            unit.column: round(speed, 1),
-        }
-        _write_metrics(metrics, row, fresh=fresh)
-        fresh = False
-        _plot(
-            metrics,
-            out / "loss.png",
-            baseline=baseline,
-            ylabel=metric_name,
-            baseline_label="unigram baseline" if sampler is not None else "memoryless baseline",
-        )
-        progress.write(
-            f"step {trainer.step}: train {train_metric:.3f} {metric_name} (mean of the last {len(recent)} "
-            f"steps), validation {last_valid:.3f} {metric_name} (baseline {baseline:.3f}){' [final]' if final else ''}"
-        )
-        window_losses, window_items, window_start = [], 0, time.perf_counter()
-
     with _StopRequest() as stop:
         try:
-            while stop.received is None:
-                if steps is not None and trainer.step >= steps:
-                    break
-                if steps is None and time.perf_counter() - started >= budget:
-                    break
-                # a cluster's trainer reads its windows on the workers (batches is None)
-                result = (
-                    trainer.train_step()
-                    if batches is None
-                    else trainer.train_step(gruxp.Batch(*batches(trainer.step, trainer.rng)))
-                )
-                window_losses.append(result["loss"])
-                window_items += unit.per_step
-                total_items += unit.per_step
-                speed = total_items / (time.perf_counter() - started)
-                progress.advance(
-                    loss=f"{to_metric(result['loss']):.3f} {metric_name}", **{unit.short: f"{speed:,.0f}"}, step=str(trainer.step)
-                )
-                now = time.perf_counter()
-                if stop.received is None and (trainer.step % opts["eval_every"] == 0 or now - last_eval >= eval_seconds):
-                    trainer.save(extra=extra)
-                    record()
-                    last_eval = time.perf_counter()
-                if (
-                    stop.received is None
-                    and sampler is not None
-                    and (trainer.step % opts["sample_every"] == 0 or now - last_sample >= sample_seconds)
-                ):
-                    last_sample = now
-                    progress.write(f"--- sample at step {trainer.step} ---\n{sampler()}\n---")
+            while stop.received is None and not run.finished():
+                run.step(batches)
+                if stop.received is None:
+                    run.evaluate_and_sample(extra)
         except KeyboardInterrupt:  # outside the main thread no handler is installed
             stop.received = "SIGINT"
         except ClusterError as exc:  # the cluster kept failing: keep what was trained, say how to go on
-            progress.close()
+            run.progress.close()
             path = trainer.save(extra=extra)
             raise click.ClickException(
                 f"{exc}. Checkpoint {path} saved at step {trainer.step}: continue with --resume --scheduler ADDRESS"
             ) from exc
         except NonFiniteLossError:
-            progress.close()
-            if created and not any(out.iterdir()):
+            run.progress.close()
+            if run.created and not any(out.iterdir()):
                 out.rmdir()  # it failed before anything was saved
             raise
-        progress.close()
-        elapsed = time.perf_counter() - started
+        run.progress.close()
+        elapsed = time.perf_counter() - run.started
         trainer.save(extra=extra)  # first: whatever follows may take a while
-        if window_losses:  # steps since the last evaluation: evaluate at the end, interrupted or not
-            record(final=True)
-    new_steps = trainer.step - first_step
-    resumed = f" (resumed at step {first_step})" if opts["resume"] else ""
-    if stop.received is not None:
-        print(f"interrupted by {stop.received} at step {trainer.step}{resumed}: checkpoint saved to {trainer.checkpoint}")
-        return
-    if last_valid is None:  # nothing was trained (a stop before the first step)
-        print(f"done: no steps taken; checkpoint {trainer.checkpoint} is at step {trainer.step}")
-        return
-    if sampler is not None:
-        print(f"--- sample ---\n{sampler()}\n---")
-    print(
-        f"done: {new_steps} steps{resumed}, now at step {trainer.step}, in {elapsed:.0f} s, "
-        f"{total_items / max(elapsed, 1e-9):,.0f} {unit.name}/s; "
-        f"validation {last_valid:.3f} {metric_name} vs baseline {baseline:.3f}; "
-        f"checkpoint {trainer.checkpoint}, metrics {metrics}"
-        + (f", plot {out / 'loss.png'}" if (out / "loss.png").exists() else "")
-    )
+        if run.window_losses:  # steps since the last evaluation: evaluate at the end, interrupted or not
+            run.record(final=True)
+    run.report(stop.received, first_step, elapsed)
+
+
+class _Run:
+    """One run of the training loop: its clocks, its window of recent losses, what it writes."""
+
+    def __init__(self, trainer, opts, out, metrics, *, baseline, unit, evaluate, to_metric, metric_name, sampler) -> None:
+        self.trainer, self.opts, self.out, self.metrics = trainer, opts, out, metrics
+        self.baseline, self.unit, self.evaluate, self.to_metric = baseline, unit, evaluate, to_metric
+        self.metric_name, self.sampler = metric_name, sampler
+        self.steps, self.budget = opts["steps"], opts["time_budget"]
+        self.fresh = not opts["resume"]
+        self.created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)  # only now: a run refused earlier leaves no folder behind
+        self.progress = _Progress(steps=self.steps, budget=self.budget if self.steps is None else None, start_step=trainer.step)
+        self.window_losses: list[float] = []
+        self.started = self.window_start = time.perf_counter()
+        self.window_items = self.total_items = 0
+        self.earlier = 0.0 if self.fresh else _last_seconds(metrics)  # metrics.csv's clock goes on across --resume
+        self.last_valid: float | None = None
+        # With a time budget and no explicit periods, evaluate (and sample) by the clock as well, about 8
+        # (and 4) times per run, so a slow or loaded machine still gets a curve, not one point.
+        by_clock = self.steps is None
+        self.eval_seconds = self.budget / 8 if by_clock and not opts.get("eval_every_explicit") else math.inf
+        self.sample_seconds = self.budget / 4 if by_clock and not opts.get("sample_every_explicit") else math.inf
+        self.last_eval = self.last_sample = time.perf_counter()
+
+    def finished(self) -> bool:
+        if self.steps is not None:
+            return self.trainer.step >= self.steps
+        return time.perf_counter() - self.started >= self.budget
+
+    def step(self, batches) -> None:
+        trainer = self.trainer
+        # a cluster's trainer reads its windows on the workers (batches is None)
+        result = trainer.train_step() if batches is None else trainer.train_step(gruxp.Batch(*batches(trainer.step, trainer.rng)))
+        self.window_losses.append(result["loss"])
+        self.window_items += self.unit.per_step
+        self.total_items += self.unit.per_step
+        speed = self.total_items / (time.perf_counter() - self.started)
+        self.progress.advance(
+            loss=f"{self.to_metric(result['loss']):.3f} {self.metric_name}",
+            **{self.unit.short: f"{speed:,.0f}"},
+            step=str(trainer.step),
+        )
+
+    def evaluate_and_sample(self, extra: dict) -> None:
+        """Every ``--eval-every`` steps (or by the clock): save and evaluate; every ``--sample-every``: sample."""
+        now, step = time.perf_counter(), self.trainer.step
+        if step % self.opts["eval_every"] == 0 or now - self.last_eval >= self.eval_seconds:
+            self.trainer.save(extra=extra)
+            self.record()
+            self.last_eval = time.perf_counter()
+        if self.sampler is not None and (step % self.opts["sample_every"] == 0 or now - self.last_sample >= self.sample_seconds):
+            self.last_sample = now
+            self.progress.write(f"--- sample at step {step} ---\n{self.sampler()}\n---")
+
+    def record(self, final: bool = False) -> None:
+        """Evaluate, append a row to metrics.csv, redraw the plot, and start a new window."""
+        self.last_valid = valid = self.evaluate()
+        recent = self.window_losses[-RECENT:]  # the mean since the last evaluation would lag far behind
+        train_metric = self.to_metric(float(np.mean(recent)))
+        speed = self.window_items / max(time.perf_counter() - self.window_start, 1e-9)
+        row = {
+            "step": self.trainer.step,
+            "seconds": round(self.earlier + time.perf_counter() - self.started, 2),
+            "train": round(train_metric, 5),
+            "valid": round(valid, 5),
+            self.unit.column: round(speed, 1),
+        }
+        _write_metrics(self.metrics, row, fresh=self.fresh)
+        self.fresh = False
+        _plot(
+            self.metrics,
+            self.out / "loss.png",
+            baseline=self.baseline,
+            ylabel=self.metric_name,
+            baseline_label="unigram baseline" if self.sampler is not None else "memoryless baseline",
+        )
+        name = self.metric_name
+        self.progress.write(
+            f"step {self.trainer.step}: train {train_metric:.3f} {name} (mean of the last {len(recent)} "
+            f"steps), validation {valid:.3f} {name} (baseline {self.baseline:.3f}){' [final]' if final else ''}"
+        )
+        self.window_losses, self.window_items, self.window_start = [], 0, time.perf_counter()
+
+    def report(self, stopped_by: str | None, first_step: int, elapsed: float) -> None:
+        trainer, name = self.trainer, self.metric_name
+        resumed = f" (resumed at step {first_step})" if self.opts["resume"] else ""
+        if stopped_by is not None:
+            print(f"interrupted by {stopped_by} at step {trainer.step}{resumed}: checkpoint saved to {trainer.checkpoint}")
+            return
+        if self.last_valid is None:  # nothing was trained (a stop before the first step)
+            print(f"done: no steps taken; checkpoint {trainer.checkpoint} is at step {trainer.step}")
+            return
+        if self.sampler is not None:
+            print(f"--- sample ---\n{self.sampler()}\n---")
+        print(
+            f"done: {trainer.step - first_step} steps{resumed}, now at step {trainer.step}, in {elapsed:.0f} s, "
+            f"{self.total_items / max(elapsed, 1e-9):,.0f} {self.unit.name}/s; "
+            f"validation {self.last_valid:.3f} {name} vs baseline {self.baseline:.3f}; "
+            f"checkpoint {trainer.checkpoint}, metrics {self.metrics}"
+            + (f", plot {self.out / 'loss.png'}" if (self.out / "loss.png").exists() else "")
+        )
 
 
 def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
