@@ -123,6 +123,7 @@ def test_the_other_cells_plans_follow_the_gru_plans_rules():
         assert plan_for(cell, small, "float32", Machine(cpus=4, usable=4, numba=True, blas="Haswell")).route == "generic"
         forced = plan_for(cell, small, "float32", Machine(cpus=4, usable=4, numba=True, blas="Haswell"), fuser="numba")
         assert forced.route == "fused" and len(forced.pieces) == 1
+        assert forced.workers == 1  # the GRU plan's worker rule: small work stays on one thread
         assert plan_for(cell, big, "float16", Machine(cpus=4, usable=4, numba=True, blas="Haswell")).route == "generic"
         assert plan_for(cell, big, "float32", Machine(cpus=4, usable=4, numba=False, blas="Haswell")).route == "generic"
     no_blas = plan_for("lngru", big, "float32", Machine(cpus=4, usable=4, numba=True, blas=None))

@@ -117,6 +117,17 @@ def _all_active(T: int, B: int) -> np.ndarray:
     return np.ones((T, B), bool)
 
 
+def output_gradient(d_out: Any, B: int, H: int, dtype: Any) -> np.ndarray:
+    """A direction's output gradient as the kernels read it: (T, B, H) C-contiguous, or for None
+    (no gradient reaches the outputs) one (1, B, H) block of zeros that every step reads."""
+    return np.zeros((1, B, H), dtype) if d_out is None else np.ascontiguousarray(d_out)
+
+
+def state_gradient(d_hT: Any, B: int, H: int, dtype: Any) -> np.ndarray:
+    """dL/dh_T as the kernels carry it (updated in place, to dL/dh0): a copy, or zeros for None."""
+    return np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
+
+
 class TapePool:
     """One thread's tape blocks, each handed out again once nothing but this pool refers to it.
 
@@ -382,11 +393,11 @@ class Executor:
         # d_i and d_h are read by the GEMMs after the loop, before this thread's next backward call
         d_i, d_h = _scratch(("d_i", d), (T, B, 3 * H), dtype), _scratch(("d_h", d), (T, B, 3 * H), dtype)
         prod, carry = _scratch(("prod", d), (B, H), dtype, zero=True), _scratch(("carry", d), (B, H), dtype)
-        gz = np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
+        gz = state_gradient(d_hT, B, H, dtype)
         # a batch-first d_out, or one direction's columns of it, is copied to (T, B, H) piece by piece
         d_source = None if d_out is None or d_out.flags.c_contiguous else d_out
         if d_out is None:
-            d_out = np.zeros((1, B, H), dtype)
+            d_out = output_gradient(None, B, H, dtype)
         elif d_source is not None:
             d_out = _scratch(("d_out", d), d_out.shape, dtype)
         active = active_steps(call.mask, T, B)

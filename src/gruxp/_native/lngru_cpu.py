@@ -28,9 +28,10 @@ import numpy as np
 from .._trace import record
 from ..functional import _cell, _lngru
 from ..functional._routes import GENERIC
-from ..functional._sequence import previous_states
+from ..functional._sequence import masked_outputs, previous_states
 from . import blas, workers
 from .cpu import active_steps as _active
+from .cpu import output_gradient, state_gradient
 from .loops import transposed
 from .plan import RULES, CellPlan, Shape, cell_plan, cut
 from .planning import planned
@@ -316,6 +317,11 @@ def _sums(d, v_hat, *, threads: int):
     return out_dv, out_d
 
 
+def _row_blocks(rows: int, threads: int) -> tuple:
+    """The input side's rows cut for ``threads`` (Rules.norm_min_rows a block at least)."""
+    return cut(rows, max(1, min(threads, rows // RULES.norm_min_rows)))
+
+
 def _norm(v, gain, bias, *, threads: int):
     """The input side's norm of v (rows, F), its rows cut into blocks on gruxp's threads (each row's
     arithmetic is the same whatever the cut)."""
@@ -324,7 +330,7 @@ def _norm(v, gain, bias, *, threads: int):
     kernel = _norm_kernels(np.dtype(v.dtype))[0]
     bias = np.zeros((F,), v.dtype) if bias is None else np.ascontiguousarray(bias)
     args = (np.ascontiguousarray(v), np.ascontiguousarray(gain), bias, y, v_hat, rstd)
-    workers.run([partial(kernel, *args, r0, r1) for r0, r1 in cut(rows, threads)], threads)
+    workers.run([partial(kernel, *args, r0, r1) for r0, r1 in _row_blocks(rows, threads)], threads)
     return y, v_hat, rstd
 
 
@@ -334,7 +340,7 @@ def _norm_backward(d, v_hat, rstd, gain, *, threads: int):
     dv = np.empty_like(d2)
     kernel = _norm_kernels(np.dtype(d.dtype))[1]
     args = (d2, hat2, rstd2, np.ascontiguousarray(gain), dv)
-    workers.run([partial(kernel, *args, r0, r1) for r0, r1 in cut(d2.shape[0], threads)], threads)
+    workers.run([partial(kernel, *args, r0, r1) for r0, r1 in _row_blocks(d2.shape[0], threads)], threads)
     return np.reshape(dv, shape)
 
 
@@ -416,7 +422,7 @@ class LayerNormGruCpu:
         )
 
         def result():  # once the tasks ran: (out, h_T, tape or None), as the generic direction returns them
-            out = hs if mask is None else np.where(mask, hs, np.zeros((), dtype))
+            out = masked_outputs(hs, mask, xp=np)
             return out, hs[0 if reverse else T - 1], tape
 
         return tasks, result
@@ -428,8 +434,8 @@ class LayerNormGruCpu:
         H = h0.shape[-1]
         dtype = x.dtype
         h_prev = previous_states(tape, reverse=reverse, xp=call.xp)
-        d = np.zeros((1, B, H), dtype) if d_out is None else np.ascontiguousarray(d_out)
-        dh = np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
+        d = output_gradient(d_out, B, H, dtype)
+        dh = state_gradient(d_hT, B, H, dtype)
         d_gi, d_raw = np.empty((T, B, 3 * H), dtype), np.empty((T, B, 3 * H), dtype)
         keep = tape.keep
         use_keep = keep is not None

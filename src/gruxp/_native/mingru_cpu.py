@@ -25,8 +25,9 @@ import numpy as np
 from .._trace import record
 from ..functional import _mingru
 from ..functional._routes import GENERIC
+from ..functional._sequence import masked_outputs
 from . import workers
-from .cpu import _scratch
+from .cpu import _scratch, output_gradient, state_gradient
 from .cpu import active_steps as _active
 from .plan import RULES, CellPlan, Shape, cell_plan
 from .planning import planned
@@ -145,7 +146,7 @@ class MinGruCpu:
         pieces, threads = plan.pieces, plan.workers
         workers.run([partial(forward_rows, proj, bias, start, active, hs, z, reverse, b0, b1) for b0, b1 in pieces], threads)
         mask = call.mask
-        out = hs if mask is None else np.where(mask, hs, np.zeros((), hs.dtype))
+        out = masked_outputs(hs, mask, xp=np)
         h_T = hs[0 if reverse else T - 1]
         tape = _mingru.MinGRUDirectionTape(x, h0, hs, z, proj[..., H:]) if call.record else None
         return out, h_T, tape
@@ -156,8 +157,8 @@ class MinGruCpu:
         T, B, I = x.shape
         H = h0.shape[-1]
         dtype = x.dtype
-        d = np.zeros((1, B, H), dtype) if d_out is None else np.ascontiguousarray(d_out)
-        carry = np.zeros((B, H), dtype) if d_hT is None else np.array(d_hT, dtype=dtype, copy=True)
+        d = output_gradient(d_out, B, H, dtype)
+        carry = state_gradient(d_hT, B, H, dtype)
         d_proj = _scratch(("mingru d_proj", reverse), (T, B, 2 * H), dtype)  # read only by this call's products
         active = _active(call.mask, T, B)
         backward_rows = _kernels(np.dtype(dtype))[1]

@@ -106,6 +106,10 @@ class Rules:
     # the features: fewer, and handing the block to a thread costs more than summing it. Each column's
     # sum runs over the rows in order whatever the cut, so the blocks decide no bit.
     sum_min_columns: int = 64
+    # A block of the layer-norm GRU's input-side rows (the norm of W x, and its backward) takes at least
+    # this many rows: fewer, and handing the block to a thread costs more than normalising it. Each
+    # row's arithmetic is the same whatever the cut.
+    norm_min_rows: int = 64
     # A layer's product (Linear, Embedding's gradient) of at least this many multiply-adds is cut
     # into blocks of at least product_min_rows rows (or columns) of the result, one per CPU.
     product_min_work: int = 2**22
@@ -461,8 +465,18 @@ def cell_plan(
     if work >= rules.piece_min_work and B >= 2 * rules.piece_min_rows:
         count = max(1, min(machine.cpus // D, B // rules.piece_min_rows))
     why.append(f"pieces: {count} (min(CPUs // directions, B // {rules.piece_min_rows}) when T·B·H² ≥ {rules.piece_min_work:,})")
-    workers = max(1, min(machine.usable, max_workers or machine.usable))
-    why.append(f"workers: {workers} (the usable cores{', capped by max_workers' if max_workers else ''}; scheduling only)")
+    workers = 1  # the GRU plan's rule: small work is not worth handing to another thread
+    if work >= rules.piece_min_work:
+        workers = max(1, min(machine.usable, max_workers or machine.usable))
+    why.append(
+        f"workers: {workers} — "
+        + (
+            f"the usable cores{', capped by max_workers' if max_workers else ''}"
+            if work >= rules.piece_min_work
+            else f"T·B·H² < {rules.piece_min_work:,}: not worth another thread"
+        )
+        + " (scheduling only: the same bits for any)"
+    )
     return CellPlan(cell, "fused", cut(B, count), workers, tuple(why))
 
 

@@ -147,8 +147,13 @@ def drive_forward(step, h0, xs, *, mask, reverse, record, xp, loop):
 
     h_T, ys = loop(body, h0, (mask, *xs), length=_steps(xs), reverse=reverse, xp=xp)
     hs = ys[0]
-    out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
-    return out, h_T, hs, ys[1:]
+    return masked_outputs(hs, mask, xp=xp), h_T, hs, ys[1:]
+
+
+def masked_outputs(hs: Any, mask: Any, *, xp: ModuleType) -> Any:
+    """A direction's outputs from its states (T, B, H): zero past each sequence's length (the generic
+    driver's rule, which a route's own loop applies too)."""
+    return hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
 
 
 def _steps(xs: tuple) -> int:
@@ -252,9 +257,7 @@ def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp, 
 def direction_result(x, h0, h_T, states, *, mask, record, xp):
     """``(out, h_T, DirectionTape or None)`` from a direction's states ``(hs, r, z, n, gh_n)`` (or
     ``(hs,)`` without ``record``), for a route's loop of its own: out is zero past each sequence's end."""
-    hs = states[0]
-    out = hs if mask is None else xp.where(mask, hs, xp.zeros((), dtype=hs.dtype, device=device_of(hs)))
-    return out, h_T, (DirectionTape(x, h0, *states) if record else None)
+    return masked_outputs(states[0], mask, xp=xp), h_T, (DirectionTape(x, h0, *states) if record else None)
 
 
 def previous_states(tape: DirectionTape, *, reverse: bool, xp: ModuleType) -> Any:

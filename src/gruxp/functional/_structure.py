@@ -50,6 +50,10 @@ class StackConfig:
     def replace(self, **changes: Any) -> Any:
         return dataclasses.replace(self, **changes)
 
+    # NamedTuple's spellings, for code written while structures were NamedTuples (gruxp ≤ this release)
+    _asdict = asdict
+    _replace = replace
+
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
