@@ -395,19 +395,7 @@ def _lm_model_and_text(ctx, opts, ckpt_path, xp, device) -> tuple:
     checkpoint saved beside them (``saved``: empty for a new run)."""
     if not opts["resume"]:
         text = corpus_mod.build(opts["data"], encoding=opts["encoding"], max_bytes=opts["max_bytes"])
-        model = lm.build_model(
-            len(text.vocab),
-            hidden=opts["hidden"],
-            layers=opts["layers"],
-            embed=opts["embed"],
-            dropout=opts["dropout"],
-            xp=xp,
-            device=device,
-            dtype=opts["dtype"],
-            seed=opts["seed"],
-            cell=opts["cell"],
-            zoneout=opts["zoneout"],
-        )
+        model = lm.build_model(len(text.vocab), **_model_options(opts, xp, device))
         return model, optim.AdamW(lr=opts["lr"], weight_decay=0.01), text, opts["data"], {}
     ckpt, saved, model = _resume_setup(ctx, opts, ckpt_path, "lm", xp, device)
     data = opts["data"] if _explicit(ctx, "data") else saved.get("data")
@@ -416,6 +404,12 @@ def _lm_model_and_text(ctx, opts, ckpt_path, xp, device) -> tuple:
             opts[name] = saved["reading"][name]
     text = corpus_mod.build(data, vocab=saved["vocab"], encoding=opts["encoding"], max_bytes=opts["max_bytes"])
     return model, optimizer_from_checkpoint(ckpt), text, data, saved
+
+
+def _model_options(opts: dict, xp: Any, device: Any) -> dict[str, Any]:
+    """What a new run's model is built from (the language model's and the tasks' alike)."""
+    names = ("hidden", "layers", "embed", "dropout", "dtype", "seed", "cell", "zoneout")
+    return {name: opts[name] for name in names} | {"xp": xp, "device": device}
 
 
 def _describe_lm(opts: dict, model: Any, text: Any, baseline: float) -> None:
@@ -628,18 +622,7 @@ def _train_task(ctx, opts, xp, device, out, ckpt_path) -> None:
         ckpt, extra, model = _resume_setup(ctx, opts, ckpt_path, opts["task"], xp, device)
         optimizer = optimizer_from_checkpoint(ckpt)
     else:
-        model = task.build(
-            hidden=opts["hidden"],
-            layers=opts["layers"],
-            embed=opts["embed"],
-            dropout=opts["dropout"],
-            xp=xp,
-            device=device,
-            dtype=opts["dtype"],
-            seed=opts["seed"],
-            cell=opts["cell"],
-            zoneout=opts["zoneout"],
-        )
+        model = task.build(**_model_options(opts, xp, device))
         optimizer = optim.Adam(lr=opts["lr"])
     T, B = opts["seq_len"], opts["batch"]
     trainer = gruxp.Trainer(model, task.loss, optimizer, clip_norm=opts["clip"], checkpoint=ckpt_path, seed=opts["seed"])
