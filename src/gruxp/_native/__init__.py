@@ -52,13 +52,20 @@ def cpu_plan(
     a :class:`~gruxp._native.plan.CellPlan` for another declared cell, :mod:`gruxp.cells`), under the
     settings in effect here, on this machine or on ``machine`` (a :class:`gruxp._native.machine.Machine`).
     ``options``: the cell's structure options (``reset_after=False``, ``log_space=True``, ...)."""
-    from .plan import Shape
     from .planning import planned
 
     D = 2 if bidirectional else 1
     return [
         planned(
-            cell, Shape(steps, batch, inputs if layer == 0 else D * hidden, hidden, D), dtype, options=options, machine=machine
+            cell,
+            steps,
+            batch,
+            inputs if layer == 0 else D * hidden,
+            hidden,
+            D,
+            dtype,
+            options=tuple(options.items()),
+            machine=machine,
         )
         for layer in range(num_layers)
     ]

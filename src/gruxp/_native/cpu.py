@@ -46,7 +46,8 @@ from ..functional._sequence import direction_backward_loop, direction_forward_lo
 from . import blas, workers
 from .loops import Fuser, time_loops, transposed
 from .machine import this_machine
-from .plan import RULES, Plan, Shape, cut, plan_for, product_plan
+from .plan import RULES, Plan, cut, product_plan
+from .planning import planned
 
 __all__ = ["CpuRoute", "Executor", "TapePool", "clear_buffers", "numpy_fuser"]
 
@@ -470,17 +471,6 @@ def _product_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     blas.matmul(a, b, out=out)
 
 
-_plans: dict = {}  # plan_for's answers without forced choices, by their question
-
-
-@functools.lru_cache(maxsize=256)
-def _plan(shape: Shape, dtype, machine, reset_after: bool, fuser: str, force: tuple, max_workers) -> Plan:
-    options = {"reset_after": reset_after}
-    made = plan_for("gru", shape, dtype, machine, fuser=fuser, force=dict(force), max_workers=max_workers, options=options)
-    assert isinstance(made, Plan)
-    return made
-
-
 _executors: dict = {}
 
 
@@ -523,29 +513,9 @@ class CpuRoute(Route):
 
     @staticmethod
     def plan_for(steps: int, batch: int, inputs: int, hidden: int, directions: int, dtype, *, reset_after: bool) -> Plan:
-        """The plan for one layer under the settings in effect here (see :func:`gruxp.config_context`),
-        made once per distinct question: :func:`~gruxp._native.plan.plan` is pure."""
-        config = get_config()
-        force = config["cpu_plan"]
-        machine = this_machine()
-        key = (steps, batch, inputs, hidden, directions, dtype, reset_after, machine, config["fuser"], config["max_workers"])
-        if not force:  # the common case, looked up without building the plan's arguments
-            found = _plans.get(key)
-            if found is not None:
-                return found
-        made = _plan(
-            Shape(steps, batch, inputs, hidden, directions),
-            dtype,
-            machine,
-            reset_after,
-            config["fuser"],
-            tuple(sorted(force.items())) if force else (),
-            config["max_workers"],
-        )
-        if not force:
-            if len(_plans) >= 256:
-                _plans.clear()
-            _plans[key] = made
+        """The GRU's plan for one layer under the settings in effect here (see :func:`gruxp.config_context`)."""
+        made = planned("gru", steps, batch, inputs, hidden, directions, dtype, options=(("reset_after", reset_after),))
+        assert isinstance(made, Plan)
         return made
 
     def matmul(self, a, b):

@@ -346,7 +346,7 @@ def _norm_backward(d, v_hat, rstd, gain, *, threads: int):
 
 def _plan(shape: tuple, dtype, directions: int) -> Any:
     T, B, H = shape
-    return planned("lngru", Shape(T, B, H, H, directions), dtype)
+    return planned("lngru", T, B, H, H, directions, dtype)
 
 
 def _one_thread() -> None:

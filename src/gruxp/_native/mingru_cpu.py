@@ -96,7 +96,7 @@ def _kernels(dtype: np.dtype) -> tuple[Any, Any]:
 
 def _plan(call: Any, shape: tuple, dtype) -> Any:
     T, B, H = shape
-    return planned("mingru", Shape(T, B, H, H, 1), dtype, options={"log_space": call.options.log_space})
+    return planned("mingru", T, B, H, H, 1, dtype, options=(("log_space", call.options.log_space),))
 
 
 class MinGruCpu:

@@ -104,7 +104,9 @@ class ForwardCall(NamedTuple):
 
     def keywords(self) -> dict[str, Any]:
         """The direction function's keyword arguments: the driver's and the cell's own."""
-        return {k: v for k, v in {**self._asdict(), **self.options._asdict()}.items() if k != "options"}
+        keywords = self.options._asdict()
+        keywords.update(x=self.x, h0=self.h0, p=self.p, mask=self.mask, reverse=self.reverse, record=self.record, xp=self.xp)
+        return keywords
 
     def run(self, forward: Any, loop: Any) -> Any:
         return forward(**self.keywords(), loop=loop)
@@ -125,7 +127,10 @@ class BackwardCall(NamedTuple):
     options: Any  # the NamedTuple the cell's backward_options made
 
     def keywords(self) -> dict[str, Any]:
-        return {k: v for k, v in {**self._asdict(), **self.options._asdict()}.items() if k != "options"}
+        keywords = self.options._asdict()
+        keywords.update(tape=self.tape, d_out=self.d_out, d_hT=self.d_hT, p=self.p, mask=self.mask, reverse=self.reverse,
+                        bias=self.bias, need_dx=self.need_dx, xp=self.xp)  # fmt: skip
+        return keywords
 
     def run(self, backward: Any, loop: Any) -> Any:
         return backward(**self.keywords(), loop=loop)
@@ -140,8 +145,8 @@ def drive_forward(step, h0, xs, *, mask, reverse, record, xp, loop):
     saved)``: ``saved`` the stacked ``saved_t`` in time order (an empty tuple without ``record``)."""
 
     def body(h, inputs):
-        mask_t, *x_t = inputs
-        h_new, saved = step(h, tuple(x_t))
+        mask_t = inputs[0]
+        h_new, saved = step(h, inputs[1:])
         h = h_new if mask_t is None else masked_state(mask_t, h_new, h, xp.where)
         return h, ((h, *saved) if record else (h,))
 
@@ -176,11 +181,11 @@ def drive_backward(step, tape, d_out, d_hT, xs, *, mask, reverse, xp, loop):
     dh = d_hT if d_hT is not None else xp.zeros(tape.h0.shape, dtype=hs.dtype, device=device_of(hs))
 
     def body(dh, inputs):
-        d_out_t, mask_t, h_prev_t, *x_t = inputs
+        d_out_t, mask_t, h_prev_t = inputs[:3]
         g = dh if d_out_t is None else dh + d_out_t
         if mask_t is not None:
             g = masked_state(mask_t, g, zero, xp.where)
-        dh_new, saved = step(g, h_prev_t, tuple(x_t))
+        dh_new, saved = step(g, h_prev_t, inputs[3:])
         dh = dh_new if mask_t is None else masked_state(mask_t, dh_new, dh, xp.where)
         return dh, saved
 
@@ -439,8 +444,11 @@ class GRUOptions(NamedTuple):
     reset_after: bool
 
 
+_GRU_OPTIONS = {flag: GRUOptions(flag) for flag in (True, False)}  # made once: a token's call asks for them
+
+
 def _gru_options(config: GRUConfig, *args: Any) -> GRUOptions:
-    return GRUOptions(config.reset_after)
+    return _GRU_OPTIONS[config.reset_after]
 
 
 GRU_CELL = Cell("gru", direction_forward_loop, direction_backward_loop, _gru_options, _gru_options, static=("reset_after",))
