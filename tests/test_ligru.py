@@ -297,6 +297,132 @@ def test_a_toy_cell_declared_in_a_test_file_trains_everywhere(toy, tmp_path, cap
     assert "→ Toy 1×6 → linear" in capsys.readouterr().out  # the model line names the declared cell's model
 
 
+def _plain_toy_cell(structure_of):
+    """The same Elman cell declared the plainest way: a NamedTuple structure, its options a dict, its
+    own loop bodies (masking written out, as the driver does it)."""
+    from typing import NamedTuple
+
+    from gruxp.functional import Cell, direction_suffix, previous_states, python_loop
+    from gruxp.models import Recurrent
+
+    class PlainConfig(NamedTuple):
+        input_size: int
+        hidden_size: int
+        num_layers: int = 1
+        bias: bool = True
+        batch_first: bool = False
+        bidirectional: bool = False
+
+        @classmethod
+        def checked(cls, *args, **kwargs):
+            return cls(*structure_of(*args, **kwargs))  # a StackConfig unpacks like a tuple
+
+        num_directions = property(lambda self: 2 if self.bidirectional else 1)
+        cell = property(lambda self: PLAIN)
+
+        def param_shapes(self):
+            H, D = self.hidden_size, self.num_directions
+            shapes = {}
+            for layer in range(self.num_layers):
+                for d in range(D):
+                    s = direction_suffix(layer, d)
+                    shapes["weight_ih" + s] = (H, self.input_size if layer == 0 else D * H)
+                    shapes["weight_hh" + s] = (H, H)
+                    if self.bias:
+                        shapes["bias_ih" + s] = (H,)
+            return shapes
+
+        def initial_params(self, rng):
+            return {k: rng.uniform(-0.5, 0.5, size=v) for k, v in self.param_shapes().items()}
+
+    class Tape(NamedTuple):
+        x: object
+        h0: object
+        hs: object
+
+    def forward(x, h0, p, *, mask, reverse, record, xp, loop=python_loop):
+        T, B, I = x.shape
+        gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(p["weight_ih"]), (T, B, h0.shape[-1]))
+        if "bias_ih" in p:
+            gi = gi + p["bias_ih"]
+
+        def step(h, inputs):
+            gi_t, mask_t = inputs
+            h_new = xp.tanh(gi_t + h @ xp.matrix_transpose(p["weight_hh"]))
+            h = h_new if mask_t is None else xp.where(mask_t, h_new, h)
+            return h, (h,)
+
+        h, ys = loop(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
+        hs = ys[0]
+        out = hs if mask is None else xp.where(mask, hs, xp.zeros_like(hs))
+        return out, h, (Tape(x, h0, hs) if record else None)
+
+    def backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop=python_loop):
+        T, B, I = tape.x.shape
+        H = tape.h0.shape[-1]
+        h_prev = previous_states(tape, reverse=reverse, xp=xp)
+
+        def step(dh, inputs):
+            d_out_t, mask_t, h_t = inputs
+            g = dh if d_out_t is None else dh + d_out_t
+            if mask_t is not None:
+                g = xp.where(mask_t, g, xp.zeros_like(g))
+            da = g * (1 - h_t * h_t)
+            new = da @ p["weight_hh"]
+            return (new if mask_t is None else xp.where(mask_t, new, dh)), (da,)
+
+        dh = d_hT if d_hT is not None else xp.zeros_like(tape.h0)
+        dh, (da,) = loop(step, dh, (d_out, mask, tape.hs), length=T, reverse=not reverse, xp=xp)
+        da2 = xp.reshape(da, (T * B, H))
+        grads = {
+            "weight_ih": xp.matrix_transpose(da2) @ xp.reshape(tape.x, (T * B, I)),
+            "weight_hh": xp.matrix_transpose(da2) @ xp.reshape(h_prev, (T * B, H)),
+        }
+        if bias:
+            grads["bias_ih"] = xp.sum(da2, axis=0)
+        dx = xp.reshape(da2 @ p["weight_ih"], (T, B, I)) if need_dx else None
+        return (grads, dx), dh
+
+    PLAIN = Cell("plain", forward, backward, lambda *a: {}, lambda *a: {})
+
+    class Plain(Recurrent):
+        structure_type = PlainConfig
+
+        def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False, bidirectional=False,
+                     dropout=0.0, xp=None, device=None, dtype=None, seed=None):  # fmt: skip
+            structure = PlainConfig.checked(input_size, hidden_size, num_layers, bias, batch_first, bidirectional)
+            self._build(structure, dropout, xp, device, dtype, seed)
+
+    return Plain, PLAIN
+
+
+def test_a_cell_declared_with_a_namedtuple_structure_and_dict_options_gives_the_drivers_bits(toy, tmp_path):
+    """The seam's typed records take a cell's options as a NamedTuple or a dict, and every reader of a
+    structure speaks NamedTuple's protocol: the plain declaration computes what the driver-based toy
+    does, bit for bit, with lengths, both directions and two layers; its checkpoint rebuilds it."""
+    Plain, cell = _plain_toy_cell(toy.structure_type.checked)
+    cells.register(cells.CellSpec("plain", Plain, cell, {}))
+    plain = Plain(3, 4, 2, bidirectional=True, seed=0, dtype="float64")
+    driven = toy(3, 4, 2, bidirectional=True, seed=0, dtype="float64")
+    assert plain.config() == driven.config() and plain.hidden_size == 4 and "Plain(3, 4, num_layers=2" in repr(plain)
+    x = np.random.default_rng(0).standard_normal((6, 2, 3))
+    d_out = np.random.default_rng(1).standard_normal((6, 2, 8))
+    results = []
+    for model in (plain, driven):
+        out, h_n, tape = model.forward(x, lengths=[6, 4])
+        results.append((out, h_n, *model.backward(tape, d_out)))
+    for a, b in zip(*results, strict=True):
+        if isinstance(a, dict):
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        else:
+            np.testing.assert_array_equal(a, b)
+    model = gruxp.Sequential(plain=plain)
+    gruxp.checkpoint.save(tmp_path / "p.npz", model)
+    rebuilt = gruxp.checkpoint.build_model(gruxp.checkpoint.load(tmp_path / "p.npz"))
+    np.testing.assert_array_equal(rebuilt(x)[0], model(x)[0])
+
+
 def test_every_declared_cell_has_an_nn_module():
     torch = pytest.importorskip("torch")
     import gruxp.torch as gt

@@ -201,7 +201,7 @@ class Recurrent(Module):
 
     @classmethod
     def param_shapes(cls, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        fields = {k: config[k] for k in cls.structure_type.field_names() if k in config}
+        fields = {k: config[k] for k in cls.structure_type._fields if k in config}
         return cls.structure_type.checked(**{"input_size": None, "hidden_size": None, **fields}).param_shapes()
 
     def _random_rates(self) -> dict[str, float]:
@@ -209,7 +209,7 @@ class Recurrent(Module):
         return {name: getattr(self, name) for name in cells.random_options(self)}
 
     def config(self) -> dict[str, Any]:
-        return {**self.structure.asdict(), "dropout": self.dropout, **self._random_rates()}
+        return {**self.structure._asdict(), "dropout": self.dropout, **self._random_rates()}
 
     def _cell_options(self, *, step: bool = False) -> dict[str, Any]:
         """The cell's own call options: its random rates, drawn in training mode and never by
@@ -265,7 +265,7 @@ class Recurrent(Module):
         """The structure a step runs: this one, time-major (made once per structure: a token counts)."""
         kept = self.__dict__.get("_stepping")
         if kept is None or kept[0] is not self.structure:
-            kept = self._stepping = (self.structure, self.structure.replace(batch_first=False))
+            kept = self._stepping = (self.structure, self.structure._replace(batch_first=False))
         return kept[1]
 
     def forward(self, x: Array, h0: Array = None, *, lengths: Any = None, rng: Any = None) -> tuple[Array, Array, F.GRUTape]:
@@ -292,7 +292,7 @@ class Recurrent(Module):
         defaults = type(c)(c.input_size, c.hidden_size)
         extras = [
             f"{name}={value}"
-            for name, value in c.asdict().items()
+            for name, value in c._asdict().items()
             if name not in ("input_size", "hidden_size") and value != getattr(defaults, name)
         ]
         if self.dropout:

@@ -294,7 +294,7 @@ class _Recurrent(nn.Module):
     def _setup(self, structure: Any, dropout: float, device: Any, dtype: Any) -> None:
         self.dropout = check_dropout("dropout", dropout)
         self._structure = structure
-        for name, value in structure.asdict().items():  # input_size, ..., reset_after: nn.GRU's attributes
+        for name, value in structure._asdict().items():  # input_size, ..., reset_after: nn.GRU's attributes
             setattr(self, name, value)
         self._names = tuple(structure.param_shapes())
         _register(self, structure.param_shapes(), device, dtype)
@@ -327,7 +327,7 @@ class _Recurrent(nn.Module):
         spec = self._specs.get(key)
         if spec is None:
             spec = self._specs[key] = json.dumps(
-                {"cell": self.cell, "structure": self._structure.asdict(), "options": options}, sort_keys=True
+                {"cell": self.cell, "structure": self._structure._asdict(), "options": options}, sort_keys=True
             )
         return spec
 
@@ -379,7 +379,7 @@ class _Recurrent(nn.Module):
         """The constructor's arguments that differ from their defaults, as ``nn.GRU``'s repr shows them."""
         extras = [f"{self.input_size}, {self.hidden_size}"] + ([f"num_layers={self.num_layers}"] if self.num_layers != 1 else [])
         defaults = type(self._structure)(self.input_size, self.hidden_size)
-        for name, value in self._structure.asdict().items():
+        for name, value in self._structure._asdict().items():
             if name not in ("input_size", "hidden_size", "num_layers") and value != getattr(defaults, name):
                 extras.append(f"{name}={value}")
         return ", ".join(extras + ([f"dropout={self.dropout}"] if self.dropout else []) + self._extra_options())

@@ -13,7 +13,7 @@ where the eager Python loop dispatched a dozen small operations per step. Inside
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -92,11 +92,13 @@ def _time_order(call: Any) -> Any:
     :class:`gruxp.functional.Cell`) runs it step by step on XLA's CPU backend: nothing there runs the
     steps of time at once, and the scan's two levels pay for their transposes (benchmarks/README.md).
     On an accelerator the call keeps its choice. Both are tested against the generic code."""
-    if "parallel" in call.options._fields:
+    options = call.options
+    if "parallel" in (options if isinstance(options, Mapping) else options._fields):
         import jax
 
         if jax.default_backend() == "cpu":
-            return call._replace(options=call.options._replace(parallel=False))
+            parallel = {**options, "parallel": False} if isinstance(options, Mapping) else options._replace(parallel=False)
+            return call._replace(options=parallel)
     return call
 
 

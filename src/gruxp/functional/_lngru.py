@@ -143,7 +143,7 @@ class LayerNormGRUConfig(GRUConfig):
 
     def initial_params(self, rng: Any) -> dict[str, Any]:
         """The GRU's draws for its parameters, in order, and ones for the norm's gains."""
-        drawn = GRUConfig(**self.asdict()).initial_params(rng) | constant_init(
+        drawn = GRUConfig(**self._asdict()).initial_params(rng) | constant_init(
             {k: v for k, v in self.param_shapes().items() if k.startswith("ln_")}, 1.0
         )
         return {k: drawn[k] for k in self.param_shapes()}

@@ -104,7 +104,7 @@ class ForwardCall(NamedTuple):
 
     def keywords(self) -> dict[str, Any]:
         """The direction function's keyword arguments: the driver's and the cell's own."""
-        keywords = self.options._asdict()
+        keywords = _option_dict(self.options)
         keywords.update(x=self.x, h0=self.h0, p=self.p, mask=self.mask, reverse=self.reverse, record=self.record, xp=self.xp)
         return keywords
 
@@ -127,13 +127,19 @@ class BackwardCall(NamedTuple):
     options: Any  # the NamedTuple the cell's backward_options made
 
     def keywords(self) -> dict[str, Any]:
-        keywords = self.options._asdict()
+        keywords = _option_dict(self.options)
         keywords.update(tape=self.tape, d_out=self.d_out, d_hT=self.d_hT, p=self.p, mask=self.mask, reverse=self.reverse,
                         bias=self.bias, need_dx=self.need_dx, xp=self.xp)  # fmt: skip
         return keywords
 
     def run(self, backward: Any, loop: Any) -> Any:
         return backward(**self.keywords(), loop=loop)
+
+
+def _option_dict(options: Any) -> dict[str, Any]:
+    """A cell's own keywords as a new dict: from its options NamedTuple, or from a mapping (a cell may
+    return a plain dict of them)."""
+    return dict(options) if isinstance(options, Mapping) else options._asdict()
 
 
 def drive_forward(step, h0, xs, *, mask, reverse, record, xp, loop):
@@ -239,6 +245,9 @@ class GRUTape(NamedTuple):
     out_shape: tuple[int, ...]
     hn_shape: tuple[int, ...]
     owner: Any = None  # set by gruxp.GRU so that a tape cannot cross models
+
+
+_suffix = direction_suffix  # the name the suffix had here before gruxp.functional exported it
 
 
 def direction_forward_loop(x, h0, p, *, mask, reverse, reset_after, record, xp, loop=python_loop):

@@ -20,6 +20,13 @@ from ._params import direction_suffix
 __all__ = ["StackConfig"]
 
 
+class _FieldNames:
+    """``cls._fields``: a dataclass's field names, in order, as a NamedTuple's class answers them."""
+
+    def __get__(self, instance: Any, owner: type) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(owner))
+
+
 @dataclasses.dataclass(frozen=True)
 class StackConfig:
     """The fields every stacked recurrent layer has, PyTorch's ``nn.GRU`` names and defaults."""
@@ -39,20 +46,25 @@ class StackConfig:
         bound.apply_defaults()
         return cls(**{f.name: _CHECKS[str(f.type)](f.name, bound.arguments[f.name]) for f in dataclasses.fields(cls)})
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+    # NamedTuple's protocol, which every consumer of a structure speaks (so a cell may declare its
+    # structure as a NamedTuple instead): the field names, the fields by name, a copy with changes.
+    _fields = _FieldNames()
 
-    def asdict(self) -> dict[str, Any]:
-        """The fields by name, in order (JSON-able)."""
-        return {name: getattr(self, name) for name in self.field_names()}
+    def _asdict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._fields}
 
-    def replace(self, **changes: Any) -> Any:
+    def _replace(self, **changes: Any) -> Any:
         return dataclasses.replace(self, **changes)
 
-    # NamedTuple's spellings, for code written while structures were NamedTuples (gruxp ≤ this release)
-    _asdict = asdict
-    _replace = replace
+    # ... and its tuple protocol: the fields in order (unpacking, indexing, slicing, len)
+    def __iter__(self) -> Iterator[Any]:
+        return iter([getattr(self, name) for name in self._fields])
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __getitem__(self, index: Any) -> Any:
+        return tuple(self)[index]
 
     @property
     def num_directions(self) -> int:
