@@ -3,6 +3,8 @@ SpeechBrain's equations for each option, finite differences, step() against the 
 checkpoints and the command line; and a toy cell declared here, in a test file, that trains through
 Sequential, the Trainer, a checkpoint round trip and `gruxp train --cell`, with no other edit."""
 
+from typing import NamedTuple
+
 import _cell_reference
 import numpy as np
 import pytest
@@ -178,11 +180,41 @@ class _no_exit:
 
 
 # -- a toy cell, declared here --------------------------------------------------------------------------
+class _ElmanTape(NamedTuple):
+    x: object
+    h0: object
+    hs: object
+
+
+def _elman_inputs(x, p, hidden, xp):
+    """W x + b for all steps: (T, B, H)."""
+    T, B, I = x.shape
+    gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(p["weight_ih"]), (T, B, hidden))
+    return gi + p["bias_ih"] if "bias_ih" in p else gi
+
+
+def _elman_grads(tape, h_prev, da, p, *, bias, need_dx, xp):
+    """The GEMMs after the loop, from dL/da (T, B, H): ``(grads, dx or None)``."""
+    T, B, I = tape.x.shape
+    H = tape.h0.shape[-1]
+    da2 = xp.reshape(da, (T * B, H))
+    grads = {
+        "weight_ih": xp.matrix_transpose(da2) @ xp.reshape(tape.x, (T * B, I)),
+        "weight_hh": xp.matrix_transpose(da2) @ xp.reshape(h_prev, (T * B, H)),
+    }
+    if bias:
+        grads["bias_ih"] = xp.sum(da2, axis=0)
+    return grads, (xp.reshape(da2 @ p["weight_ih"], (T, B, I)) if need_dx else None)
+
+
+def _uniform_draws(shapes, rng):
+    return {k: rng.uniform(-0.5, 0.5, size=v) for k, v in shapes.items()}
+
+
 def _toy_cell():
     """An Elman-style cell, h = tanh(W x + U h + b), declared in this file: its structure, its direction
     functions, its model, its registration."""
     import dataclasses
-    from typing import NamedTuple
 
     from gruxp.functional import Cell, NoOptions, StackConfig, drive_backward, drive_forward, python_loop
     from gruxp.models import Recurrent
@@ -202,45 +234,26 @@ def _toy_cell():
             return shapes
 
         def initial_params(self, rng):
-            return {k: rng.uniform(-0.5, 0.5, size=v) for k, v in self.param_shapes().items()}
-
-    class Tape(NamedTuple):
-        x: object
-        h0: object
-        hs: object
+            return _uniform_draws(self.param_shapes(), rng)
 
     def forward(x, h0, p, *, mask, reverse, record, xp, loop=python_loop):
-        T, B, I = x.shape
-        gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(p["weight_ih"]), (T, B, h0.shape[-1]))
-        if "bias_ih" in p:
-            gi = gi + p["bias_ih"]
+        gi = _elman_inputs(x, p, h0.shape[-1], xp)
 
         def step(h, inputs):  # (carry, x_t) -> (carry, what backward keeps of the step)
             (gi_t,) = inputs
             return xp.tanh(gi_t + h @ xp.matrix_transpose(p["weight_hh"])), ()
 
         out, h_T, hs, _ = drive_forward(step, h0, (gi,), mask=mask, reverse=reverse, record=record, xp=xp, loop=loop)
-        return out, h_T, (Tape(x, h0, hs) if record else None)
+        return out, h_T, (_ElmanTape(x, h0, hs) if record else None)
 
     def backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop=python_loop):
-        T, B, I = tape.x.shape
-        H = tape.h0.shape[-1]
-
         def step(g, h_prev_t, inputs):  # g = dL/dh_t -> (dL/dh_{t-1}, saved)
             (h_t,) = inputs
             da = g * (1 - h_t * h_t)
             return da @ p["weight_hh"], (da,)
 
         dh, h_prev, (da,) = drive_backward(step, tape, d_out, d_hT, (tape.hs,), mask=mask, reverse=reverse, xp=xp, loop=loop)
-        da2 = xp.reshape(da, (T * B, H))
-        grads = {
-            "weight_ih": xp.matrix_transpose(da2) @ xp.reshape(tape.x, (T * B, I)),
-            "weight_hh": xp.matrix_transpose(da2) @ xp.reshape(h_prev, (T * B, H)),
-        }
-        if bias:
-            grads["bias_ih"] = xp.sum(da2, axis=0)
-        dx = xp.reshape(da2 @ p["weight_ih"], (T, B, I)) if need_dx else None
-        return (grads, dx), dh
+        return _elman_grads(tape, h_prev, da, p, bias=bias, need_dx=need_dx, xp=xp), dh
 
     TOY = Cell("toy", forward, backward, lambda *a: NoOptions(), lambda *a: NoOptions())
 
@@ -300,8 +313,6 @@ def test_a_toy_cell_declared_in_a_test_file_trains_everywhere(toy, tmp_path, cap
 def _plain_toy_cell(structure_of):
     """The same Elman cell declared the plainest way: a NamedTuple structure, its options a dict, its
     own loop bodies (masking written out, as the driver does it)."""
-    from typing import NamedTuple
-
     from gruxp.functional import Cell, direction_suffix, previous_states, python_loop
     from gruxp.models import Recurrent
 
@@ -333,18 +344,10 @@ def _plain_toy_cell(structure_of):
             return shapes
 
         def initial_params(self, rng):
-            return {k: rng.uniform(-0.5, 0.5, size=v) for k, v in self.param_shapes().items()}
-
-    class Tape(NamedTuple):
-        x: object
-        h0: object
-        hs: object
+            return _uniform_draws(self.param_shapes(), rng)
 
     def forward(x, h0, p, *, mask, reverse, record, xp, loop=python_loop):
-        T, B, I = x.shape
-        gi = xp.reshape(xp.reshape(x, (T * B, I)) @ xp.matrix_transpose(p["weight_ih"]), (T, B, h0.shape[-1]))
-        if "bias_ih" in p:
-            gi = gi + p["bias_ih"]
+        gi = _elman_inputs(x, p, h0.shape[-1], xp)
 
         def step(h, inputs):
             gi_t, mask_t = inputs
@@ -352,16 +355,11 @@ def _plain_toy_cell(structure_of):
             h = h_new if mask_t is None else xp.where(mask_t, h_new, h)
             return h, (h,)
 
-        h, ys = loop(step, h0, (gi, mask), length=T, reverse=reverse, xp=xp)
-        hs = ys[0]
+        h, (hs,) = loop(step, h0, (gi, mask), length=x.shape[0], reverse=reverse, xp=xp)
         out = hs if mask is None else xp.where(mask, hs, xp.zeros_like(hs))
-        return out, h, (Tape(x, h0, hs) if record else None)
+        return out, h, (_ElmanTape(x, h0, hs) if record else None)
 
     def backward(tape, d_out, d_hT, p, *, mask, reverse, bias, need_dx, xp, loop=python_loop):
-        T, B, I = tape.x.shape
-        H = tape.h0.shape[-1]
-        h_prev = previous_states(tape, reverse=reverse, xp=xp)
-
         def step(dh, inputs):
             d_out_t, mask_t, h_t = inputs
             g = dh if d_out_t is None else dh + d_out_t
@@ -372,16 +370,9 @@ def _plain_toy_cell(structure_of):
             return (new if mask_t is None else xp.where(mask_t, new, dh)), (da,)
 
         dh = d_hT if d_hT is not None else xp.zeros_like(tape.h0)
-        dh, (da,) = loop(step, dh, (d_out, mask, tape.hs), length=T, reverse=not reverse, xp=xp)
-        da2 = xp.reshape(da, (T * B, H))
-        grads = {
-            "weight_ih": xp.matrix_transpose(da2) @ xp.reshape(tape.x, (T * B, I)),
-            "weight_hh": xp.matrix_transpose(da2) @ xp.reshape(h_prev, (T * B, H)),
-        }
-        if bias:
-            grads["bias_ih"] = xp.sum(da2, axis=0)
-        dx = xp.reshape(da2 @ p["weight_ih"], (T, B, I)) if need_dx else None
-        return (grads, dx), dh
+        dh, (da,) = loop(step, dh, (d_out, mask, tape.hs), length=tape.x.shape[0], reverse=not reverse, xp=xp)
+        h_prev = previous_states(tape, reverse=reverse, xp=xp)
+        return _elman_grads(tape, h_prev, da, p, bias=bias, need_dx=need_dx, xp=xp), dh
 
     PLAIN = Cell("plain", forward, backward, lambda *a: {}, lambda *a: {})
 
